@@ -1,0 +1,185 @@
+"""The recipe's settings: one dataclass, usable from Python and (through ``HfArgumentParser``) from the CLI.
+
+Everything Trainer already does (batch size, precision, logging, saving, ``report_to``, ``seed``,
+``resume_from_checkpoint``) stays in the user's ``TrainingArguments``; this dataclass only holds what the
+increment recipe adds on top.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+from .head import INIT_METHODS
+
+
+@dataclass
+class IncrementConfig:
+    """Settings of one class-incremental step: grow the head, warm it up on a frozen encoder, optionally fine-tune
+    the top layers with layer-wise learning rates, and keep the old labels.
+
+    > Data
+        text_column, label_column, new_labels, multi_label, max_length
+    > New rows of the head
+        init
+    > Phase 1, warm-up (encoder frozen)
+        warmup_epochs, warmup_learning_rate, warmup_scope, cache_features, feature_batch_size
+    > Phase 2, fine-tuning (top layers unfrozen)
+        finetune_layers, finetune_epochs, finetune_learning_rate, layer_lr_decay
+    > Keeping the old labels
+        replay_per_label, replay_selection, distill_weight, distill_temperature, weight_align, closed_form_head,
+        ridge_lambda
+    > Evaluation
+        threshold
+
+    Every field's meaning is in its ``help`` (``hf-incr increment --help`` prints them).
+    """
+
+    # Data
+    text_column: str = field(default="text", metadata={"help": "Column holding the input texts."})
+    label_column: str = field(
+        default="label",
+        metadata={"help": "Column holding the labels: names, a ClassLabel, or lists of names for multi-label."},
+    )
+    new_labels: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Names of the labels this increment adds. Default: every label in the training data the model "
+            "lacks. When given, any other unknown label in the data is an error."
+        },
+    )
+    multi_label: bool = field(
+        default=False,
+        metadata={
+            "help": "Train a multi-label (sigmoid) classifier. Only read when a base classifier is created; an "
+            "increment keeps the model's own `problem_type`."
+        },
+    )
+    max_length: int = field(default=128, metadata={"help": "Maximum number of tokens per text (longer texts are truncated)."})
+
+    # New rows
+    init: str = field(
+        default="imprint",
+        metadata={
+            "help": "How the new rows of the head start: the model's own init, zeros, the mean of the old rows, or "
+            "imprinted from the mean representation of the new labels' training examples.",
+            "choices": list(INIT_METHODS),
+        },
+    )
+
+    # Phase 1: warm-up with the encoder frozen
+    warmup_epochs: float = field(
+        default=30.0, metadata={"help": "Epochs of the warm-up phase (encoder frozen, head trained). 0 skips it."}
+    )
+    warmup_learning_rate: float = field(default=1e-2, metadata={"help": "Learning rate of the warm-up phase."})
+    warmup_scope: str = field(
+        default="output",
+        metadata={
+            "help": "What the warm-up trains: `output` = only the Linear that outputs the logits (fast path with "
+            "cached features possible); `head` = everything above the last encoder block (e.g. BERT's pooler too).",
+            "choices": ["output", "head"],
+        },
+    )
+    cache_features: bool = field(
+        default=True,
+        metadata={
+            "help": "With warmup_scope=output: run the frozen encoder once over the training texts and train the "
+            "head on the cached representations (much faster than re-encoding every epoch)."
+        },
+    )
+    feature_batch_size: int = field(default=64, metadata={"help": "Batch size of the feature-caching pass."})
+
+    # Phase 2: fine-tune the top layers
+    finetune_layers: int = field(
+        default=0,
+        metadata={
+            "help": "Number of top encoder layers to unfreeze after the warm-up (0: no fine-tuning phase; -1: the "
+            "whole model)."
+        },
+    )
+    finetune_epochs: float = field(default=3.0, metadata={"help": "Epochs of the fine-tuning phase."})
+    finetune_learning_rate: float = field(
+        default=5e-5, metadata={"help": "Learning rate of the head in the fine-tuning phase (layers below decay)."}
+    )
+    layer_lr_decay: float = field(
+        default=0.8,
+        metadata={"help": "Learning-rate factor per layer going down in the fine-tuning phase (1.0: no decay)."},
+    )
+
+    # Keeping the old labels
+    replay_per_label: int = field(
+        default=0,
+        metadata={
+            "help": "Examples stored per label in a replay memory saved with the model and mixed into later "
+            "increments (0: no replay memory)."
+        },
+    )
+    replay_selection: str = field(
+        default="herding",
+        metadata={
+            "help": "How replay examples are chosen: at random, or by herding (closest to the label's mean "
+            "representation).",
+            "choices": ["random", "herding"],
+        },
+    )
+    distill_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the distillation loss from the model before the increment on the old labels' "
+            "outputs (0: off)."
+        },
+    )
+    distill_temperature: float = field(
+        default=2.0, metadata={"help": "Softmax temperature of the distillation loss (single-label models)."}
+    )
+    weight_align: bool = field(
+        default=False,
+        metadata={"help": "After training, rescale the new rows of the head to the old rows' mean norm (weight aligning)."},
+    )
+    closed_form_head: bool = field(
+        default=False,
+        metadata={
+            "help": "Solve the head in closed form (ridge) from statistics accumulated over every increment, saved "
+            "with the model: needs no stored text. Replaces the warm-up's gradient training of the output Linear."
+        },
+    )
+    ridge_lambda: float = field(default=1.0, metadata={"help": "Ridge penalty of the closed-form head."})
+
+    # Evaluation
+    threshold: float = field(
+        default=0.5, metadata={"help": "Multi-label: a label is predicted when its sigmoid exceeds this."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.init not in INIT_METHODS:
+            raise ConfigError(f"`init` should be one of {list(INIT_METHODS)}, got {self.init!r}.")
+        if self.warmup_scope not in ("output", "head"):
+            raise ConfigError(f"`warmup_scope` should be 'output' or 'head', got {self.warmup_scope!r}.")
+        if self.replay_selection not in ("random", "herding"):
+            raise ConfigError(f"`replay_selection` should be 'random' or 'herding', got {self.replay_selection!r}.")
+        if not 0 < self.layer_lr_decay <= 1:
+            raise ConfigError(f"`layer_lr_decay` should be in (0, 1], got {self.layer_lr_decay}.")
+        for name in ("warmup_epochs", "finetune_epochs", "replay_per_label", "distill_weight", "ridge_lambda"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"`{name}` should be >= 0, got {getattr(self, name)}.")
+        if self.max_length < 1:
+            raise ConfigError(f"`max_length` should be >= 1, got {self.max_length}.")
+        if self.closed_form_head and self.ridge_lambda <= 0:
+            raise ConfigError("`closed_form_head=True` needs `ridge_lambda > 0` so the ridge system is solvable.")
+        if self.new_labels is not None:
+            self.new_labels = list(self.new_labels)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form, as recorded in the lineage."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> IncrementConfig:
+        """Build from a dict, refusing unknown keys with a message that lists the known ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"Unknown recipe setting(s) {unknown}; the known ones are {sorted(known)}.")
+        return cls(**values)

@@ -1,0 +1,213 @@
+"""Data alignment: read text data sets, find the new labels in them, map their labels onto a model's ``label2id``.
+
+Labels may be strings, a ``ClassLabel`` in any order, or (multi-label) lists of strings / ``ClassLabel`` ids.
+Single-label data ends with an int ``labels`` column; multi-label data with a multi-hot float ``labels`` column
+sized to the model's label space.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Sequence as HFSequence, Value, load_dataset
+from transformers.utils import logging
+
+from .errors import DataError
+
+logger = logging.get_logger(__name__)
+
+_FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+def load_text_data(source: str | Path, split: str | None = None, **kwargs) -> Dataset | DatasetDict:
+    """Load a data set from a local CSV / JSON Lines / Parquet file or folder, or a Hub data set name.
+
+    A file path goes through ``load_dataset(builder, data_files=...)`` and returns its ``train`` split unless
+    ``split`` says otherwise; anything else is passed to ``load_dataset(source, split=split)`` as is.
+    """
+    path = Path(source)
+    if path.is_file():
+        builder = _FILE_BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise DataError(
+                f"Cannot read {str(path)!r}: expected a .csv, .tsv, .json, .jsonl or .parquet file, got "
+                f"{path.suffix!r}. Convert it, or load it yourself with `datasets.load_dataset` and pass the Dataset."
+            )
+        if path.suffix.lower() == ".tsv":
+            kwargs.setdefault("delimiter", "\t")
+        return load_dataset(builder, data_files=str(path), split=split or "train", **kwargs)
+    return load_dataset(str(source), split=split, **kwargs)
+
+
+def _label_feature(dataset: Dataset, label_column: str):
+    if label_column not in dataset.column_names:
+        raise DataError(
+            f"The data set has no label column {label_column!r}; its columns are {dataset.column_names}. "
+            "Pass `label_column=` naming the column that holds the labels."
+        )
+    return dataset.features[label_column]
+
+
+def is_multi_label_column(dataset: Dataset, label_column: str) -> bool:
+    """Whether the label column holds a list of labels per row (multi-label) rather than one label."""
+    return isinstance(_label_feature(dataset, label_column), (HFSequence, List))
+
+
+def _names_in_row(value, feature) -> list[str]:
+    inner = feature.feature if isinstance(feature, (HFSequence, List)) else feature
+    values = value if isinstance(feature, (HFSequence, List)) else [value]
+    names = []
+    for item in values:
+        if item is None:
+            continue
+        if isinstance(inner, ClassLabel):
+            if int(item) < 0:  # ClassLabel's "no label"
+                continue
+            names.append(inner.int2str(int(item)))
+        else:
+            names.append(str(item))
+    return names
+
+
+def label_names_in(dataset: Dataset, label_column: str = "label") -> list[str]:
+    """Every label name that occurs in ``dataset``, in ``ClassLabel`` order if the column has one, else sorted."""
+    feature = _label_feature(dataset, label_column)
+    inner = feature.feature if isinstance(feature, (HFSequence, List)) else feature
+    seen: set[str] = set()
+    for value in dataset[label_column]:
+        seen.update(_names_in_row(value, feature))
+    if isinstance(inner, ClassLabel):
+        return [name for name in inner.names if name in seen]
+    return sorted(seen)
+
+
+def check_texts(dataset: Dataset, text_column: str = "text") -> None:
+    """Raise :class:`DataError` naming the rows whose text is missing, empty or not a string."""
+    if text_column not in dataset.column_names:
+        raise DataError(
+            f"The data set has no text column {text_column!r}; its columns are {dataset.column_names}. "
+            "Pass `text_column=` naming the column that holds the texts."
+        )
+    if len(dataset) == 0:
+        raise DataError("The data set is empty: an increment needs at least one labelled example.")
+    bad = [
+        i
+        for i, text in enumerate(dataset[text_column])
+        if not isinstance(text, str) or not text.strip() or (isinstance(text, float) and math.isnan(text))
+    ]
+    if bad:
+        raise DataError(
+            f"{len(bad)} row(s) have no text in column {text_column!r} (None, NaN or empty), e.g. rows {bad[:5]}. "
+            "Drop them first, e.g. `dataset.filter(lambda row: bool(row[text_column]))`."
+        )
+
+
+def find_new_labels(
+    dataset: Dataset,
+    label2id: Mapping[str, int],
+    label_column: str = "label",
+    new_labels: Sequence[str] | None = None,
+) -> list[str]:
+    """The labels of ``dataset`` that ``label2id`` lacks, i.e. the labels an increment adds.
+
+    With ``new_labels`` given, those are the new labels (whether or not all occur in the data) and any other
+    unknown name in the data is an error that lists them.
+    """
+    in_data = label_names_in(dataset, label_column)
+    unknown = [name for name in in_data if name not in label2id]
+    if new_labels is None:
+        return unknown
+    declared = [name for name in new_labels if name not in label2id]
+    stray = [name for name in unknown if name not in set(new_labels)]
+    if stray:
+        raise DataError(
+            f"The data has label(s) {stray} that the model does not know and that are not among `new_labels` "
+            f"{list(new_labels)}. Add them to `new_labels`, or drop those rows."
+        )
+    return declared
+
+
+def _rows_with_unknown(dataset: Dataset, label_column: str, label2id: Mapping[str, int]) -> list[tuple[int, str]]:
+    feature = dataset.features[label_column]
+    found = []
+    for i, value in enumerate(dataset[label_column]):
+        for name in _names_in_row(value, feature):
+            if name not in label2id:
+                found.append((i, name))
+    return found
+
+
+def encode_labels(
+    dataset: Dataset,
+    label2id: Mapping[str, int],
+    label_column: str = "label",
+    multi_label: bool | None = None,
+) -> Dataset:
+    """Return ``dataset`` with a ``labels`` column of ids from ``label2id`` (multi-hot floats for multi-label).
+
+    Single-label ``ClassLabel`` columns go through ``Dataset.align_labels_with_mapping``; strings through ``map``.
+    Every label in the data must be in ``label2id`` (grow the model first); rows without a label are an error.
+    """
+    feature = _label_feature(dataset, label_column)
+    is_list = isinstance(feature, (HFSequence, List))
+    multi_label = is_list if multi_label is None else multi_label
+    unknown = _rows_with_unknown(dataset, label_column, label2id)
+    if unknown:
+        names = sorted({name for _, name in unknown})
+        raise DataError(
+            f"{len(unknown)} row(s) carry label(s) {names} missing from the model's labels "
+            f"{list(label2id)}, e.g. row {unknown[0][0]}. Add them as new labels, or drop those rows."
+        )
+    num_labels = len(label2id)
+    target = "labels"
+    if multi_label:
+
+        def to_multi_hot(batch):
+            rows = []
+            for value in batch[label_column]:
+                hot = [0.0] * num_labels
+                for name in _names_in_row(value, feature):
+                    hot[label2id[name]] = 1.0
+                rows.append(hot)
+            return {target: rows}
+
+        features = Features({**dataset.features, target: List(Value("float32"))})
+        if label_column == target:
+            features[target] = List(Value("float32"))
+        return dataset.map(to_multi_hot, batched=True, features=features, desc="Encoding labels")
+
+    if is_list:
+        raise DataError(
+            f"Column {label_column!r} holds lists of labels but the model is single-label. Set "
+            "`multi_label=True` (a sigmoid head), or keep one label per row."
+        )
+    empty = [i for i, value in enumerate(dataset[label_column]) if not _names_in_row(value, feature)]
+    if empty:
+        raise DataError(
+            f"{len(empty)} row(s) have no label in column {label_column!r}, e.g. rows {empty[:5]}. "
+            "Drop them before training."
+        )
+    if isinstance(feature, ClassLabel) and len({name.lower() for name in label2id}) == len(label2id):
+        # `align_labels_with_mapping` renumbers a ClassLabel in place and matches names case-insensitively,
+        # so it is only used when no two labels differ by case alone.
+        aligned = dataset.align_labels_with_mapping(dict(label2id), label_column)
+        return aligned.map(lambda batch: {target: batch[label_column]}, batched=True, desc="Encoding labels") \
+            if label_column != target else aligned
+
+    def to_ids(batch):
+        return {target: [label2id[_names_in_row(value, feature)[0]] for value in batch[label_column]]}
+
+    features = Features({**dataset.features, target: Value("int64")})
+    return dataset.map(to_ids, batched=True, features=features, desc="Encoding labels")
+
+
+def tokenize(dataset: Dataset, tokenizer, text_column: str = "text", max_length: int = 128) -> Dataset:
+    """Tokenize ``text_column`` with truncation to ``max_length`` (padding is left to the collator)."""
+    check_texts(dataset, text_column)
+
+    def encode(batch):
+        return tokenizer(batch[text_column], truncation=True, max_length=max_length)
+
+    return dataset.map(encode, batched=True, desc="Tokenizing")

@@ -1,0 +1,249 @@
+"""Forgetting controls: the losses, a replay memory, and an exact closed-form (ridge) head.
+
+- :func:`distillation_loss` keeps the old labels' outputs close to the model's before the increment.
+- :class:`ReplayMemory` stores a few examples per label (text and label names, as Parquet next to the model).
+- :class:`RidgeStatistics` accumulates the Gram matrix of the head's inputs and their cross-products with the
+  labels, increment by increment, and solves the ridge head exactly as if fitted on all data seen at once.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from datasets import Dataset, concatenate_datasets
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers.utils import logging
+
+from .errors import DataError
+
+logger = logging.get_logger(__name__)
+
+REPLAY_DIRNAME = "replay_memory"
+RIDGE_FILENAME = "hf_incr_ridge.safetensors"
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """Cross-entropy for single-label ids, binary cross-entropy for multi-hot targets (as transformers' heads do)."""
+    if multi_label:
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+    return F.cross_entropy(logits.float(), labels.long())
+
+
+def distillation_loss(
+    student_old_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    multi_label: bool,
+    temperature: float = 2.0,
+) -> torch.Tensor:
+    """Distillation on the old labels' outputs (Learning without Forgetting).
+
+    Single-label: KL divergence between the softened softmaxes, scaled by ``temperature**2`` (Hinton et al.).
+    Multi-label: binary cross-entropy of the student's sigmoid against the teacher's sigmoid targets.
+    """
+    teacher_logits = teacher_logits.detach().float()
+    student_old_logits = student_old_logits.float()
+    if multi_label:
+        return F.binary_cross_entropy_with_logits(student_old_logits, torch.sigmoid(teacher_logits))
+    t = temperature
+    return F.kl_div(
+        F.log_softmax(student_old_logits / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1),
+        reduction="batchmean", log_target=True,
+    ) * (t * t)
+
+
+# --- Replay memory ----------------------------------------------------------------------------------------------
+
+
+def _herding(features: torch.Tensor, budget: int) -> list[int]:
+    """iCaRL herding: greedily pick examples whose running mean stays closest to the class mean."""
+    features = F.normalize(features.double(), dim=-1)
+    mean = features.mean(0)
+    chosen: list[int] = []
+    running = torch.zeros_like(mean)
+    for k in range(1, min(budget, len(features)) + 1):
+        candidates = (running.unsqueeze(0) + features) / k
+        distances = (candidates - mean).norm(dim=-1)
+        if chosen:
+            distances[chosen] = float("inf")
+        best = int(distances.argmin())
+        chosen.append(best)
+        running += features[best]
+    return chosen
+
+
+class ReplayMemory:
+    """A per-label budget of stored examples: texts with their label names, saved as a Parquet data set.
+
+    Rows are ``{"text": str, "labels": list[str]}`` (a multi-label row is stored once, under each of its labels'
+    budgets). Nothing here is a pickle.
+    """
+
+    def __init__(self, rows: Sequence[Mapping] | None = None):
+        self.rows: list[dict] = [{"text": r["text"], "labels": list(r["labels"])} for r in rows or []]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def labels(self) -> list[str]:
+        return sorted({name for row in self.rows for name in row["labels"]})
+
+    def update(
+        self,
+        texts: Sequence[str],
+        labels: Sequence[Sequence[str]],
+        budget: int,
+        *,
+        features: torch.Tensor | None = None,
+        selection: str = "herding",
+        seed: int = 0,
+    ) -> ReplayMemory:
+        """Add up to ``budget`` examples of each label found in ``labels`` that the memory does not hold yet.
+
+        ``selection="herding"`` needs ``features`` (one row per text, e.g. from
+        :func:`~hf_incr.features.extract_head_inputs`); ``"random"`` samples with ``seed``.
+        """
+        if selection == "herding" and features is None:
+            raise DataError("Herding selection needs `features` for the texts; pass them or use selection='random'.")
+        held = set(self.labels())
+        by_label: dict[str, list[int]] = {}
+        for i, names in enumerate(labels):
+            for name in names:
+                if name not in held:
+                    by_label.setdefault(name, []).append(i)
+        rng = random.Random(seed)
+        taken: set[int] = set()
+        for name in sorted(by_label):
+            index = by_label[name]
+            if selection == "herding":
+                picked = [index[j] for j in _herding(features[index], budget)]
+            else:
+                picked = rng.sample(index, min(budget, len(index)))
+            taken.update(picked)
+        self.rows.extend({"text": texts[i], "labels": list(labels[i])} for i in sorted(taken))
+        return self
+
+    def to_dataset(self, text_column: str = "text", label_column: str = "label", multi_label: bool = False) -> Dataset:
+        """The memory as a data set with the caller's column names (label names, lists for multi-label)."""
+        labels = [row["labels"] if multi_label else row["labels"][0] for row in self.rows]
+        return Dataset.from_dict({text_column: [row["text"] for row in self.rows], label_column: labels})
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / REPLAY_DIRNAME
+        path.mkdir(parents=True, exist_ok=True)
+        Dataset.from_list(self.rows or [{"text": "", "labels": []}]).select(range(len(self.rows))).to_parquet(
+            str(path / "memory.parquet")
+        )
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ReplayMemory | None:
+        """The memory saved in a model folder, or ``None`` if it has none."""
+        path = Path(directory) / REPLAY_DIRNAME / "memory.parquet"
+        if not path.is_file():
+            return None
+        return cls(Dataset.from_parquet(str(path)).to_list())
+
+
+def mix_replay(dataset: Dataset, memory: ReplayMemory, text_column: str, label_column: str, multi_label: bool) -> Dataset:
+    """``dataset`` plus the memory's rows, with the same columns (the memory's label column cast to match)."""
+    replay = memory.to_dataset(text_column, label_column, multi_label)
+    keep = [c for c in dataset.column_names if c in (text_column, label_column)]
+    base = dataset.select_columns(keep)
+    feature = base.features[label_column]
+    if hasattr(feature, "names") or (hasattr(feature, "feature") and hasattr(feature.feature, "names")):
+        # ClassLabel columns: decode to names so both halves share one type.
+        inner = feature.feature if hasattr(feature, "feature") else feature
+        base = base.map(
+            lambda b: {label_column: [[inner.int2str(int(x)) for x in v] if multi_label else inner.int2str(int(v))
+                                      for v in b[label_column]]},
+            batched=True,
+            features=replay.features,
+        )
+    return concatenate_datasets([base.cast(replay.features), replay])
+
+
+# --- Closed-form ridge head ---------------------------------------------------------------------------------------
+
+
+class RidgeStatistics:
+    """Sufficient statistics of a ridge head over ``[phi, 1]``: ``gram = sum x x^T`` and ``cross = sum x y^T``.
+
+    Adding increments is exact: the solution after any sequence of :meth:`update` calls equals the ridge head fitted
+    jointly on all rows seen (float64), and no text is stored. Labels never seen in a row count as 0 targets, so a
+    label added later gets zero cross-products from earlier rows, exactly as in a joint fit.
+    """
+
+    def __init__(self, gram: torch.Tensor, cross: torch.Tensor, count: int = 0):
+        self.gram = gram.double()
+        self.cross = cross.double()
+        self.count = int(count)
+
+    @classmethod
+    def empty(cls, in_features: int, num_labels: int) -> RidgeStatistics:
+        return cls(torch.zeros(in_features + 1, in_features + 1), torch.zeros(in_features + 1, num_labels))
+
+    @property
+    def num_labels(self) -> int:
+        return self.cross.shape[1]
+
+    def grow(self, num_labels: int) -> RidgeStatistics:
+        """Extend to ``num_labels`` columns (new labels have had no positive rows so far)."""
+        extra = num_labels - self.num_labels
+        if extra > 0:
+            self.cross = torch.cat([self.cross, self.cross.new_zeros(self.cross.shape[0], extra)], dim=1)
+        return self
+
+    def update(self, features: torch.Tensor, targets: torch.Tensor) -> RidgeStatistics:
+        """Add rows: ``features`` (n, d) and ``targets`` (n, num_labels) one-/multi-hot."""
+        x = torch.cat([features.double(), features.new_ones(len(features), 1).double()], dim=1)
+        self.gram += x.T @ x
+        self.cross += x.T @ targets.double()
+        self.count += len(features)
+        return self
+
+    def solve(self, ridge_lambda: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ridge head: weight (num_labels, d) and bias (num_labels,), in float64."""
+        eye = torch.eye(self.gram.shape[0], dtype=torch.float64)
+        solution = torch.linalg.solve(self.gram + ridge_lambda * eye, self.cross)
+        return solution[:-1].T.contiguous(), solution[-1].contiguous()
+
+    def write_into(self, linear: nn.Linear, ridge_lambda: float) -> None:
+        """Overwrite a model's output Linear with the ridge solution (in its dtype and device), in place."""
+        weight, bias = self.solve(ridge_lambda)
+        if weight.shape != linear.weight.shape:
+            raise DataError(
+                f"The ridge statistics have {weight.shape[0]} labels x {weight.shape[1]} features but the head is "
+                f"{tuple(linear.weight.shape)}. Were they saved with another model?"
+            )
+        with torch.no_grad():
+            linear.weight.copy_(weight.to(linear.weight.dtype))
+            if linear.bias is not None:
+                linear.bias.copy_(bias.to(linear.bias.dtype))
+            else:
+                logger.warning("The head has no bias; the ridge bias term is dropped.")
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / RIDGE_FILENAME
+        save_file(
+            {"gram": self.gram.contiguous(), "cross": self.cross.contiguous()},
+            str(path),
+            metadata={"count": str(self.count), "format": "hf_incr ridge statistics over [head input, 1]"},
+        )
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> RidgeStatistics | None:
+        path = Path(directory) / RIDGE_FILENAME
+        if not path.is_file():
+            return None
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            count = int(f.metadata().get("count", 0))
+        tensors = load_file(str(path))
+        return cls(tensors["gram"], tensors["cross"], count)

@@ -1,0 +1,404 @@
+"""Head surgery: find the output projection of a ``*ForSequenceClassification`` model and grow it in place.
+
+The output projection is the ``nn.Linear`` whose output *is* the logits. It is found from a short table of
+attribute paths used by transformers' classification models, and, for any other class, by one structural probe
+(the single Linear outside the encoder stack whose ``out_features`` equals ``config.num_labels``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers.utils import logging
+
+from .errors import HeadConfigMismatchError, HeadNotFoundError, LabelError
+
+logger = logging.get_logger(__name__)
+
+# Where transformers' classification models keep the Linear that outputs the logits. Order matters: a
+# RoBERTa-style `classifier` is a module holding `dense` and `out_proj`, so the deeper path is tried first.
+KNOWN_HEAD_PATHS: tuple[str, ...] = (
+    "classifier.out_proj",  # RoBERTa, XLM-RoBERTa, ELECTRA, MPNet, Camembert, Data2VecText, ...
+    "classification_head.out_proj",  # BART, mBART, PLBart, ...
+    "classifier",  # BERT, DistilBERT, DeBERTa(-v2), ALBERT, ModernBERT, ...
+    "score",  # GPT-2, GPT-Neo(X), Llama, Mistral, Qwen2, Gemma, Phi, ...
+    "logits_proj",
+    "out_proj",
+)
+
+InitMethod = Literal["default", "zeros", "mean", "imprint"]
+INIT_METHODS: tuple[str, ...] = ("default", "zeros", "mean", "imprint")
+
+
+@dataclass(frozen=True)
+class HeadLocation:
+    """Where the output projection lives: ``getattr(parent, name) is linear`` and ``path`` is its dotted name."""
+
+    path: str
+    parent: nn.Module
+    name: str
+    linear: nn.Linear
+
+
+def _get_submodule_or_none(model: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+def _locate(model: nn.Module, path: str) -> HeadLocation:
+    parent_path, _, name = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    return HeadLocation(path=path, parent=parent, name=name, linear=getattr(parent, name))
+
+
+def _num_labels_of(model: nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    id2label = getattr(config, "id2label", None)
+    return len(id2label) if id2label else None
+
+
+def find_classifier_head(model: nn.Module, head_path: str | None = None) -> HeadLocation:
+    """Return the :class:`HeadLocation` of the Linear that produces the model's logits.
+
+    Args:
+        model: A loaded ``*ForSequenceClassification`` model (or any module with a ``config.id2label``).
+        head_path: Dotted path of the output Linear (e.g. ``"classifier.out_proj"``), for models the table and
+            the probe cannot decide on.
+
+    Raises:
+        HeadNotFoundError: no Linear head was found, or several candidates fit; the message lists them.
+    """
+    if head_path is not None:
+        module = _get_submodule_or_none(model, head_path)
+        if not isinstance(module, nn.Linear):
+            found = "nothing" if module is None else type(module).__name__
+            raise HeadNotFoundError(
+                f"`head_path={head_path!r}` should name an `nn.Linear` inside {type(model).__name__}, but it names "
+                f"{found}. Pass the dotted name of the Linear whose output is the logits (see `model.named_modules()`)."
+            )
+        return _locate(model, head_path)
+
+    num_labels = _num_labels_of(model)
+    for path in KNOWN_HEAD_PATHS:
+        module = _get_submodule_or_none(model, path)
+        if isinstance(module, nn.Linear) and (num_labels is None or module.out_features == num_labels):
+            return _locate(model, path)
+
+    # A head present in the table but sized unlike config.id2label is a corrupted checkpoint, not a missing head.
+    # Checked before probing: otherwise a config whose label count happens to equal the hidden size would let the
+    # probe pick (and grow) a hidden-to-hidden Linear such as BERT's pooler.
+    for path in KNOWN_HEAD_PATHS:
+        module = _get_submodule_or_none(model, path)
+        if isinstance(module, nn.Linear):
+            raise HeadConfigMismatchError(
+                f"The head `{path}` of {type(model).__name__} has {module.out_features} outputs but `config.id2label` "
+                f"has {num_labels} labels. Fix the config (or reload the checkpoint it belongs to) so that both "
+                "agree before adding labels."
+            )
+
+    # Probe: the Linear layers sized like the label space, outside the repeated encoder blocks.
+    layer_prefixes = tuple(f"{p}." for p in _layer_list_paths(model))
+    candidates = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear)
+        and module.out_features == num_labels
+        and not name.startswith(layer_prefixes)
+    ]
+    if len(candidates) == 1:
+        logger.info("Classification head found by probing: `%s`.", candidates[0])
+        return _locate(model, candidates[0])
+
+    tried = ", ".join(f"`{p}`" for p in KNOWN_HEAD_PATHS)
+    if not candidates:
+        raise HeadNotFoundError(
+            f"No classification head found in {type(model).__name__}: tried {tried} and found no other `nn.Linear` "
+            f"with {num_labels} outputs. Load the model with `AutoModelForSequenceClassification`, or pass "
+            "`head_path=` naming the Linear whose output is the logits."
+        )
+    raise HeadNotFoundError(
+        f"Several Linear layers of {type(model).__name__} could be the classification head: {candidates}. "
+        f"Pass `head_path=` naming the one whose output is the logits, e.g. `head_path={candidates[-1]!r}`."
+    )
+
+
+def _layer_list_paths(model: nn.Module) -> list[str]:
+    # Imported lazily: `freezing` imports this module for the head location.
+    from .freezing import encoder_layer_paths
+
+    return encoder_layer_paths(model)
+
+
+def _validate_new_labels(model: nn.Module, new_labels: Sequence[str]) -> list[str]:
+    if isinstance(new_labels, str):
+        raise LabelError(
+            f"`new_labels` should be a list of label names, but got the string {new_labels!r}. "
+            f"Wrap it in a list: `new_labels=[{new_labels!r}]`."
+        )
+    labels = list(new_labels)
+    if not labels:
+        raise LabelError("`new_labels` is empty: pass at least one new label name.")
+    bad = [label for label in labels if not isinstance(label, str) or not label.strip()]
+    if bad:
+        raise LabelError(
+            f"Label names must be non-empty strings, but `new_labels` contains {bad!r}. "
+            "Convert ids to names first (e.g. with `ClassLabel.int2str`)."
+        )
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise LabelError(f"`new_labels` names {duplicates} more than once; pass each new label once.")
+    known = set(model.config.label2id or {}) | set((model.config.id2label or {}).values())
+    already = [label for label in labels if label in known]
+    if already:
+        raise LabelError(
+            f"The model already has the label(s) {already}. Pass only labels it does not know yet; "
+            f"its labels are {list(model.config.id2label.values())}."
+        )
+    return labels
+
+
+def _check_config_matches_head(model: nn.Module, head: HeadLocation) -> None:
+    config = model.config
+    id2label = config.id2label or {}
+    ids = sorted(int(i) for i in id2label)
+    if ids != list(range(len(ids))):
+        raise HeadConfigMismatchError(
+            f"`config.id2label` should map the ids 0..{len(ids) - 1} but has the ids {ids}. "
+            "Repair `config.id2label` so that its keys are consecutive ids starting at 0."
+        )
+    label2id = config.label2id or {}
+    inverse = {name: int(i) for i, name in id2label.items()}
+    if {k: int(v) for k, v in label2id.items()} != inverse:
+        raise HeadConfigMismatchError(
+            "`config.label2id` is not the inverse of `config.id2label`. Set "
+            "`model.config.label2id = {name: i for i, name in model.config.id2label.items()}` first."
+        )
+    if head.linear.out_features != len(id2label):
+        raise HeadConfigMismatchError(
+            f"The head `{head.path}` has {head.linear.out_features} outputs but `config.id2label` has "
+            f"{len(id2label)} labels. Fix the config (or reload the checkpoint it belongs to) so that both agree."
+        )
+
+
+@torch.no_grad()
+def head_inputs(
+    model: nn.Module,
+    batch: Mapping[str, torch.Tensor],
+    head_path: str | None = None,
+) -> torch.Tensor:
+    """Return what the output projection receives for ``batch`` (e.g. BERT's pooler output), in eval mode.
+
+    This is the representation the classifier's rows are dot-multiplied with, captured by a forward pre-hook, so it
+    works for any architecture without knowing how its head pools tokens. The model's train/eval mode is restored.
+    """
+    linear = find_classifier_head(model, head_path).linear
+    captured: list[torch.Tensor] = []
+    handle = linear.register_forward_pre_hook(lambda _module, args: captured.append(args[0].detach()))
+    was_training = model.training
+    model.eval()
+    try:
+        model(**batch)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    features = captured[-1]
+    if features.dim() == 3:
+        # Decoder-style heads (GPT-2, Llama) score every position and then pick the last real token; the
+        # representation of a sequence is that token's hidden state.
+        features = _last_token(features, batch, model)
+    return features
+
+
+def _last_token(features: torch.Tensor, batch: Mapping[str, torch.Tensor], model: nn.Module) -> torch.Tensor:
+    pad_id = getattr(model.config, "pad_token_id", None)
+    input_ids = batch.get("input_ids")
+    if input_ids is None or pad_id is None:
+        return features[:, -1]
+    non_pad = (input_ids != pad_id).int()
+    last = (non_pad * torch.arange(input_ids.shape[-1], device=input_ids.device)).argmax(-1)
+    return features[torch.arange(features.shape[0], device=features.device), last]
+
+
+def _default_rows(model: nn.Module, old: nn.Linear, count: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    template = nn.Linear(old.in_features, count, bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype)
+    init_weights = getattr(model, "_init_weights", None)
+    if callable(init_weights):
+        # The model's own initialiser (e.g. normal(0, initializer_range) for BERT), as for a freshly built head.
+        init_weights(template)
+    return template.weight.detach(), None if template.bias is None else template.bias.detach()
+
+
+def _imprinted_rows(
+    model: nn.Module,
+    old: nn.Linear,
+    labels: Sequence[str],
+    examples: Mapping[str, torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    missing = [label for label in labels if label not in examples]
+    if missing:
+        raise LabelError(
+            f"`init='imprint'` needs example representations for every new label, but none were given for "
+            f"{missing}. Pass `examples={{label: head_inputs_tensor, ...}}` for each of them."
+        )
+    old_norm = old.weight.detach().float().norm(dim=1).mean() if old.out_features else torch.tensor(1.0)
+    rows = []
+    for label in labels:
+        if not isinstance(examples[label], torch.Tensor):
+            raise LabelError(
+                f"Examples for {label!r} should be a tensor of head inputs, got {type(examples[label]).__name__}. "
+                "Compute them with `hf_incr.head_inputs(model, batch)`."
+            )
+        feats = examples[label].detach().float().to(old.weight.device)
+        if feats.dim() != 2 or feats.shape[-1] != old.in_features or feats.shape[0] == 0:
+            raise LabelError(
+                f"Examples for {label!r} should be a (n, {old.in_features}) tensor of head inputs with n >= 1, "
+                f"got shape {tuple(feats.shape)}. Compute them with `hf_incr.head_inputs(model, batch)`."
+            )
+        mean = torch.nn.functional.normalize(feats, dim=-1).mean(0)
+        rows.append(torch.nn.functional.normalize(mean, dim=0) * old_norm)
+    weight = torch.stack(rows).to(old.weight.dtype)
+    bias = None
+    if old.bias is not None:
+        fill = old.bias.detach().float().mean() if old.out_features else torch.tensor(0.0)
+        bias = torch.full((len(labels),), float(fill), device=old.weight.device, dtype=old.bias.dtype)
+    return weight, bias
+
+
+def _new_rows(
+    model: nn.Module,
+    old: nn.Linear,
+    labels: Sequence[str],
+    init: str,
+    examples: Mapping[str, torch.Tensor] | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    count = len(labels)
+    if init == "default":
+        return _default_rows(model, old, count)
+    if init == "zeros":
+        weight = torch.zeros(count, old.in_features, device=old.weight.device, dtype=old.weight.dtype)
+        bias = None if old.bias is None else torch.zeros(count, device=old.bias.device, dtype=old.bias.dtype)
+        return weight, bias
+    if init == "mean":
+        if old.out_features == 0:
+            return _default_rows(model, old, count)
+        weight = old.weight.detach().float().mean(0, keepdim=True).expand(count, -1).to(old.weight.dtype)
+        bias = None if old.bias is None else old.bias.detach().float().mean().expand(count).to(old.bias.dtype)
+        return weight.clone(), None if bias is None else bias.clone()
+    if examples is None:
+        raise LabelError(
+            "`init='imprint'` builds the new rows from examples of each new label: pass "
+            "`examples={label: head_inputs_tensor}` (see `hf_incr.head_inputs`)."
+        )
+    return _imprinted_rows(model, old, labels, examples)
+
+
+def add_labels(
+    model: nn.Module,
+    new_labels: Sequence[str],
+    *,
+    init: InitMethod = "default",
+    examples: Mapping[str, torch.Tensor] | None = None,
+    head_path: str | None = None,
+) -> list[int]:
+    """Grow the classification head of ``model`` **in place** to cover ``new_labels`` and return their ids.
+
+    The old rows of the head's weight and bias are kept bit for bit (dtype, device and ``requires_grad`` too), so
+    the old labels' logits are unchanged for any input. ``config.id2label``, ``config.label2id``,
+    ``config.num_labels`` and a cached ``model.num_labels`` are updated, new labels being appended after the old
+    ones; ``config.problem_type`` is kept, so single- and multi-label models keep their loss. The grown model
+    saves with ``save_pretrained`` and loads with plain ``AutoModelForSequenceClassification.from_pretrained``.
+
+    Args:
+        model: A loaded ``*ForSequenceClassification`` model. It is modified in place.
+        new_labels: Names of the labels to add, in the order their ids should be given.
+        init: How the new rows start: ``"default"`` (the model's own initialiser), ``"zeros"``, ``"mean"`` (the
+            mean of the old rows) or ``"imprint"`` (the normalised mean head input of a few examples of each new
+            label, scaled to the old rows' mean norm; needs ``examples``).
+        examples: For ``init="imprint"``: ``{label: tensor (n, in_features)}`` of head inputs, as returned by
+            :func:`head_inputs`.
+        head_path: Dotted path of the output Linear, for models whose head is neither in the table nor found by
+            the probe.
+
+    Returns:
+        The ids given to ``new_labels``, in order.
+
+    Raises:
+        LabelError: ``new_labels`` is empty, has duplicates or non-strings, or names a label the model has.
+        HeadNotFoundError: no classification head could be found.
+        HeadConfigMismatchError: the head's size disagrees with ``config.id2label``.
+
+    Nothing is modified when an error is raised.
+    """
+    if init not in INIT_METHODS:
+        raise LabelError(f"`init` should be one of {list(INIT_METHODS)}, got {init!r}.")
+    if getattr(model, "config", None) is None or not getattr(model.config, "id2label", None):
+        raise HeadNotFoundError(
+            f"{type(model).__name__} has no `config.id2label`, so it is not a classification model. Load it with "
+            "`AutoModelForSequenceClassification.from_pretrained(...)`."
+        )
+    head = find_classifier_head(model, head_path)
+    _check_config_matches_head(model, head)
+    labels = _validate_new_labels(model, new_labels)
+    old = head.linear
+    new_weight, new_bias = _new_rows(model, old, labels, init, examples)
+
+    grown = nn.Linear(
+        old.in_features,
+        old.out_features + len(labels),
+        bias=old.bias is not None,
+        device=old.weight.device,
+        dtype=old.weight.dtype,
+    )
+    with torch.no_grad():
+        grown.weight.copy_(torch.cat([old.weight.detach(), new_weight.to(old.weight.dtype)], dim=0))
+        if old.bias is not None:
+            grown.bias.copy_(torch.cat([old.bias.detach(), new_bias.to(old.bias.dtype)], dim=0))
+    grown.weight.requires_grad_(old.weight.requires_grad)
+    if old.bias is not None:
+        grown.bias.requires_grad_(old.bias.requires_grad)
+    grown.train(old.training)
+    setattr(head.parent, head.name, grown)
+
+    first_id = old.out_features
+    id2label = {int(i): name for i, name in model.config.id2label.items()}
+    id2label.update({first_id + k: name for k, name in enumerate(labels)})
+    model.config.id2label = id2label
+    model.config.label2id = {name: i for i, name in id2label.items()}
+    if hasattr(model, "num_labels"):
+        # BERT-family models cache num_labels and read it in their loss.
+        model.num_labels = len(id2label)
+    new_ids = list(range(first_id, first_id + len(labels)))
+    logger.info("Added %d label(s) to `%s`: %s", len(labels), head.path, dict(zip(labels, new_ids)))
+    return new_ids
+
+
+def head_weight_norms(model: nn.Module, head_path: str | None = None) -> torch.Tensor:
+    """Return the L2 norm of each row of the output projection (one value per label)."""
+    return find_classifier_head(model, head_path).linear.weight.detach().float().norm(dim=1)
+
+
+def align_weights(model: nn.Module, new_ids: Sequence[int], head_path: str | None = None) -> float:
+    """Weight aligning (Zhao et al., 2020): rescale the rows of ``new_ids`` to the old rows' mean norm, in place.
+
+    Bias correction after an increment: a head trained mostly on new data grows larger new rows, which pushes
+    predictions toward the new labels. Returns the factor applied (``nan`` when there are no old rows).
+    """
+    linear = find_classifier_head(model, head_path).linear
+    new = sorted(set(int(i) for i in new_ids))
+    old = [i for i in range(linear.out_features) if i not in set(new)]
+    if not old or not new:
+        return math.nan
+    norms = linear.weight.detach().float().norm(dim=1)
+    factor = float(norms[old].mean() / norms[new].mean().clamp_min(1e-12))
+    with torch.no_grad():
+        linear.weight[new] *= factor
+        if linear.bias is not None:
+            linear.bias[new] *= factor
+    return factor
