@@ -2,7 +2,15 @@
 
 __version__ = "0.1.0"
 
-from .errors import ConfigError, DataError, HeadConfigMismatchError, HeadNotFoundError, HfIncrError, LabelError
+from .errors import (
+    ConfigError,
+    DataError,
+    HeadConfigMismatchError,
+    HeadNotFoundError,
+    HfIncrError,
+    HubPushError,
+    LabelError,
+)
 from .freezing import (
     encoder_layers,
     freeze_all_but_head,
@@ -11,7 +19,12 @@ from .freezing import (
     parameter_depths,
     unfreeze_top_layers,
 )
+from .config import IncrementConfig
 from .head import HeadLocation, add_labels, align_weights, find_classifier_head, head_inputs
+from .hub import push_saved_model, push_to_hub
+from .lineage import get_lineage
+from .model_card import write_model_card
+from .trainer import IncrementalTrainer, IncrementResult, train_base_classifier, train_increment
 
 __all__ = [
     "ConfigError",
@@ -20,15 +33,25 @@ __all__ = [
     "HeadLocation",
     "HeadNotFoundError",
     "HfIncrError",
+    "HubPushError",
+    "IncrementConfig",
+    "IncrementResult",
+    "IncrementalTrainer",
     "LabelError",
     "add_labels",
     "align_weights",
     "encoder_layers",
     "find_classifier_head",
     "freeze_all_but_head",
+    "get_lineage",
     "head_inputs",
     "head_parameter_names",
     "param_groups_layer_lr",
     "parameter_depths",
+    "push_saved_model",
+    "push_to_hub",
+    "train_base_classifier",
+    "train_increment",
     "unfreeze_top_layers",
+    "write_model_card",
 ]

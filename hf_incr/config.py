@@ -25,7 +25,7 @@ class IncrementConfig:
     > New rows of the head
         init
     > Phase 1, warm-up (encoder frozen)
-        warmup_epochs, warmup_learning_rate, warmup_scope, cache_features, feature_batch_size
+        warmup_epochs, warmup_learning_rate, warmup_scope, cache_features, feature_batch_size, cached_batch_size
     > Phase 2, fine-tuning (top layers unfrozen)
         finetune_layers, finetune_epochs, finetune_learning_rate, layer_lr_decay
     > Keeping the old labels
@@ -90,6 +90,13 @@ class IncrementConfig:
         },
     )
     feature_batch_size: int = field(default=64, metadata={"help": "Batch size of the feature-caching pass."})
+    cached_batch_size: int = field(
+        default=128,
+        metadata={
+            "help": "Training batch size of the warm-up on cached features (a step is one small matmul, so larger "
+            "batches than the encoder's pay off; TrainingArguments' batch size applies to every other phase)."
+        },
+    )
 
     # Phase 2: fine-tune the top layers
     finetune_layers: int = field(
@@ -161,6 +168,9 @@ class IncrementConfig:
             raise ConfigError(f"`replay_selection` should be 'random' or 'herding', got {self.replay_selection!r}.")
         if not 0 < self.layer_lr_decay <= 1:
             raise ConfigError(f"`layer_lr_decay` should be in (0, 1], got {self.layer_lr_decay}.")
+        for name in ("feature_batch_size", "cached_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"`{name}` should be >= 1, got {getattr(self, name)}.")
         for name in ("warmup_epochs", "finetune_epochs", "replay_per_label", "distill_weight", "ridge_lambda"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"`{name}` should be >= 0, got {getattr(self, name)}.")
@@ -168,6 +178,11 @@ class IncrementConfig:
             raise ConfigError(f"`max_length` should be >= 1, got {self.max_length}.")
         if self.closed_form_head and self.ridge_lambda <= 0:
             raise ConfigError("`closed_form_head=True` needs `ridge_lambda > 0` so the ridge system is solvable.")
+        if self.closed_form_head and self.finetune_layers != 0:
+            raise ConfigError(
+                "`closed_form_head=True` keeps statistics of the frozen encoder's representations across increments; "
+                "fine-tuning layers (`finetune_layers != 0`) would make them stale. Use one or the other."
+            )
         if self.new_labels is not None:
             self.new_labels = list(self.new_labels)
 

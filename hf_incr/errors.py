@@ -30,3 +30,22 @@ class DataError(HfIncrError, ValueError):
 
 class ConfigError(HfIncrError, ValueError):
     """A recipe setting is invalid or contradicts another one."""
+
+
+class HubPushError(HfIncrError):
+    """Uploading a saved model to the Hugging Face Hub failed (no token, no network, an HTTP error, an interrupted
+    upload). The model folder on disk is complete: the message names it and how to retry the push.
+
+    Not a ``ValueError``: the caller's values were fine, the transfer was not.
+
+    Attributes:
+        folder: The complete local model folder.
+        repo_id: The Hub repository the push was for.
+        status_code: The HTTP status the Hub answered, when there was one.
+    """
+
+    def __init__(self, message: str, *, folder=None, repo_id: str | None = None, status_code: int | None = None):
+        super().__init__(message)
+        self.folder = folder
+        self.repo_id = repo_id
+        self.status_code = status_code

@@ -32,6 +32,7 @@ def extract_head_inputs(
     Texts are batched by length (sorting made the pass 3.5x faster on BANKING77) and returned in the input order.
     The model runs in eval mode under ``torch.no_grad``; its mode is restored afterwards.
     """
+    texts = list(texts)  # a datasets Column would query its Arrow table on every index
     head = find_classifier_head(model)
     device = torch.device(device) if device is not None else head.linear.weight.device
     lengths = [len(ids) for ids in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]]
@@ -48,6 +49,26 @@ def extract_head_inputs(
         progress.update(len(index))
     progress.close()
     return out
+
+
+class CachedFeatureDataset(torch.utils.data.Dataset):
+    """Rows of in-memory tensors (``features``, ``labels``, optional ``teacher_logits``) for Trainer.
+
+    Indexing tensors directly keeps a step of the cached warm-up cheap; an Arrow data set in torch format was 3x
+    slower per epoch here, which dominates when the model trained is a single Linear.
+    """
+
+    def __init__(self, **columns: torch.Tensor):
+        lengths = {len(v) for v in columns.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"All columns need the same number of rows, got {lengths}.")
+        self.columns = columns
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values())))
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {name: values[index] for name, values in self.columns.items()}
 
 
 class CachedFeatureHead(nn.Module):

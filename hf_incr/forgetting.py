@@ -107,6 +107,7 @@ class ReplayMemory:
         ``selection="herding"`` needs ``features`` (one row per text, e.g. from
         :func:`~hf_incr.features.extract_head_inputs`); ``"random"`` samples with ``seed``.
         """
+        texts, labels = list(texts), [list(names) for names in labels]
         if selection == "herding" and features is None:
             raise DataError("Herding selection needs `features` for the texts; pass them or use selection='random'.")
         held = set(self.labels())

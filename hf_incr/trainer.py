@@ -22,7 +22,7 @@ from transformers.utils import logging
 from .config import IncrementConfig
 from .data import check_texts, encode_labels, find_new_labels, is_multi_label_column, tokenize
 from .errors import DataError
-from .features import CachedFeatureHead, extract_head_inputs
+from .features import CachedFeatureDataset, CachedFeatureHead, extract_head_inputs
 from .forgetting import (
     ReplayMemory,
     RidgeStatistics,
@@ -109,7 +109,8 @@ class IncrementalTrainer(Trainer):
 
 @dataclass
 class IncrementResult:
-    """What :func:`train_increment` did: labels added, metrics before/after, forgetting, where it saved."""
+    """What :func:`train_increment` did: labels added, metrics before/after, forgetting, where it saved, and the
+    replay memory / ridge statistics to pass to the next increment when not saving."""
 
     new_labels: list[str]
     new_label_ids: list[int]
@@ -118,7 +119,11 @@ class IncrementResult:
     metrics_after: dict[str, float] = field(default_factory=dict)
     forgetting: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    train_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     output_dir: str | None = None
+    hub_url: str | None = None
+    replay_memory: ReplayMemory | None = None
+    ridge_statistics: RidgeStatistics | None = None
     record: dict[str, Any] = field(default_factory=dict)
 
 
@@ -285,6 +290,7 @@ def train_increment(
 
     metrics_before = evaluate(only_old=True) if old_ids else {}
     trainable_before = {n: p.requires_grad for n, p in model.named_parameters()}
+    train_metrics: dict[str, dict[str, float]] = {}
 
     # 2. Warm-up: encoder frozen.
     if config.closed_form_head:
@@ -301,10 +307,12 @@ def train_increment(
         t = time.perf_counter()
         freeze_all_but_head(model, config.warmup_scope)
         if features is not None and config.cache_features and config.warmup_scope == "output":
-            _warm_up_on_cached_features(model, features, train_encoded, args, config, multi_label, old_head, old_ids)
+            train_metrics["warmup"] = _warm_up_on_cached_features(
+                model, features, train_encoded, args, config, multi_label, old_head, old_ids
+            )
         else:
             tokenized = tokenize(train_encoded, tokenizer, config.text_column, config.max_length)
-            IncrementalTrainer(
+            train_metrics["warmup"] = IncrementalTrainer(
                 model=model,
                 args=_phase_args(args, "warmup", num_train_epochs=config.warmup_epochs,
                                  learning_rate=config.warmup_learning_rate),
@@ -313,7 +321,7 @@ def train_increment(
                 teacher=teacher,
                 distill_weight=config.distill_weight,
                 distill_temperature=config.distill_temperature,
-            ).train()
+            ).train().metrics
         timings["warmup_s"] = time.perf_counter() - t
 
     # 3. Fine-tune the top layers, in a NEW Trainer: DDP fixes the trainable set when it wraps the model.
@@ -321,7 +329,7 @@ def train_increment(
         t = time.perf_counter()
         unfreeze_top_layers(model, config.finetune_layers, "head")
         tokenized = tokenize(train_encoded, tokenizer, config.text_column, config.max_length)
-        IncrementalTrainer(
+        train_metrics["finetune"] = IncrementalTrainer(
             model=model,
             args=_phase_args(args, "finetune", num_train_epochs=config.finetune_epochs,
                              learning_rate=config.finetune_learning_rate),
@@ -331,7 +339,7 @@ def train_increment(
             teacher=teacher,
             distill_weight=config.distill_weight,
             distill_temperature=config.distill_temperature,
-        ).train()
+        ).train().metrics
         timings["finetune_s"] = time.perf_counter() - t
 
     for name, param in model.named_parameters():
@@ -341,7 +349,7 @@ def train_increment(
 
     # 4. Memory for the next increment, metrics, lineage.
     if config.replay_per_label > 0:
-        replay_memory = (replay_memory or ReplayMemory()).update(
+        replay_memory = (replay_memory if replay_memory is not None else ReplayMemory()).update(
             train_dataset[config.text_column], _row_label_names(train_dataset, config.label_column),
             config.replay_per_label,
             # Replayed rows follow the increment's own rows (see mix_replay): the first rows are the new ones.
@@ -357,7 +365,7 @@ def train_increment(
         kind=kind,
         labels_added=new_labels,
         label_ids=new_ids,
-        base_model=source_dir,
+        base_model=_public_name(source_dir),
         recipe=config.to_dict(),
         metrics={"before": metrics_before, "after": metrics_after, "forgetting": forgetting,
                  "train_examples": len(train_dataset), "replayed_examples": len(train_rows) - len(train_dataset)},
@@ -368,12 +376,27 @@ def train_increment(
     result = IncrementResult(
         new_labels=new_labels, new_label_ids=new_ids, old_label_ids=old_ids, metrics_before=metrics_before,
         metrics_after=metrics_after, forgetting=forgetting, timings=timings, record=record,
+        train_metrics=train_metrics, replay_memory=replay_memory, ridge_statistics=ridge_statistics,
     )
     if save and args.process_index == 0:
         from .saving import save_increment
 
         result.output_dir = str(save_increment(model, args.output_dir, tokenizer, replay=replay_memory, ridge=ridge_statistics))
+        if args.push_to_hub:
+            # Trainer's own push is off in every phase (it would upload a card without the lineage); the saved
+            # folder, card and lineage included, is pushed once here.
+            from .hub import push_saved_model
+
+            result.hub_url = str(push_saved_model(result.output_dir, args))
     return result
+
+
+def _public_name(name_or_path: str | None) -> str | None:
+    """A Hub id as is; a local folder by its name only, so no local path reaches a pushed config or card."""
+    if not name_or_path:
+        return None
+    path = Path(name_or_path)
+    return path.name if path.exists() else name_or_path
 
 
 def train_base_classifier(
@@ -431,18 +454,21 @@ def _model_columns(tokenized: Dataset, tokenizer) -> Dataset:
 def _warm_up_on_cached_features(model, features, train_encoded, args, config, multi_label, old_head, old_ids):
     """Train the model's output Linear with Trainer on cached head inputs (the frozen-encoder fast path)."""
     linear = find_classifier_head(model).linear
-    columns = {"features": features.numpy(), "labels": train_encoded["labels"]}
+    labels = torch.tensor(train_encoded["labels"], dtype=torch.float32 if multi_label else torch.long)
+    columns = {"features": features, "labels": labels}
     if config.distill_weight > 0 and old_ids:
         weight, bias = old_head
-        teacher = features @ weight.float().T + (0 if bias is None else bias.float())
-        columns["teacher_logits"] = teacher.numpy()
-    dataset = Dataset.from_dict(columns).with_format("torch")
+        columns["teacher_logits"] = features @ weight.float().T + (0 if bias is None else bias.float())
     head_model = CachedFeatureHead(linear, multi_label, config.distill_weight, config.distill_temperature)
     trainer = Trainer(
         model=head_model,
-        args=_phase_args(args, "warmup", num_train_epochs=config.warmup_epochs, learning_rate=config.warmup_learning_rate),
-        train_dataset=dataset,
+        args=_phase_args(
+            args, "warmup", num_train_epochs=config.warmup_epochs, learning_rate=config.warmup_learning_rate,
+            per_device_train_batch_size=config.cached_batch_size,
+        ),
+        train_dataset=CachedFeatureDataset(**columns),
     )
-    trainer.train()
+    metrics = trainer.train().metrics
     # Trainer may have moved the Linear (shared with the model) to its device; the model follows it.
     model.to(linear.weight.device)
+    return metrics

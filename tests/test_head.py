@@ -251,6 +251,13 @@ def _init_std(config) -> float | None:
     return None
 
 
+def _randomise_bias(linear):
+    # Fresh heads have zero biases, which would hide a wrong bias init.
+    if linear.bias is not None:
+        with torch.no_grad():
+            linear.bias.copy_(torch.tensor([0.3, -0.1, 0.5]))
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_init_zeros(arch):
     model = tiny_model(arch)
@@ -269,6 +276,7 @@ def test_init_zeros(arch):
 def test_init_mean(arch):
     model = tiny_model(arch)
     old = head(model)
+    _randomise_bias(old)
     hf_incr.add_labels(model, NEW, init="mean")
     grown = head(model)
     expected = old.weight.detach().mean(0)
@@ -299,6 +307,7 @@ def test_init_default(arch):
 def test_init_imprint_from_head_inputs(arch):
     model = tiny_model(arch)
     old = head(model)
+    _randomise_bias(old)
     old_weight = old.weight.detach().clone()
     feats = {
         "delta": hf_incr.head_inputs(model, tiny_batch(arch, seed=1)),
@@ -402,7 +411,9 @@ ERROR_CASES = {
     "empty-string": (dict(new_labels=["delta", ""]), None, LabelError, "non-empty strings"),
     "blank-string": (dict(new_labels=["  "]), None, LabelError, "non-empty strings"),
     "none-name": (dict(new_labels=[None]), None, LabelError, "non-empty strings"),
-    "unknown-init": (dict(new_labels=["delta"], init="xavier"), None, LabelError, r"`init` should be one of.*'xavier'"),
+    "unknown-init": (
+        dict(new_labels=["delta"], init="xavier"), None, LabelError, r"`init` should be one of.*'xavier'"
+    ),
     "imprint-no-examples": (dict(new_labels=["delta"], init="imprint"), None, LabelError, "examples"),
     "imprint-missing-label": (
         dict(new_labels=["delta", "eps"], init="imprint", examples={"delta": torch.randn(2, 32)}),
@@ -599,7 +610,8 @@ def test_real_minilm_offline(tmp_path):
 
     feats = hf_incr.head_inputs(model, batch)
     assert feats.shape == (4, 384)
-    ids = hf_incr.add_labels(model, ["card", "transfer"], init="imprint", examples={"card": feats[:1], "transfer": feats[1:2]})
+    examples = {"card": feats[:1], "transfer": feats[1:2]}
+    ids = hf_incr.add_labels(model, ["card", "transfer"], init="imprint", examples=examples)
     assert ids == [3, 4]
     assert torch.equal(model.classifier.weight[:3], old_weight)
     after = logits(model, batch)

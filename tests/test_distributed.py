@@ -1,0 +1,71 @@
+"""An increment under real 2-process DDP on CPU (gloo), and with gradient accumulation, matches a 1-process run.
+
+Both are known traps: DDP fixes the trainable set when it wraps the model, and Trainer scales the loss of models
+whose forward takes **kwargs by the number of processes / accumulation steps (see PLATFORM.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+SCRIPT = Path(__file__).with_name("ddp_increment.py")
+
+
+def _run(out: Path, batch: int, accumulation: int, phase: str, processes: int = 1) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "ACCELERATE_USE_CPU": "true"}
+    if processes == 1:
+        command = [sys.executable, str(SCRIPT)]
+    else:
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+                   "29517", str(SCRIPT)]
+    done = subprocess.run(command + [str(out), str(batch), str(accumulation), phase], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _load(out: Path, rank: int):
+    return load_file(str(out / f"rank{rank}.safetensors")), json.loads((out / f"rank{rank}.json").read_text())
+
+
+def _assert_close_states(a, b, atol=1e-6):
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=atol, rtol=1e-5, msg=f"{name} differs")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", ["finetune", "warmup"])
+def test_two_process_ddp_matches_one_process(tmp_path, phase):
+    _run(tmp_path / "single", 8, 1, phase)
+    _run(tmp_path / "ddp", 4, 1, phase, processes=2)
+    single, single_info = _load(tmp_path / "single", 0)
+    rank0, info0 = _load(tmp_path / "ddp", 0)
+    rank1, info1 = _load(tmp_path / "ddp", 1)
+    assert info0["world_size"] == 2 and info1["world_size"] == 2, "accelerate ran fewer than 2 processes"
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), f"{name} differs between the ranks"
+    assert info0["num_labels"] == 4
+    # Same global batch (2 x 4 = 8): same loss and same weights as one process, not a loss scaled by 2.
+    assert info0["train_loss"] == pytest.approx(single_info["train_loss"], rel=1e-4)
+    _assert_close_states(rank0, single, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_gradient_accumulation_matches_a_larger_batch(tmp_path):
+    _run(tmp_path / "big", 8, 1, "finetune")
+    _run(tmp_path / "accum", 4, 2, "finetune")
+    big, big_info = _load(tmp_path / "big", 0)
+    accum, accum_info = _load(tmp_path / "accum", 0)
+    assert accum_info["train_loss"] == pytest.approx(big_info["train_loss"], rel=1e-4)
+    _assert_close_states(accum, big, atol=1e-5)
