@@ -100,15 +100,15 @@ class IncrementConfig:
 
     # Phase 2: fine-tune the top layers
     finetune_layers: int = field(
-        default=0,
+        default=2,
         metadata={
             "help": "Number of top encoder layers to unfreeze after the warm-up (0: no fine-tuning phase; -1: the "
             "whole model)."
         },
     )
-    finetune_epochs: float = field(default=3.0, metadata={"help": "Epochs of the fine-tuning phase."})
+    finetune_epochs: float = field(default=5.0, metadata={"help": "Epochs of the fine-tuning phase."})
     finetune_learning_rate: float = field(
-        default=5e-5, metadata={"help": "Learning rate of the head in the fine-tuning phase (layers below decay)."}
+        default=1e-4, metadata={"help": "Learning rate of the head in the fine-tuning phase (layers below decay)."}
     )
     layer_lr_decay: float = field(
         default=0.8,
@@ -117,7 +117,7 @@ class IncrementConfig:
 
     # Keeping the old labels
     replay_per_label: int = field(
-        default=0,
+        default=10,
         metadata={
             "help": "Examples stored per label in a replay memory saved with the model and mixed into later "
             "increments (0: no replay memory)."
@@ -132,7 +132,7 @@ class IncrementConfig:
         },
     )
     distill_weight: float = field(
-        default=0.0,
+        default=1.0,
         metadata={
             "help": "Weight of the distillation loss from the model before the increment on the old labels' "
             "outputs (0: off)."
@@ -142,8 +142,11 @@ class IncrementConfig:
         default=2.0, metadata={"help": "Softmax temperature of the distillation loss (single-label models)."}
     )
     weight_align: bool = field(
-        default=False,
-        metadata={"help": "After training, rescale the new rows of the head to the old rows' mean norm (weight aligning)."},
+        default=True,
+        metadata={
+            "help": "After training, rescale the new rows of the head to the old rows' mean norm (weight aligning). "
+            "Not applied to a closed-form head, whose rows are already the exact ridge solution."
+        },
     )
     closed_form_head: bool = field(
         default=False,
@@ -181,7 +184,7 @@ class IncrementConfig:
         if self.closed_form_head and self.finetune_layers != 0:
             raise ConfigError(
                 "`closed_form_head=True` keeps statistics of the frozen encoder's representations across increments; "
-                "fine-tuning layers (`finetune_layers != 0`) would make them stale. Use one or the other."
+                "fine-tuning layers would make them stale. Set `finetune_layers=0` (`--finetune_layers 0`) with it."
             )
         if self.new_labels is not None:
             self.new_labels = list(self.new_labels)

