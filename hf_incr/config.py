@@ -29,7 +29,7 @@ class IncrementConfig:
     > Phase 2, fine-tuning (top layers unfrozen)
         finetune_layers, finetune_epochs, finetune_learning_rate, layer_lr_decay
     > Keeping the old labels
-        replay_per_label, replay_selection, distill_weight, distill_temperature, weight_align, closed_form_head,
+        replay_per_label, replay_selection, replay_balance, distill_weight, distill_temperature, weight_align, closed_form_head,
         ridge_lambda
     > Evaluation
         threshold
@@ -131,6 +131,13 @@ class IncrementConfig:
             "choices": ["random", "herding"],
         },
     )
+    replay_balance: bool = field(
+        default=True,
+        metadata={
+            "help": "Repeat the replayed examples so an old label has about as many training rows as a new one "
+            "(class-balanced replay)."
+        },
+    )
     distill_weight: float = field(
         default=1.0,
         metadata={
@@ -142,7 +149,7 @@ class IncrementConfig:
         default=2.0, metadata={"help": "Softmax temperature of the distillation loss (single-label models)."}
     )
     weight_align: bool = field(
-        default=True,
+        default=False,
         metadata={
             "help": "After training, rescale the new rows of the head to the old rows' mean norm (weight aligning). "
             "Not applied to a closed-form head, whose rows are already the exact ridge solution."

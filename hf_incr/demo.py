@@ -97,7 +97,7 @@ def run_demo(demo: DemoArguments) -> dict:
 
     print(f"[1/2] Base classifier on 7 labels ({len(base_train)} training rows), encoder {os.path.basename(encoder)}")
     base_recipe = IncrementConfig(
-        label_column=column, multi_label=demo.multi_label, max_length=64, warmup_epochs=0,
+        label_column=column, multi_label=demo.multi_label, max_length=64, warmup_epochs=30,
         finetune_layers=-1, finetune_epochs=demo.base_epochs, finetune_learning_rate=1e-4, layer_lr_decay=1.0,
         replay_per_label=10,
     )

@@ -150,9 +150,19 @@ class ReplayMemory:
         return cls(Dataset.from_parquet(str(path)).to_list())
 
 
-def mix_replay(dataset: Dataset, memory: ReplayMemory, text_column: str, label_column: str, multi_label: bool) -> Dataset:
-    """``dataset`` plus the memory's rows, with the same columns (the memory's label column cast to match)."""
+def mix_replay(
+    dataset: Dataset,
+    memory: ReplayMemory,
+    text_column: str,
+    label_column: str,
+    multi_label: bool,
+    repeat: int = 1,
+) -> Dataset:
+    """``dataset`` plus the memory's rows (``repeat`` times), with the same columns (the memory's label column cast
+    to match). The increment's own rows come first."""
     replay = memory.to_dataset(text_column, label_column, multi_label)
+    if repeat > 1:
+        replay = concatenate_datasets([replay] * repeat)
     keep = [c for c in dataset.column_names if c in (text_column, label_column)]
     base = dataset.select_columns(keep)
     feature = base.features[label_column]
@@ -166,6 +176,19 @@ def mix_replay(dataset: Dataset, memory: ReplayMemory, text_column: str, label_c
             features=replay.features,
         )
     return concatenate_datasets([base.cast(replay.features), replay])
+
+
+def balanced_repeat(memory: ReplayMemory, new_rows: int, num_new_labels: int) -> int:
+    """How often to repeat the memory so an old label weighs about as much as a new one in the increment's loss.
+
+    A memory of 10 examples per old label beside 40 rows per new label tilts the head toward the new labels;
+    repeating the memory evens the label frequencies (class-balanced replay).
+    """
+    if not len(memory) or not num_new_labels:
+        return 1
+    per_old = len(memory) / max(1, len(memory.labels()))
+    per_new = new_rows / num_new_labels
+    return max(1, round(per_new / per_old))
 
 
 # --- Closed-form ridge head ---------------------------------------------------------------------------------------

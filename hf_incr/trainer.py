@@ -27,6 +27,7 @@ from .forgetting import (
     ReplayMemory,
     RidgeStatistics,
     classification_loss,
+    balanced_repeat,
     distillation_loss,
     mix_replay,
 )
@@ -245,7 +246,10 @@ def train_increment(
 
     train_rows = train_dataset
     if replay_memory is not None and len(replay_memory):
-        train_rows = mix_replay(train_dataset, replay_memory, config.text_column, config.label_column, multi_label)
+        repeat = balanced_repeat(replay_memory, len(train_dataset), len(new_labels)) if config.replay_balance else 1
+        train_rows = mix_replay(
+            train_dataset, replay_memory, config.text_column, config.label_column, multi_label, repeat=repeat
+        )
         logger.info("Mixed %d replayed examples into %d new ones.", len(replay_memory), len(train_dataset))
 
     features = None
