@@ -103,7 +103,8 @@ def test_replay_memory_is_saved_and_mixed_into_the_next_increment(tmp_path):
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "a")
     result = train_increment(reloaded, tok, text_dataset(["login"], 6), config=config,
                              args=training_args(tmp_path, output_dir=str(tmp_path / "b")))
-    assert result.record["metrics"]["replayed_examples"] == 4
+    # Class-balanced replay: 2 stored rows per old label beside 6 rows of the new label -> the memory 3 times.
+    assert result.record["metrics"]["replayed_examples"] == 12
     assert ReplayMemory.load(tmp_path / "b").labels() == ["delivery", "login", "refund"]
 
 
@@ -145,3 +146,13 @@ def test_align_weights_rescales_new_rows_to_the_old_mean_norm():
     norms = model.classifier.weight.detach().norm(dim=1)
     assert norms[2].item() == pytest.approx(norms[:2].mean().item(), rel=1e-5)
     assert factor < 1
+
+
+def test_balanced_repeat_evens_label_frequencies_up_to_a_cap():
+    from hf_incr.forgetting import MAX_REPLAY_REPEAT, balanced_repeat
+
+    memory = ReplayMemory([{"text": f"t{i}", "labels": [str(i % 7)]} for i in range(70)])  # 10 per old label
+    assert balanced_repeat(memory, new_rows=30, num_new_labels=1) == 3
+    assert balanced_repeat(memory, new_rows=400, num_new_labels=1) == MAX_REPLAY_REPEAT
+    assert balanced_repeat(memory, new_rows=40, num_new_labels=8) == 1
+    assert balanced_repeat(ReplayMemory(), new_rows=40, num_new_labels=1) == 1
