@@ -318,35 +318,20 @@ def train_increment(
                 model, features, train_encoded, args, config, multi_label, old_head, old_ids
             )
         else:
-            tokenized = tokenize(train_encoded, tokenizer, config.text_column, config.max_length)
-            train_metrics["warmup"] = IncrementalTrainer(
-                model=model,
-                args=_phase_args(args, "warmup", num_train_epochs=config.warmup_epochs,
-                                 learning_rate=config.warmup_learning_rate),
-                train_dataset=_model_columns(tokenized, tokenizer),
-                data_collator=DataCollatorWithPadding(tokenizer),
-                teacher=teacher,
-                distill_weight=config.distill_weight,
-                distill_temperature=config.distill_temperature,
-            ).train().metrics
+            train_metrics["warmup"] = _train_phase(
+                model, tokenizer, train_encoded, args, config, teacher, "warmup", config.warmup_epochs,
+                config.warmup_learning_rate,
+            )
         timings["warmup_s"] = time.perf_counter() - t
 
     # 3. Fine-tune the top layers, in a NEW Trainer: DDP fixes the trainable set when it wraps the model.
     if config.finetune_layers != 0 and config.finetune_epochs > 0:
         t = time.perf_counter()
         unfreeze_top_layers(model, config.finetune_layers, "head")
-        tokenized = tokenize(train_encoded, tokenizer, config.text_column, config.max_length)
-        train_metrics["finetune"] = IncrementalTrainer(
-            model=model,
-            args=_phase_args(args, "finetune", num_train_epochs=config.finetune_epochs,
-                             learning_rate=config.finetune_learning_rate),
-            train_dataset=_model_columns(tokenized, tokenizer),
-            data_collator=DataCollatorWithPadding(tokenizer),
-            layer_lr_decay=config.layer_lr_decay,
-            teacher=teacher,
-            distill_weight=config.distill_weight,
-            distill_temperature=config.distill_temperature,
-        ).train().metrics
+        train_metrics["finetune"] = _train_phase(
+            model, tokenizer, train_encoded, args, config, teacher, "finetune", config.finetune_epochs,
+            config.finetune_learning_rate, layer_lr_decay=config.layer_lr_decay,
+        )
         timings["finetune_s"] = time.perf_counter() - t
 
     for name, param in model.named_parameters():
@@ -399,11 +384,12 @@ def train_increment(
 
 
 def _public_name(name_or_path: str | None) -> str | None:
-    """A Hub id as is; a local folder by its name only, so no local path reaches a pushed config or card."""
+    """A Hub id as is; a local folder as ``./<its name>`` only, so no local path reaches a pushed config or card
+    (and the name is not mistaken for a Hub id)."""
     if not name_or_path:
         return None
     path = Path(name_or_path)
-    return path.name if path.exists() else name_or_path
+    return f"./{path.name}" if path.exists() else name_or_path
 
 
 def train_base_classifier(
@@ -461,6 +447,35 @@ def _model_columns(tokenized: Dataset, tokenizer) -> Dataset:
     return tokenized.select_columns(keep)
 
 
+def _train_phase(model, tokenizer, train_encoded, args, config, teacher, phase, epochs, learning_rate,
+                 layer_lr_decay=None) -> dict:
+    """One phase that runs the whole model (trainable set already chosen) in its own IncrementalTrainer."""
+    tokenized = tokenize(train_encoded, tokenizer, config.text_column, config.max_length)
+    trainer = IncrementalTrainer(
+        model=model,
+        args=_phase_args(args, phase, num_train_epochs=epochs, learning_rate=learning_rate),
+        train_dataset=_model_columns(tokenized, tokenizer),
+        data_collator=DataCollatorWithPadding(tokenizer),
+        layer_lr_decay=layer_lr_decay,
+        teacher=teacher,
+        distill_weight=config.distill_weight,
+        distill_temperature=config.distill_temperature,
+    )
+    return trainer.train(resume_from_checkpoint=_resume_from(args, phase)).metrics
+
+
+def _resume_from(args: TrainingArguments, phase: str):
+    """TrainingArguments.resume_from_checkpoint, applied to the phase whose checkpoint folder it points into
+    (``True`` resumes every phase from its own last checkpoint, if it has one)."""
+    resume = args.resume_from_checkpoint
+    if resume in (None, False, "False", "false"):
+        return None
+    folder = Path(args.output_dir) / "checkpoints" / phase
+    if resume is True or str(resume).lower() == "true":
+        return True if any(folder.glob("checkpoint-*")) else None
+    return resume if Path(resume).resolve().is_relative_to(folder.resolve()) else None
+
+
 def _warm_up_on_cached_features(model, features, train_encoded, args, config, multi_label, old_head, old_ids):
     """Train the model's output Linear with Trainer on cached head inputs (the frozen-encoder fast path)."""
     linear = find_classifier_head(model).linear
@@ -478,7 +493,7 @@ def _warm_up_on_cached_features(model, features, train_encoded, args, config, mu
         ),
         train_dataset=CachedFeatureDataset(**columns),
     )
-    metrics = trainer.train().metrics
+    metrics = trainer.train(resume_from_checkpoint=_resume_from(args, "warmup")).metrics
     # Trainer may have moved the Linear (shared with the model) to its device; the model follows it.
     model.to(linear.weight.device)
     return metrics

@@ -190,4 +190,4 @@ def test_save_writes_lineage_that_survives_from_pretrained(tmp_path, tok):
     lineage2 = json.loads((tmp_path / "out2" / LINEAGE_FILENAME).read_text())
     assert [r["labels_added"] for r in lineage2] == [["repair"], ["colour"]]
     assert [r["increment"] for r in lineage2] == [0, 1]
-    assert lineage2[1]["base_model"] == folder.name  # a local path never reaches the Hub
+    assert lineage2[1]["base_model"] == f"./{folder.name}"  # a local path never reaches the Hub
