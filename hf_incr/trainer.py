@@ -21,7 +21,7 @@ from transformers.utils import logging
 
 from .config import IncrementConfig
 from .data import check_texts, encode_labels, find_new_labels, is_multi_label_column, tokenize
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .features import CachedFeatureDataset, CachedFeatureHead, extract_head_inputs
 from .forgetting import (
     ReplayMemory,
@@ -216,6 +216,8 @@ def train_increment(
     if eval_dataset is not None:
         check_texts(eval_dataset, config.text_column)
     multi_label = model.config.problem_type == MULTI_LABEL
+    if config.closed_form_head and config.closed_form_solver == "lda" and multi_label:
+        raise ConfigError("`closed_form_solver='lda'` is for single-label models; use 'ridge' for multi-label.")
     if is_multi_label_column(train_dataset, config.label_column) and not multi_label:
         raise DataError(
             f"Column {config.label_column!r} holds lists of labels but the model is single-label "
@@ -308,7 +310,7 @@ def train_increment(
         if ridge_statistics is None:
             ridge_statistics = RidgeStatistics.empty(linear.in_features, 0)
         ridge_statistics.grow(len(label2id)).update(features[:own], targets)
-        ridge_statistics.write_into(linear, config.ridge_lambda)
+        ridge_statistics.write_into(linear, config.ridge_lambda, config.closed_form_solver)
         timings["closed_form_s"] = time.perf_counter() - t
     elif config.warmup_epochs > 0:
         t = time.perf_counter()

@@ -40,6 +40,7 @@ Methods (``--methods``; default all):
   distill         frozen_head + distillation from the model before the increment
   weight_align    frozen_head + weight aligning of the new rows
   ridge           closed-form ridge head from accumulated statistics (no stored text)
+  lda             closed-form LDA head from the same statistics (single-label data sets only)
   replay_distill  replay + distillation
   replay_ridge    replay + closed-form ridge head
   recommended     the RECOMMENDED config below: the library's defaults (warm-up, top 2 layers, replay, distill, align)
@@ -99,7 +100,7 @@ DATASETS = {
     "goemotions": (4, "labels", True, "test"),
 }
 METHODS = (
-    "naive", "frozen_head", "replay", "distill", "weight_align", "ridge", "replay_distill", "replay_ridge",
+    "naive", "frozen_head", "replay", "distill", "weight_align", "ridge", "lda", "replay_distill", "replay_ridge",
     "recommended", "full_annotated", "joint", "joint_frozen", "joint_ridge",
 )
 # Method -> IncrementConfig overrides on top of the frozen recipe (cached warm-up of the output Linear).
@@ -111,14 +112,15 @@ CONTROLS = {
     "replay": dict(replay_per_label=10),
     "distill": dict(distill_weight=1.0, distill_temperature=2.0),
     "weight_align": dict(weight_align=True),
-    "ridge": dict(closed_form_head=True, ridge_lambda=1.0),
+    "ridge": dict(closed_form_head=True),
+    "lda": dict(closed_form_head=True, closed_form_solver="lda"),
     "replay_distill": dict(replay_per_label=10, distill_weight=1.0, distill_temperature=2.0),
-    "replay_ridge": dict(replay_per_label=10, closed_form_head=True, ridge_lambda=1.0),
+    "replay_ridge": dict(replay_per_label=10, closed_form_head=True),
     "recommended": RECOMMENDED,
     "full_annotated": {},
     "joint": {"replay_per_label": 0},
     "joint_frozen": {},
-    "joint_ridge": dict(closed_form_head=True, ridge_lambda=1.0),
+    "joint_ridge": dict(closed_form_head=True),
 }
 QUICK = dict(train_rows_per_label=8, test_rows_per_label=4, naive_train_rows_per_label=4)
 
@@ -616,6 +618,8 @@ def main(args: ForgettingBenchmarkArguments) -> dict:
         scorer = Scorer(task, tokenizer, args.max_length)
         results: dict[str, dict] = {}
         for method in args.methods:
+            if method == "lda" and task.multi_label:
+                continue  # LDA is a single-label solver
             same = None
             if method == "recommended":
                 same = next((m for m, r in results.items() if m in CONTROLS and m != "recommended"

@@ -156,3 +156,35 @@ def test_balanced_repeat_evens_label_frequencies_up_to_a_cap():
     assert balanced_repeat(memory, new_rows=400, num_new_labels=1) == MAX_REPLAY_REPEAT
     assert balanced_repeat(memory, new_rows=40, num_new_labels=8) == 1
     assert balanced_repeat(ReplayMemory(), new_rows=40, num_new_labels=1) == 1
+
+
+def test_lda_from_accumulated_statistics_matches_a_direct_fit():
+    generator = torch.Generator().manual_seed(1)
+    means = torch.randn(3, 5, generator=generator, dtype=torch.float64) * 3
+    ids = torch.arange(60) % 3
+    x = means[ids] + torch.randn(60, 5, generator=generator, dtype=torch.float64)
+    stats = RidgeStatistics.empty(5, 0)
+    for part in (slice(0, 20), slice(20, 60)):  # two increments; the second brings label 2 too
+        stats.grow(3).update(x[part], F.one_hot(ids[part], 3).double())
+    weight, bias = stats.solve_lda()
+    mu = torch.stack([x[ids == c].mean(0) for c in range(3)])
+    centered = x - mu[ids]
+    covariance = centered.T @ centered / (60 - 3)
+    expected_w = torch.linalg.solve(covariance, mu.T).T
+    torch.testing.assert_close(weight, expected_w, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(bias, -0.5 * (expected_w * mu).sum(1) + torch.log(torch.full((3,), 1 / 3.0, dtype=torch.float64)),
+                               rtol=1e-6, atol=1e-8)
+    assert ((x @ weight.T + bias).argmax(1) == ids).double().mean() > 0.9
+
+
+def test_lda_solver_is_refused_for_multi_label(tmp_path):
+    from hf_incr import ConfigError
+
+    model = tiny_bert(["a", "b"], problem_type="multi_label_classification")
+    config = IncrementConfig(closed_form_head=True, closed_form_solver="lda", finetune_layers=0, label_column="labels")
+    from datasets import Dataset
+
+    data = Dataset.from_dict({"text": ["x y", "z w"], "labels": [["a"], ["b"]]})
+    with pytest.raises(ConfigError, match="single-label"):
+        train_increment(model, tokenizer(), data, config=config, args=training_args(tmp_path), save=False)
+    assert model.config.num_labels == 2
