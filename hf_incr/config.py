@@ -164,13 +164,14 @@ class IncrementConfig:
     )
     ridge_lambda: float = field(
         default=1e-3,
-        metadata={"help": "Ridge penalty of the closed-form head (BANKING77, pooler outputs: 86.6 % at 1e-3, 82.9 % at 1)."},
+        metadata={"help": "Ridge penalty of the closed-form head (BANKING77, pooler outputs: 86.6 percent accuracy at 1e-3, "
+                  "82.9 at 1)."},
     )
     closed_form_solver: str = field(
         default="ridge",
         metadata={
             "help": "Closed-form head from the accumulated statistics: ridge regression onto the labels, or linear "
-            "discriminant analysis (single-label only; 87.8 % vs 86.6 % on BANKING77).",
+            "discriminant analysis (single-label only; 87.8 against 86.6 percent accuracy on BANKING77).",
             "choices": ["ridge", "lda"],
         },
     )
