@@ -8,6 +8,7 @@ attribute paths used by transformers' classification models, and, for any other 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -161,6 +162,19 @@ def _validate_new_labels(model: nn.Module, new_labels: Sequence[str]) -> list[st
             f"The model already has the label(s) {already}. Pass only labels it does not know yet; "
             f"its labels are {list(model.config.id2label.values())}."
         )
+    # Names that differ only by case or surrounding whitespace are allowed (data sets do use them, e.g.
+    # BANKING77's `Refund_not_showing_up`) but are usually a typo: warn, naming both.
+    normalised: dict[str, str] = {}
+    for name in [*known, *labels]:
+        key = " ".join(name.split()).casefold()
+        if key in normalised and normalised[key] != name and name in labels:
+            warnings.warn(
+                f"The new label {name!r} differs from the label {normalised[key]!r} only by case or whitespace; "
+                "they will be two separate labels. Rename one if they mean the same thing.",
+                UserWarning,
+                stacklevel=3,
+            )
+        normalised.setdefault(key, name)
     return labels
 
 

@@ -622,3 +622,10 @@ def test_real_minilm_offline(tmp_path):
     reloaded = T.AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
     assert reloaded.config.id2label == {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2", 3: "card", 4: "transfer"}
     torch.testing.assert_close(logits(reloaded, batch), after, rtol=0, atol=0)
+
+
+def test_labels_differing_only_by_case_or_whitespace_warn_but_are_added():
+    model = tiny_model("bert")
+    with pytest.warns(UserWarning, match=r"'Alpha ' differs from the label 'alpha' only by case or whitespace"):
+        ids = hf_incr.add_labels(model, ["Alpha "])
+    assert model.config.id2label[ids[0]] == "Alpha "
