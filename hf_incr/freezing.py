@@ -85,10 +85,6 @@ def parameter_depths(model: nn.Module) -> dict[str, int]:
     return depths
 
 
-def num_encoder_layers(model: nn.Module) -> int:
-    return len(encoder_layers(model))
-
-
 def head_parameter_names(model: nn.Module, scope: str = "head") -> list[str]:
     """Names of the parameters a frozen-encoder warm-up trains.
 

@@ -393,11 +393,6 @@ def add_labels(
     return new_ids
 
 
-def head_weight_norms(model: nn.Module, head_path: str | None = None) -> torch.Tensor:
-    """Return the L2 norm of each row of the output projection (one value per label)."""
-    return find_classifier_head(model, head_path).linear.weight.detach().float().norm(dim=1)
-
-
 def align_weights(model: nn.Module, new_ids: Sequence[int], head_path: str | None = None) -> float:
     """Weight aligning (Zhao et al., 2020): rescale the rows of ``new_ids`` to the old rows' mean norm, in place.
 
