@@ -35,6 +35,7 @@ from .freezing import freeze_all_but_head, param_groups_layer_lr, unfreeze_top_l
 from .head import add_labels, align_weights, find_classifier_head
 from .lineage import append_record, make_record
 from .metrics import make_compute_metrics
+from .validation import check_increment_inputs
 
 logger = logging.get_logger(__name__)
 
@@ -212,9 +213,7 @@ def train_increment(
     args = args or TrainingArguments(output_dir="hf_incr-output", report_to="none")
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    check_texts(train_dataset, config.text_column)
-    if eval_dataset is not None:
-        check_texts(eval_dataset, config.text_column)
+    check_increment_inputs(model, tokenizer, train_dataset, eval_dataset, config)
     multi_label = model.config.problem_type == MULTI_LABEL
     if config.closed_form_head and config.closed_form_solver == "lda" and multi_label:
         raise ConfigError("`closed_form_solver='lda'` is for single-label models; use 'ridge' for multi-label.")
@@ -224,6 +223,9 @@ def train_increment(
             f"(problem_type={model.config.problem_type!r}). Start from a multi-label model (`multi_label=True` when "
             "training the base), or keep one label per row."
         )
+    if getattr(model, "hf_device_map", None) is None:
+        # Where Trainer would put it anyway; the feature-caching pass below runs before any Trainer exists.
+        model.to(args.device)
     source_dir = getattr(model.config, "_name_or_path", None) or getattr(model, "name_or_path", None)
     if replay_memory is None and config.replay_per_label > 0 and source_dir and Path(source_dir).is_dir():
         replay_memory = ReplayMemory.load(source_dir)
