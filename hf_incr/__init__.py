@@ -10,6 +10,8 @@ from .errors import (
     HfIncrError,
     HubPushError,
     LabelError,
+    TokenizerError,
+    UnsupportedModelError,
 )
 from .freezing import (
     encoder_layers,
@@ -24,6 +26,13 @@ from .head import HeadLocation, add_labels, align_weights, find_classifier_head,
 from .hub import push_saved_model, push_to_hub
 from .lineage import get_lineage
 from .model_card import write_model_card
+from .saving import recover_interrupted_save, save_increment
+from .random_features import (
+    RandomFeatureHead,
+    attach_random_feature_head,
+    detach_random_feature_head,
+    load_model,
+)
 from .trainer import IncrementalTrainer, IncrementResult, train_base_classifier, train_increment
 
 __all__ = [
@@ -38,18 +47,26 @@ __all__ = [
     "IncrementResult",
     "IncrementalTrainer",
     "LabelError",
+    "RandomFeatureHead",
+    "TokenizerError",
+    "UnsupportedModelError",
     "add_labels",
     "align_weights",
+    "attach_random_feature_head",
+    "detach_random_feature_head",
     "encoder_layers",
     "find_classifier_head",
     "freeze_all_but_head",
     "get_lineage",
     "head_inputs",
     "head_parameter_names",
+    "load_model",
     "param_groups_layer_lr",
     "parameter_depths",
     "push_saved_model",
     "push_to_hub",
+    "recover_interrupted_save",
+    "save_increment",
     "train_base_classifier",
     "train_increment",
     "unfreeze_top_layers",

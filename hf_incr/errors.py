@@ -32,6 +32,15 @@ class ConfigError(HfIncrError, ValueError):
     """A recipe setting is invalid or contradicts another one."""
 
 
+class TokenizerError(HfIncrError, ValueError):
+    """The tokenizer does not fit the model (another model's vocabulary, token ids the embeddings lack, a missing or
+    different padding token)."""
+
+
+class UnsupportedModelError(HfIncrError, ValueError):
+    """The model is of a kind whose head hf_incr cannot grow safely as it is (e.g. wrapped by a PEFT adapter)."""
+
+
 class HubPushError(HfIncrError):
     """Uploading a saved model to the Hugging Face Hub failed (no token, no network, an HTTP error, an interrupted
     upload). The model folder on disk is complete: the message names it and how to retry the push.

@@ -194,6 +194,18 @@ def balanced_repeat(memory: ReplayMemory, new_rows: int, num_new_labels: int) ->
     return min(MAX_REPLAY_REPEAT, max(1, round(per_new / per_old)))
 
 
+def oas_shrinkage(covariance: torch.Tensor, num_rows: float) -> float:
+    """Oracle Approximating Shrinkage intensity of a ``(d, d)`` sample covariance from ``num_rows`` rows (the
+    formula scikit-learn's ``OAS`` uses): near 0 with many rows per dimension, up to 1 with few."""
+    dim = covariance.shape[0]
+    mu = torch.trace(covariance) / dim
+    alpha = (covariance**2).mean()
+    denominator = (num_rows + 1) * (alpha - mu**2 / dim)
+    if denominator <= 0:
+        return 1.0
+    return float(min(((alpha + mu**2) / denominator).item(), 1.0))
+
+
 # --- Closed-form ridge head ---------------------------------------------------------------------------------------
 
 
@@ -203,12 +215,16 @@ class RidgeStatistics:
     Adding increments is exact: the solution after any sequence of :meth:`update` calls equals the ridge head fitted
     jointly on all rows seen (float64), and no text is stored. Labels never seen in a row count as 0 targets, so a
     label added later gets zero cross-products from earlier rows, exactly as in a joint fit.
+
+    ``random_features`` optionally holds a :class:`~hf_incr.random_features.RandomFeatureHead` (the RanPAC head and
+    its own statistics), saved and loaded with these statistics.
     """
 
-    def __init__(self, gram: torch.Tensor, cross: torch.Tensor, count: int = 0):
+    def __init__(self, gram: torch.Tensor, cross: torch.Tensor, count: int = 0, random_features=None):
         self.gram = gram.double()
         self.cross = cross.double()
         self.count = int(count)
+        self.random_features = random_features
 
     @classmethod
     def empty(cls, in_features: int, num_labels: int) -> RidgeStatistics:
@@ -239,13 +255,15 @@ class RidgeStatistics:
         solution = torch.linalg.solve(self.gram + ridge_lambda * eye, self.cross)
         return solution[:-1].T.contiguous(), solution[-1].contiguous()
 
-    def solve_lda(self, shrinkage: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    def solve_lda(self, shrinkage: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Linear discriminant analysis from the same statistics (single-label only): class means and a shared
         covariance, ``weight_c = S^-1 mu_c`` and ``bias_c = -mu_c S^-1 mu_c / 2 + log prior_c``.
 
         The one-hot cross-products hold each class's count (bias row) and feature sums, and ``gram`` the second
-        moment, so no extra statistic is needed. On BANKING77's pooler outputs (frozen MiniLM) it reached 87.8 %
-        where ridge reached 86.6 % (lambda 1e-3) and 82.9 % (lambda 1).
+        moment, so no extra statistic is needed. The covariance is shrunk towards ``trace(S) / d * I`` by
+        ``shrinkage``; ``None`` picks it from the statistics with the Oracle Approximating Shrinkage estimator
+        (Chen et al., 2010), which keeps LDA usable when there are fewer rows than feature dimensions: BANKING77,
+        frozen MiniLM pooler, 4 rows per label: 65.8 % against 57.2 % unshrunk; all 10,003 rows: 87.2 % against 87.8 %.
         """
         counts = self.cross[-1]
         if (counts <= 0).any():
@@ -255,9 +273,12 @@ class RidgeStatistics:
         within = self.gram[:-1, :-1] - (means.T * counts) @ means
         covariance = within / max(n - len(counts), 1.0)
         eye = torch.eye(dim, dtype=torch.float64)
-        covariance = (1 - shrinkage) * covariance + shrinkage * torch.trace(covariance) / dim * eye
-        # A tiny ridge keeps the solve defined when features are collinear (e.g. fewer rows than dimensions).
-        covariance = covariance + 1e-9 * torch.trace(covariance).clamp_min(1e-12) / dim * eye
+        mu = torch.trace(covariance) / dim
+        if shrinkage is None:
+            shrinkage = oas_shrinkage(covariance, n)
+        covariance = (1 - shrinkage) * covariance + shrinkage * mu * eye
+        # A tiny ridge keeps the solve defined when features are collinear and shrinkage is 0.
+        covariance = covariance + 1e-9 * mu.clamp_min(1e-12) * eye
         weight = torch.linalg.solve(covariance, means.T).T
         bias = -0.5 * (weight * means).sum(1) + torch.log(counts / n)
         return weight.contiguous(), bias.contiguous()
@@ -284,6 +305,8 @@ class RidgeStatistics:
             str(path),
             metadata={"count": str(self.count), "format": "hf_incr ridge statistics over [head input, 1]"},
         )
+        if self.random_features is not None:
+            self.random_features.save(directory)
         return path
 
     @classmethod
@@ -296,4 +319,6 @@ class RidgeStatistics:
         with safe_open(str(path), framework="pt") as f:
             count = int(f.metadata().get("count", 0))
         tensors = load_file(str(path))
-        return cls(tensors["gram"], tensors["cross"], count)
+        from .random_features import RandomFeatureHead
+
+        return cls(tensors["gram"], tensors["cross"], count, random_features=RandomFeatureHead.load(directory))

@@ -138,6 +138,14 @@ def _layer_list_paths(model: nn.Module) -> list[str]:
 
 
 def _validate_new_labels(model: nn.Module, new_labels: Sequence[str]) -> list[str]:
+    import unicodedata
+
+    # Imported lazily: `validation` imports the config, which imports this module.
+    from .validation import check_not_peft
+
+    # A PEFT wrapper forwards `config` and attribute access to the model it wraps, so the head found above may sit on
+    # the wrapper itself: refuse before anything is replaced (without walking the model's modules).
+    check_not_peft(model, "add labels to", walk=False)
     if isinstance(new_labels, str):
         raise LabelError(
             f"`new_labels` should be a list of label names, but got the string {new_labels!r}. "
@@ -152,6 +160,14 @@ def _validate_new_labels(model: nn.Module, new_labels: Sequence[str]) -> list[st
             f"Label names must be non-empty strings, but `new_labels` contains {bad!r}. "
             "Convert ids to names first (e.g. with `ClassLabel.int2str`)."
         )
+    # Control characters (newlines, tabs, NUL) would break the card's tables, CSV exports and logs; any other
+    # character (emoji, CJK, right-to-left scripts, slashes, `..`) is fine: no path is ever built from a label name.
+    control = [label for label in labels if any(unicodedata.category(char) == "Cc" for char in label)]
+    if control:
+        raise LabelError(
+            f"Label names must be single-line text without control characters, but `new_labels` contains "
+            f"{control[:5]!r}. Replace them, e.g. `' '.join(name.split())`."
+        )
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
     if duplicates:
         raise LabelError(f"`new_labels` names {duplicates} more than once; pass each new label once.")
@@ -163,13 +179,15 @@ def _validate_new_labels(model: nn.Module, new_labels: Sequence[str]) -> list[st
             f"its labels are {list(model.config.id2label.values())}."
         )
     # Names that differ only by case or surrounding whitespace are allowed (data sets do use them, e.g.
-    # BANKING77's `Refund_not_showing_up`) but are usually a typo: warn, naming both.
+    # BANKING77's `Refund_not_showing_up`) but are usually a typo: warn, naming both (also for two new labels).
     normalised: dict[str, str] = {}
-    for name in [*known, *labels]:
-        key = " ".join(name.split()).casefold()
+    for name in [*sorted(known, key=str), *labels]:
+        key = " ".join(str(name).split()).casefold()
         if key in normalised and normalised[key] != name and name in labels:
+            other = normalised[key]
+            kind = "the new label" if other in labels else "the label"
             warnings.warn(
-                f"The new label {name!r} differs from the label {normalised[key]!r} only by case or whitespace; "
+                f"The new label {name!r} differs from {kind} {other!r} only by case or whitespace; "
                 "they will be two separate labels. Rename one if they mean the same thing.",
                 UserWarning,
                 stacklevel=3,
@@ -261,7 +279,12 @@ def _imprinted_rows(
             f"`init='imprint'` needs example representations for every new label, but none were given for "
             f"{missing}. Pass `examples={{label: head_inputs_tensor, ...}}` for each of them."
         )
-    old_norm = old.weight.detach().float().norm(dim=1).mean() if old.out_features else torch.tensor(1.0)
+    # Reductions accumulate in float32 via `dtype=` rather than `.float()`, which would copy a half-precision head.
+    old_norm = (
+        torch.linalg.vector_norm(old.weight.detach(), dim=1, dtype=torch.float32).mean()
+        if old.out_features
+        else torch.tensor(1.0)
+    )
     rows = []
     for label in labels:
         if not isinstance(examples[label], torch.Tensor):
@@ -280,7 +303,7 @@ def _imprinted_rows(
     weight = torch.stack(rows).to(old.weight.dtype)
     bias = None
     if old.bias is not None:
-        fill = old.bias.detach().float().mean() if old.out_features else torch.tensor(0.0)
+        fill = old.bias.detach().mean(dtype=torch.float32) if old.out_features else torch.tensor(0.0)
         bias = torch.full((len(labels),), float(fill), device=old.weight.device, dtype=old.bias.dtype)
     return weight, bias
 
@@ -302,15 +325,40 @@ def _new_rows(
     if init == "mean":
         if old.out_features == 0:
             return _default_rows(model, old, count)
-        weight = old.weight.detach().float().mean(0, keepdim=True).expand(count, -1).to(old.weight.dtype)
-        bias = None if old.bias is None else old.bias.detach().float().mean().expand(count).to(old.bias.dtype)
-        return weight.clone(), None if bias is None else bias.clone()
+        # float32 accumulation without a float32 copy of the whole head (`.float()` copies a bf16/fp16 head).
+        weight = old.weight.detach().mean(0, keepdim=True, dtype=torch.float32).expand(count, -1).to(old.weight.dtype)
+        bias = None if old.bias is None else old.bias.detach().mean(dtype=torch.float32).expand(count).to(old.bias.dtype)
+        return weight, bias  # broadcast views: `_grown_linear` copies them into the grown head
     if examples is None:
         raise LabelError(
             "`init='imprint'` builds the new rows from examples of each new label: pass "
             "`examples={label: head_inputs_tensor}` (see `hf_incr.head_inputs`)."
         )
     return _imprinted_rows(model, old, labels, examples)
+
+
+def _grown_rows(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """``cat([old, new])`` written straight into one new tensor: the old rows are copied bit for bit and no
+    intermediate the size of the head is made."""
+    grown = torch.empty((old.shape[0] + new.shape[0], *old.shape[1:]), dtype=old.dtype, device=old.device)
+    grown[: old.shape[0]].copy_(old.detach())
+    grown[old.shape[0] :].copy_(new.detach())
+    return grown
+
+
+def _grown_linear(old: nn.Linear, new_weight: torch.Tensor, new_bias: torch.Tensor | None) -> nn.Linear:
+    """A new Linear holding the old rows then the new ones, with the old one's dtype, device, trainability, mode.
+
+    Built on the meta device and then given its tensors, so the grown head is allocated once and never initialised
+    only to be overwritten: the cost is one copy of the head, whatever the size of the rest of the model.
+    """
+    grown = nn.Linear(old.in_features, old.out_features + new_weight.shape[0], bias=old.bias is not None, device="meta")
+    with torch.no_grad():
+        grown.weight = nn.Parameter(_grown_rows(old.weight, new_weight), requires_grad=old.weight.requires_grad)
+        if old.bias is not None:
+            grown.bias = nn.Parameter(_grown_rows(old.bias, new_bias), requires_grad=old.bias.requires_grad)
+    grown.train(old.training)
+    return grown
 
 
 def add_labels(
@@ -357,27 +405,15 @@ def add_labels(
             f"{type(model).__name__} has no `config.id2label`, so it is not a classification model. Load it with "
             "`AutoModelForSequenceClassification.from_pretrained(...)`."
         )
+    from .validation import check_not_peft  # lazily: validation imports the data and config modules
+
+    check_not_peft(model, "add labels to", walk=False)
     head = find_classifier_head(model, head_path)
     _check_config_matches_head(model, head)
     labels = _validate_new_labels(model, new_labels)
     old = head.linear
     new_weight, new_bias = _new_rows(model, old, labels, init, examples)
-
-    grown = nn.Linear(
-        old.in_features,
-        old.out_features + len(labels),
-        bias=old.bias is not None,
-        device=old.weight.device,
-        dtype=old.weight.dtype,
-    )
-    with torch.no_grad():
-        grown.weight.copy_(torch.cat([old.weight.detach(), new_weight.to(old.weight.dtype)], dim=0))
-        if old.bias is not None:
-            grown.bias.copy_(torch.cat([old.bias.detach(), new_bias.to(old.bias.dtype)], dim=0))
-    grown.weight.requires_grad_(old.weight.requires_grad)
-    if old.bias is not None:
-        grown.bias.requires_grad_(old.bias.requires_grad)
-    grown.train(old.training)
+    grown = _grown_linear(old, new_weight, new_bias)
     setattr(head.parent, head.name, grown)
 
     first_id = old.out_features

@@ -169,6 +169,13 @@ def _save_locally(folder_or_model, repo_id, tokenizer, save_dir, replay, ridge) 
                 repo_id=repo_id,
             )
         return folder
+    if save_dir is None:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:  # the repo's name becomes a local folder: `org/..` must not name the working folder's parent
+            validate_repo_id(repo_id)
+        except HFValidationError as error:
+            raise HubPushError(f"{repo_id!r} is not a valid Hub repo id: {error}", repo_id=repo_id) from None
     folder = Path(save_dir) if save_dir is not None else Path(repo_id.split("/")[-1])
     if folder.exists() and any(folder.iterdir()) and not (folder / "config.json").is_file():
         raise HubPushError(

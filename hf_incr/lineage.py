@@ -9,6 +9,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
 LINEAGE_ATTRIBUTE = "hf_incr_lineage"
 LINEAGE_FILENAME = "lineage.json"
 
@@ -44,21 +48,38 @@ def make_record(
     }
 
 
+def find_rerun(model_or_lineage, data_fingerprint: str | None, labels_added) -> dict[str, Any] | None:
+    """The model's last increment record if a run on data with ``data_fingerprint`` adding ``labels_added`` repeats it.
+
+    A run repeats the last increment when it trains on the same data (same ``datasets`` fingerprint) and adds no label
+    that increment did not add: the same increment run again on the same base (same labels added), or on its own
+    result (the labels are known by then, so none is added). Data without a fingerprint is never a rerun.
+    """
+    lineage = model_or_lineage if isinstance(model_or_lineage, list) else get_lineage(model_or_lineage)
+    if not lineage or data_fingerprint is None:
+        return None
+    last = lineage[-1]
+    if last.get("data_fingerprint") != data_fingerprint:
+        return None
+    return last if set(labels_added) <= set(last.get("labels_added") or []) else None
+
+
 def append_record(model, record: dict[str, Any]) -> list[dict[str, Any]]:
     """Append ``record`` to the model's lineage (in ``model.config``), numbering it; returns the new lineage.
 
-    A record that repeats the last one (same labels added and same training data) is not appended twice, so
-    re-running an increment does not duplicate the history.
+    A record that repeats the last one (see :func:`find_rerun`) is not appended, with a warning: running an increment
+    again on its own result trains on data the lineage already records, and must not look like a new increment.
     """
     lineage = get_lineage(model)
-    if lineage:
-        last = lineage[-1]
-        if (
-            last.get("labels_added") == record["labels_added"]
-            and last.get("data_fingerprint") is not None
-            and last.get("data_fingerprint") == record.get("data_fingerprint")
-        ):
-            return lineage
+    repeated = find_rerun(lineage, record.get("data_fingerprint"), record["labels_added"])
+    if repeated is not None:
+        logger.warning(
+            "This run repeats increment %s of the lineage (same training data, fingerprint %s, and no label it did "
+            "not add): no new lineage record. To add labels, train on data that has them; to redo that increment, "
+            "start from the model it was trained from (its base_model: %s).",
+            repeated.get("increment"), record.get("data_fingerprint"), repeated.get("base_model"),
+        )
+        return lineage
     record = {"increment": len(lineage), **record}
     lineage.append(record)
     setattr(model.config, LINEAGE_ATTRIBUTE, lineage)

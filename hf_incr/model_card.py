@@ -33,6 +33,13 @@ _STAGING_NAME = re.compile(r"^\.(?P<name>.+)\.tmp-[0-9a-f]{8}$")  # save_increme
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _EXAMPLES_PER_LABEL = 2
 _EXAMPLE_CHARS = 80
+# A card must stay readable (and small) on a model with thousands of labels and a long lineage; `config.json` and
+# `lineage.json` keep everything, the card shows it up to these sizes:
+LABEL_TABLE_LIMIT = 100  # more labels: one row per run of ids added together, not one row per label
+NAMES_PER_CELL = 10  # label names listed in one table cell before "… and N more"
+GROWTH_STEPS_LIMIT = 6  # more increments: the opening sentence summarises them instead of naming each
+MODEL_INDEX_INCREMENTS = 10  # the metadata's model-index covers the latest increments only (the body has all)
+PLOT_FULL_TICKS = 8  # more increments: the plot's x ticks are thinned and the legend moves below the axes
 
 
 def template_path() -> Path:
@@ -121,17 +128,26 @@ def build_card_data(model_or_config, *, model_id: str, **card_data_kwargs: Any) 
     return ModelCardData(**values)
 
 
-def eval_results(model_or_config, dataset_name: str = "held-out evaluation set") -> list[EvalResult]:
+def eval_results(
+    model_or_config,
+    dataset_name: str = "held-out evaluation set",
+    *,
+    last: int | None = MODEL_INDEX_INCREMENTS,
+) -> list[EvalResult]:
     """``EvalResult`` entries for the card's ``model-index``: per increment, the metric on all / old / new labels,
     macro-F1 and forgetting. Each increment is its own ``dataset_config`` (its evaluation set covers the labels
-    known at that increment)."""
+    known at that increment). Only the ``last`` increments are included (``None``: all), so the metadata header
+    stays a bounded size on a long lineage; the card's body tabulates every increment."""
     config = getattr(model_or_config, "config", model_or_config)
     multi = getattr(config, "problem_type", None) == MULTI_LABEL
     metric_type, metric_label = ("f1", "Micro-F1") if multi else ("accuracy", "Accuracy")
     results = []
-    for record in get_lineage(config):
+    lineage = get_lineage(config)
+    for position, record in enumerate(lineage):
+        if last is not None and position < len(lineage) - last:
+            continue
         after = (record.get("metrics") or {}).get("after") or {}
-        k = record.get("increment", len(results))
+        k = record.get("increment", position)
         metrics = [
             (metric_type, f"{metric_label} (all labels)", after.get("accuracy")),
             (metric_type, f"{metric_label} (old labels)", after.get("old_accuracy")),
@@ -186,6 +202,9 @@ def card_context(
         }
         for i, name in sorted(id2label.items())
     ]
+    # Thousands of one-label rows make a card of hundreds of kB that nobody scrolls: past the limit the table has
+    # one row per run of consecutive ids added in the same increment (id2label in config.json lists them all).
+    label_groups = _label_groups(labels, sorted(id2label.items())) if len(labels) > LABEL_TABLE_LIMIT else None
     increments = []
     for record in lineage:
         metrics = record.get("metrics") or {}
@@ -196,7 +215,7 @@ def card_context(
             {
                 "increment": k,
                 "kind": record.get("kind", "increment"),
-                "labels_added": ", ".join(f"`{_md(n)}`" for n in added) or "none (more training)",
+                "labels_added": _names(added) or "none (more training)",
                 "num_added": len(added),
                 "num_labels": record.get("num_labels", ""),
                 "started_from": _model_link(record.get("base_model")),
@@ -227,15 +246,18 @@ def card_context(
         "base_model_link": _model_link(base) if base else None,
         "num_labels": len(id2label),
         "labels": labels,
+        "label_groups": label_groups,
         "increments": increments,
+        "growth": _growth(increments),
         "num_increments": len(lineage),
+        "indexed_increments": min(len(lineage), MODEL_INDEX_INCREMENTS),
         "lineage_marker": LINEAGE_MARKER.format(n=len(lineage)),
         "lineage_attribute": LINEAGE_ATTRIBUTE,
         "has_metrics": has_metrics,
         "plot_filename": plot_filename if has_metrics else None,
-        "recipe_rows": _recipe_rows(lineage),
+        "recipe_columns": _recipe_columns(lineage),
         "example_text": _py_string(_clip(example_text, 200)),
-        "last_labels": ", ".join(f"`{_md(n)}`" for n in (last or {}).get("labels_added") or []),
+        "last_labels": _names((last or {}).get("labels_added") or []),
         "versions": versions if versions is not None else framework_versions(),
     }
 
@@ -264,7 +286,8 @@ def plot_increments(lineage: list[dict[str, Any]], path: str | Path, *, metric_n
     from matplotlib.figure import Figure
 
     xs = [record.get("increment", i) for i, (record, _) in enumerate(points)]
-    fig = Figure(figsize=(7.5, 4.2), dpi=120, layout="constrained")
+    long = len(points) > PLOT_FULL_TICKS
+    fig = Figure(figsize=(7.5, 4.6 if long else 4.2), dpi=120, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     series = [
@@ -283,22 +306,23 @@ def plot_increments(lineage: list[dict[str, Any]], path: str | Path, *, metric_n
         if last is not None:
             finals.append((last, color))
     bottom = max(0.0, 10 * math.floor((lowest - 15) / 10))
-    _label_final_values(ax, finals, spacing=(102 - bottom) * 0.045)
-    ticks = []
-    for record, _ in points:
-        added = len(record.get("labels_added") or [])
-        kind = "base" if record.get("kind") == "base" else f"+{added} label{'s' if added != 1 else ''}"
-        ticks.append(f"{record.get('increment', len(ticks))}\n{kind}\n({record.get('num_labels', '?')} total)")
-    ax.set_xticks(xs, ticks, fontsize=8)
-    ax.set_xlim(min(xs) - 0.4, max(xs) + 0.6)
+    # Offsets in increments: widened on a long lineage, where one increment is a narrow slice of the axis.
+    unit = max(1.0, (max(xs) - min(xs)) / (PLOT_FULL_TICKS - 1))
+    _label_final_values(ax, finals, spacing=(102 - bottom) * 0.045, dx=0.12 * unit)
+    ax.set_xticks(xs, _tick_labels([record for record, _ in points]), fontsize=8)
+    ax.set_xlim(min(xs) - 0.4 * unit, max(xs) + 0.6 * unit)
     ax.set_ylim(bottom, 102)
     ax.set_ylabel(f"{metric_name} (%)")
-    ax.set_xlabel("Increment")
+    ax.set_xlabel("Increment (labels in total)" if long else "Increment")
     ax.set_title(f"{metric_name} on the held-out set after each increment", fontsize=11)
     ax.grid(axis="y", alpha=0.3)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
-    ax.legend(loc="lower left", fontsize=8, frameon=False)
+    if long:
+        # Many points leave no empty corner inside the axes: the legend goes below them.
+        fig.legend(loc="outside lower center", ncols=3, fontsize=8, frameon=False)
+    else:
+        ax.legend(loc="lower left", fontsize=8, frameon=False)
     path = Path(path)
     fig.savefig(path, format="png", metadata={"Software": None})
     return path
@@ -321,14 +345,33 @@ def framework_versions() -> dict[str, str]:
 # -- helpers ---------------------------------------------------------------------------------------------------------
 
 
-def _label_final_values(ax, finals, spacing: float) -> None:
+def _tick_labels(records: list[dict[str, Any]]) -> list[str]:
+    """One x tick label per increment: number, labels added and total; on a long lineage only the number and
+    total, on every few ticks (always the first and the last), so the labels never run into each other."""
+    count = len(records)
+    if count <= PLOT_FULL_TICKS:
+        labels = []
+        for record in records:
+            added = len(record.get("labels_added") or [])
+            kind = "base" if record.get("kind") == "base" else f"+{added} label{'s' if added != 1 else ''}"
+            labels.append(f"{record.get('increment', len(labels))}\n{kind}\n({record.get('num_labels', '?')} total)")
+        return labels
+    step = math.ceil(count / PLOT_FULL_TICKS)
+    shown = {0, count - 1} | {i for i in range(0, count, step) if count - 1 - i >= step / 2}
+    return [
+        f"{record.get('increment', i)}\n({record.get('num_labels', '?')})" if i in shown else ""
+        for i, record in enumerate(records)
+    ]
+
+
+def _label_final_values(ax, finals, spacing: float, dx: float = 0.12) -> None:
     """Write each series' last value right of its last point, nudged apart vertically so the numbers never overlap."""
     finals = sorted(finals, key=lambda item: item[0][1])
     placed: list[float] = []
     for (x, y), color in finals:
         text_y = y if not placed else max(y, placed[-1] + spacing)
         placed.append(text_y)
-        ax.annotate(f"{y:.1f}", (x, y), xytext=(x + 0.12, text_y), textcoords="data", va="center", color=color,
+        ax.annotate(f"{y:.1f}", (x, y), xytext=(x + dx, text_y), textcoords="data", va="center", color=color,
                     fontsize=9)
 
 
@@ -342,8 +385,10 @@ def _metric_name(config) -> str:
 
 
 def _base_model(config, lineage) -> str | None:
-    if lineage and lineage[0].get("base_model"):
-        return str(lineage[0]["base_model"])
+    if lineage:
+        # With a lineage, `_name_or_path` is this model's own folder once it is reloaded: naming it would make the
+        # card say the model was grown from itself. No recorded base (a base built from a config) means unknown.
+        return str(lineage[0]["base_model"]) if lineage[0].get("base_model") else None
     name = getattr(config, "_name_or_path", None) or getattr(config, "name_or_path", None)
     return str(name) if name else None
 
@@ -370,16 +415,70 @@ def _increment_name(k, lineage) -> str:
     return f"{k} (base)" if kind == "base" else str(k)
 
 
-def _recipe_rows(lineage) -> list[dict[str, Any]]:
-    """One row per recipe setting, one cell per increment (settings in the order the recipe lists them)."""
+def _recipe_columns(lineage) -> dict[str, Any] | None:
+    """The recipe table: one row per setting (in the order the recipe lists them) and one column per run of
+    consecutive increments with the same settings, so twenty increments of one recipe make two columns, not 21."""
     names: list[str] = []
     for record in lineage:
         for name in record.get("recipe") or {}:
             if name not in names:
                 names.append(name)
-    return [
-        {"name": name, "values": [_setting((r.get("recipe") or {}).get(name, "")) for r in lineage]} for name in names
+    if not names:
+        return None
+    runs: list[list[dict[str, Any]]] = []
+    for record in lineage:
+        if runs and (runs[-1][-1].get("recipe") or {}) == (record.get("recipe") or {}):
+            runs[-1].append(record)
+        else:
+            runs.append([record])
+    titles = []
+    for run in runs:
+        first, last = run[0].get("increment"), run[-1].get("increment")
+        titles.append(f"Increment {first}" if len(run) == 1 else f"Increments {first}–{last}")
+    rows = [
+        {"name": name, "values": [_setting((run[0].get("recipe") or {}).get(name, "")) for run in runs]}
+        for name in names
     ]
+    return {"titles": titles, "rows": rows}
+
+
+def _names(names, limit: int = NAMES_PER_CELL) -> str:
+    """Label names as code spans for one table cell: the first ``limit``, then how many more."""
+    names = list(names)
+    shown = ", ".join(f"`{_md(n)}`" for n in names[:limit])
+    return shown if len(names) <= limit else f"{shown}, … and {len(names) - limit} more"
+
+
+def _label_groups(labels: list[dict[str, Any]], id2label: list[tuple[int, str]]) -> list[dict[str, Any]]:
+    """Runs of consecutive ids added in the same increment: ids, count and (some of) the names of each run."""
+    groups: list[dict[str, Any]] = []
+    for label, (_, name) in zip(labels, id2label):
+        if groups and groups[-1]["added_in"] == label["added_in"] and groups[-1]["last"] == label["id"] - 1:
+            groups[-1]["last"] = label["id"]
+            groups[-1]["names"].append(name)
+        else:
+            groups.append({"first": label["id"], "last": label["id"], "added_in": label["added_in"], "names": [name]})
+    for group in groups:
+        first, last = group["first"], group["last"]
+        group["ids"] = str(first) if first == last else f"{first}–{last}"
+        group["count"] = len(group["names"])
+        group["names"] = _names(group["names"])
+    return groups
+
+
+def _growth(increments: list[dict[str, Any]]) -> str:
+    """How the label set grew, for the card's opening sentence: each step, or a summary of a long lineage."""
+    steps = [
+        f"a base classifier with {inc['num_added']} label{'s' if inc['num_added'] != 1 else ''}"
+        if inc["kind"] == "base"
+        else f"increment {inc['increment']} added {inc['num_added']}"
+        for inc in increments
+    ]
+    if len(steps) > GROWTH_STEPS_LIMIT:
+        rest = increments[1:]
+        added = sum(inc["num_added"] for inc in rest)
+        steps = [steps[0], f"then {len(rest)} increments added {added} label{'s' if added != 1 else ''}"]
+    return ", ".join(steps) + "."
 
 
 def _setting(value) -> str:
@@ -435,8 +534,11 @@ def _clip(text: str, limit: int = _EXAMPLE_CHARS) -> str:
 
 
 def _md(text: str) -> str:
-    """Text safe inside a Markdown table cell (no pipes, no raw HTML)."""
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+    """Text safe inside a Markdown table cell (no pipes, no raw HTML, no backticks that would end a code span)."""
+    return (
+        str(text).replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+        .replace("`", "\u02cb")  # a look-alike: entities are not decoded inside code spans
+    )
 
 
 def _py_string(text: str) -> str:

@@ -1,21 +1,48 @@
 """Saving a grown model: model, tokenizer, lineage, replay memory, ridge statistics and card, written to a temporary
-folder and renamed into place, so a crash during the save leaves the previous model folder intact."""
+folder and renamed into place, so a crash during the save leaves the previous model folder intact; and the Trainer
+checkpoints a killed increment resumes from.
+
+A save of ``out`` moves through sibling folders named after it, each step one ``rename``:
+
+1. ``.out.tmp-<tag>``: files being written (partial until renamed).
+2. ``.out.new-<tag>``: every file written and flushed (complete).
+3. ``out`` renamed to ``.out.old-<tag>``; ``checkpoints`` / ``runs`` moved from it into ``.out.new-<tag>``.
+4. ``.out.new-<tag>`` renamed to ``out``; ``.out.old-<tag>`` deleted.
+
+A process killed at any point leaves either the previous ``out`` or a complete new version: between 3 and 4 there
+is no ``out``, but ``.out.new-<tag>`` is complete. :func:`recover_interrupted_save` (run by every save, and before
+resuming a run) finishes or undoes such a save: while ``out`` holds a model, leftovers are deleted (the save never
+happened); without one, the complete new version is put in place (the save happened).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
 
 from transformers.utils import logging
 
+from .errors import ConfigError
 from .lineage import get_lineage, write_lineage_file
 
 logger = logging.get_logger(__name__)
 
 # Entries of an existing output folder that are not part of the saved model but must survive a re-save.
 KEPT_ENTRIES = ("checkpoints", "runs")
+# A folder holds a saved model when it has this file (save_pretrained writes it; the folder is loadable).
+MODEL_MARKER = "config.json"
+# model_card.py maps the `.tmp-` name back to the final one: keep the two patterns in step.
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<stage>tmp|new|old)-(?P<tag>[0-9a-f]{8})$")
+# Trainer writes trainer_state.json last in a checkpoint (after weights, optimizer and RNG states).
+TRAINER_STATE = "trainer_state.json"
+RUN_FILE = "hf_incr_run.json"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 def save_increment(
@@ -30,41 +57,296 @@ def save_increment(
     """Save everything an increment produced into ``output_dir``, atomically.
 
     The files are written to a sibling temporary folder first; the previous folder (if any) is replaced only once
-    everything was written. Trainer checkpoints kept under ``output_dir/checkpoints`` are carried over.
+    everything was written. Trainer checkpoints kept under ``output_dir/checkpoints`` are carried over. Leftovers of
+    an earlier save that was killed are cleaned up first (see :func:`recover_interrupted_save`).
     """
     output_dir = Path(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
-    staging = output_dir.parent / f".{output_dir.name}.tmp-{tag}"
-    try:
-        model.save_pretrained(staging)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
-        write_lineage_file(staging, get_lineage(model))
-        if replay is not None and len(replay):
-            replay.save(staging)
-        if ridge is not None:
-            ridge.save(staging)
-        if write_card:
-            from .model_card import write_model_card
+    with _locked(output_dir.parent):
+        _recover(output_dir)
+        tag = uuid.uuid4().hex[:8]
+        staging = output_dir.parent / f".{output_dir.name}.tmp-{tag}"
+        try:
+            model.save_pretrained(staging)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(staging)
+            write_lineage_file(staging, get_lineage(model))
+            if replay is not None and len(replay):
+                replay.save(staging)
+            if ridge is not None:
+                ridge.save(staging)
+            if write_card:
+                from .model_card import write_model_card
 
-            write_model_card(model, staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    _swap_into_place(staging, output_dir, tag)
+                write_model_card(model, staging)
+            # A SIGKILL loses nothing already written, but a power cut can: flush before the renames publish it.
+            _fsync_tree(staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        _swap_into_place(staging, output_dir, tag)
     logger.info("Saved the model to %s", output_dir)
     return output_dir
 
 
+def recover_interrupted_save(output_dir: str | os.PathLike) -> Path | None:
+    """Finish or undo a save of ``output_dir`` that was killed, and delete its leftover folders.
+
+    Every save runs this first, and an increment resuming from its checkpoints runs it before looking for them. Call it
+    yourself before loading a folder whose save may have been killed (``output_dir`` missing while a sibling
+    ``.<name>.new-<tag>`` exists). Returns the folder put in place, or ``None`` when there was nothing to finish.
+    """
+    output_dir = Path(output_dir)
+    if not output_dir.parent.is_dir():
+        return None
+    with _locked(output_dir.parent):
+        return _recover(output_dir)
+
+
 def _swap_into_place(staging: Path, output_dir: Path, tag: str) -> None:
+    parent, name = output_dir.parent, output_dir.name
+    complete = parent / f".{name}.new-{tag}"
+    os.replace(staging, complete)  # from here on a killed save leaves a complete new version behind
     if not output_dir.exists():
-        os.replace(staging, output_dir)
+        os.replace(complete, output_dir)
+        _fsync_dir(parent)
         return
-    for name in KEPT_ENTRIES:
-        if (output_dir / name).exists() and not (staging / name).exists():
-            os.replace(output_dir / name, staging / name)
-    retired = output_dir.parent / f".{output_dir.name}.old-{tag}"
+    retired = parent / f".{name}.old-{tag}"
+    # The output folder is renamed away before its kept entries move, so they are never only in a partial folder.
     os.replace(output_dir, retired)
-    os.replace(staging, output_dir)
+    for entry in KEPT_ENTRIES:
+        if (retired / entry).exists() and not (complete / entry).exists():
+            os.replace(retired / entry, complete / entry)
+    os.replace(complete, output_dir)
+    _fsync_dir(parent)
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def _recover(output_dir: Path) -> Path | None:
+    """:func:`recover_interrupted_save` without the lock (the caller holds it)."""
+    parent, name = output_dir.parent, output_dir.name
+    leftovers: dict[str, list[Path]] = {"tmp": [], "new": [], "old": []}
+    for entry in parent.iterdir():
+        match = _LEFTOVER.match(entry.name)
+        if match and match["name"] == name:
+            leftovers[match["stage"]].append(entry)
+    for partial in leftovers["tmp"]:
+        # Files still being written when the save was killed: never part of a model.
+        logger.warning("Deleting %s, left by a save of %s that was interrupted while writing.", partial, output_dir)
+        shutil.rmtree(partial, ignore_errors=True)
+    restored = None
+    candidates = leftovers["new"] or leftovers["old"]
+    if not (output_dir / MODEL_MARKER).is_file() and candidates:
+        # No model in `output_dir`: the killed save had renamed it away (or it never held one, as in a first save
+        # after training): the save counts as done, put the newest complete version in place.
+        candidate = max(candidates, key=lambda p: p.stat().st_mtime_ns)
+        tag = _LEFTOVER.match(candidate.name)["tag"]
+        retired = parent / f".{name}.old-{tag}"
+        if candidate != retired and retired.is_dir():
+            for entry in KEPT_ENTRIES:
+                if (retired / entry).exists() and not (candidate / entry).exists():
+                    os.replace(retired / entry, candidate / entry)
+        if output_dir.exists():
+            # A run that restarted before this recovery may have created `output_dir/checkpoints/...` already.
+            _move_missing(candidate, output_dir)
+            shutil.rmtree(candidate, ignore_errors=True)
+        else:
+            os.replace(candidate, output_dir)
+        _fsync_dir(parent)
+        restored = output_dir
+        logger.warning(
+            "%s was missing or incomplete after an interrupted save; restored it from %s (%s version).",
+            output_dir, candidate.name, "new" if candidate in leftovers["new"] else "previous",
+        )
+    for folder in leftovers["new"] + leftovers["old"]:
+        if folder.exists():
+            # `output_dir` holds a complete model: the interrupted save either never replaced it or had finished.
+            logger.warning("Deleting %s, left by an interrupted save of %s.", folder, output_dir)
+            shutil.rmtree(folder, ignore_errors=True)
+    return restored
+
+
+def _move_missing(source: Path, target: Path) -> None:
+    """Move every entry of ``source`` that ``target`` lacks into it, descending into folders both have."""
+    for entry in source.iterdir():
+        destination = target / entry.name
+        if not destination.exists():
+            os.replace(entry, destination)
+        elif entry.is_dir() and destination.is_dir():
+            _move_missing(entry, destination)
+
+
+@contextlib.contextmanager
+def _locked(directory: Path):
+    """Hold an exclusive lock on ``directory`` (the output folder's parent) while saving or recovering.
+
+    A recovery deletes ``.tmp-`` folders, which is only safe if no other process is writing one: saves into the same
+    parent take turns. The lock dies with its process, so a killed save never blocks the next. Where ``flock`` is
+    unavailable (Windows, some network file systems) saves run unlocked: do not save one folder from two processes.
+    """
+    try:
+        import fcntl
+
+        fd = os.open(directory, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for root, _, files in os.walk(folder):
+        for file in files:
+            fd = os.open(os.path.join(root, file), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            except OSError:
+                pass  # Windows cannot flush a read-only handle; a kill loses nothing written anyway
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(root))
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # not every platform / file system can flush a directory
+    finally:
+        os.close(fd)
+
+
+# Trainer checkpoints of the increment's phases ---------------------------------------------------------------------
+
+
+def is_complete_checkpoint(folder: str | os.PathLike) -> bool:
+    """Whether Trainer finished writing this checkpoint: its ``trainer_state.json`` (written last) parses."""
+    try:
+        state = json.loads((Path(folder) / TRAINER_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and "global_step" in state
+
+
+def checkpoint_to_resume(
+    phase_dir: str | os.PathLike,
+    resume: str | bool,
+    run: dict | None = None,
+    *,
+    main_process: bool = True,
+) -> str | None:
+    """The checkpoint a phase resumes from, or ``None`` to start it afresh.
+
+    Args:
+        phase_dir: The phase's checkpoint folder (``output_dir/checkpoints/<phase>``).
+        resume: ``True`` for the last complete checkpoint in ``phase_dir`` (a checkpoint whose writing was killed is
+            skipped and deleted), or the path of one checkpoint; ``None``/``False`` to start afresh.
+        run: What identifies the run (labels, data); stored in ``phase_dir`` so a resume from another run's
+            checkpoints is refused instead of silently continuing them. ``None`` skips the check.
+        main_process: Only the main process deletes folders and writes the run file (every process reads).
+    """
+    phase_dir = Path(phase_dir)
+    run_file = phase_dir / RUN_FILE
+    if resume in (None, False) or str(resume).lower() in ("false", "none", ""):
+        if main_process:
+            # Old checkpoints would otherwise be taken for this run's on a later resume.
+            stale = _checkpoints(phase_dir)
+            if stale:
+                logger.warning("Starting the %s phase afresh: deleting its old checkpoints %s.", phase_dir.name,
+                               [p.name for p in stale])
+                for folder in stale:
+                    shutil.rmtree(folder, ignore_errors=True)
+            _write_run_file(run_file, run)
+        return None
+    if resume is True or str(resume).lower() == "true":
+        checkpoints = _checkpoints(phase_dir)
+        complete = [p for p in checkpoints if is_complete_checkpoint(p)]
+        chosen = complete[-1] if complete else None
+        partial = [p for p in checkpoints if chosen is None or _step(p) > _step(chosen)]
+        partial = [p for p in partial if not is_complete_checkpoint(p)]
+        if partial:
+            logger.warning("Skipping %s in %s: their writing was interrupted (no complete %s).",
+                           [p.name for p in partial], phase_dir, TRAINER_STATE)
+            if main_process:
+                for folder in partial:
+                    shutil.rmtree(folder, ignore_errors=True)
+    else:
+        chosen = Path(resume)
+        if not is_complete_checkpoint(chosen):
+            raise ConfigError(
+                f"`resume_from_checkpoint={resume}` is not a complete Trainer checkpoint: expected a readable "
+                f"{TRAINER_STATE} (Trainer writes it last), found it missing or truncated. Its writing was probably "
+                "interrupted: pass "
+                f"`resume_from_checkpoint=True` to resume from the last complete checkpoint in {phase_dir}."
+            )
+    if chosen is None:
+        if main_process:
+            _write_run_file(run_file, run)
+        return None
+    _check_same_run(run_file, run, phase_dir)
+    logger.info("Resuming the %s phase from %s.", phase_dir.name, chosen)
+    return str(chosen)
+
+
+def phase_run(id2label: dict, texts, labels, trainable) -> dict:
+    """What makes a phase's checkpoints this run's: the labels, a digest of the training rows, and the names of the
+    parameters it trains (a checkpoint of another trainable set would load partly, or not at all, without an error)."""
+    rows = json.dumps([list(texts), list(labels)], ensure_ascii=False, default=str)
+    names = sorted(trainable)
+    return {
+        "labels": [id2label[i] for i in sorted(id2label)],
+        "rows": len(texts),
+        "data_sha256": hashlib.sha256(rows.encode("utf-8")).hexdigest()[:16],
+        "trainable_parameters": len(names),
+        "trainable_sha256": hashlib.sha256("\n".join(names).encode("utf-8")).hexdigest()[:16],
+    }
+
+
+def _checkpoints(phase_dir: Path) -> list[Path]:
+    if not phase_dir.is_dir():
+        return []
+    found = [p for p in phase_dir.iterdir() if p.is_dir() and _CHECKPOINT.match(p.name)]
+    return sorted(found, key=_step)
+
+
+def _step(path: Path) -> int:
+    return int(_CHECKPOINT.match(path.name).group(1))
+
+
+def _write_run_file(run_file: Path, run: dict | None) -> None:
+    if run is None:
+        return
+    run_file.parent.mkdir(parents=True, exist_ok=True)
+    temporary = run_file.with_name(f".{run_file.name}.tmp-{uuid.uuid4().hex[:8]}")
+    temporary.write_text(json.dumps(run, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(temporary, run_file)  # other processes may read it right now
+
+
+def _check_same_run(run_file: Path, run: dict | None, phase_dir: Path) -> None:
+    if run is None or not run_file.is_file():
+        return  # checkpoints of an older hf_incr, or a caller without an identity: nothing to compare
+    stored = json.loads(run_file.read_text(encoding="utf-8"))
+    differing = sorted(k for k in set(stored) | set(run) if stored.get(k) != run.get(k))
+    if differing:
+        changes = "; ".join(f"{k}: {_short(stored.get(k))} there, {_short(run.get(k))} now" for k in differing)
+        raise ConfigError(
+            f"The checkpoints in {phase_dir} were written by another run ({changes}). Resume with the same model, "
+            "labels and data, drop `resume_from_checkpoint` to start afresh (the old checkpoints are then deleted), "
+            "or use another `output_dir`."
+        )
+
+
+def _short(value, limit: int = 80) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,11 @@ from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 from transformers.utils import logging
 
 from .config import IncrementConfig
-from .data import check_texts, encode_labels, find_new_labels, is_multi_label_column, tokenize
+from .data import check_texts, encode_labels, find_new_labels, is_multi_label_column, label_names_in, tokenize
 from .errors import ConfigError, DataError
 from .features import CachedFeatureDataset, CachedFeatureHead, extract_head_inputs
 from .forgetting import (
+    RIDGE_FILENAME,
     ReplayMemory,
     RidgeStatistics,
     classification_loss,
@@ -33,9 +35,10 @@ from .forgetting import (
 )
 from .freezing import freeze_all_but_head, param_groups_layer_lr, unfreeze_top_layers
 from .head import add_labels, align_weights, find_classifier_head
-from .lineage import append_record, make_record
+from .lineage import append_record, find_rerun, make_record
 from .metrics import make_compute_metrics
-from .validation import check_increment_inputs
+from .random_features import RandomFeatureHead, attach_random_feature_head, detach_random_feature_head
+from .validation import check_increment_inputs, check_output_dir, check_resume_from_checkpoint
 
 logger = logging.get_logger(__name__)
 
@@ -214,6 +217,11 @@ def train_increment(
     timings: dict[str, float] = {}
     start = time.perf_counter()
     check_increment_inputs(model, tokenizer, train_dataset, eval_dataset, config)
+    if save:
+        # Saving replaces the output folder: refuse one whose replacement would delete something (e.g. the folder
+        # that holds the model being extended), and checkpoints from anywhere but this run's own folder.
+        check_output_dir(args.output_dir, getattr(model.config, "_name_or_path", None) or None)
+        check_resume_from_checkpoint(args.resume_from_checkpoint, args.output_dir)
     multi_label = model.config.problem_type == MULTI_LABEL
     if config.closed_form_head and config.closed_form_solver == "lda" and multi_label:
         raise ConfigError("`closed_form_solver='lda'` is for single-label models; use 'ridge' for multi-label.")
@@ -231,6 +239,40 @@ def train_increment(
         replay_memory = ReplayMemory.load(source_dir)
     if ridge_statistics is None and config.closed_form_head and source_dir and Path(source_dir).is_dir():
         ridge_statistics = RidgeStatistics.load(source_dir)
+    # A rerun of the model's last increment on its own result (same data, no label it did not add): nothing is
+    # trained, since more epochs on that data would change the weights behind a lineage that does not record them.
+    if kind != "base":
+        repeated = find_rerun(
+            model, getattr(train_dataset, "_fingerprint", None),
+            find_new_labels(train_dataset, model.config.label2id, config.label_column, config.new_labels),
+        )
+        if repeated is not None:
+            logger.warning(
+                "This run repeats increment %s of the lineage (same training data, no label it did not add): nothing "
+                "trained, no new lineage record. To train it again, start from the model it was trained from (%s).",
+                repeated.get("increment"), repeated.get("base_model"),
+            )
+            result = IncrementResult(
+                new_labels=[], new_label_ids=[], old_label_ids=list(model.config.id2label), record=dict(repeated),
+                replay_memory=replay_memory, ridge_statistics=ridge_statistics,
+            )
+            if save and args.process_index == 0:
+                from .saving import save_increment
+
+                result.output_dir = str(
+                    save_increment(model, args.output_dir, tokenizer, replay=replay_memory, ridge=ridge_statistics)
+                )
+            return result
+    # Head surgery and training act on the model's own Linear: a random-feature head is refitted (closed-form) or
+    # dropped (any other recipe), never trained by gradient.
+    attached = detach_random_feature_head(model)
+    finetune_now = config.finetune_layers != 0 and config.finetune_epochs > 0 and (
+        kind == "base" or config.finetune_increments
+    )
+    closed_form = config.closed_form_head and (
+        kind == "base"
+        or _closed_form_usable(model, ridge_statistics, config, label_names_in(train_dataset, config.label_column))
+    )
 
     # 1. Labels: which are new, grow the head, encode the data onto the grown label space.
     old_ids = list(range(len(model.config.id2label)))
@@ -244,7 +286,11 @@ def train_increment(
         stray = [n for n in find_new_labels(eval_dataset, model.config.label2id, config.label_column) if n not in new_labels]
         if stray:
             raise DataError(f"The eval data has label(s) {stray} that neither the model nor the training data has.")
-    teacher = copy.deepcopy(model).eval() if config.distill_weight > 0 and old_ids and new_labels else None
+    # The teacher serves the gradient phases only (a closed-form head is exact for the old labels by construction).
+    gradient_phases = not closed_form or finetune_now
+    teacher = (
+        copy.deepcopy(model).eval() if config.distill_weight > 0 and old_ids and new_labels and gradient_phases else None
+    )
     old_linear = find_classifier_head(model).linear
     old_head = (old_linear.weight.detach().clone(), None if old_linear.bias is None else old_linear.bias.detach().clone())
 
@@ -259,7 +305,7 @@ def train_increment(
     features = None
     need_features = (config.warmup_epochs > 0 and config.cache_features and config.warmup_scope == "output") or (
         config.init == "imprint" and new_labels
-    ) or config.closed_form_head or (config.replay_per_label > 0 and config.replay_selection == "herding")
+    ) or closed_form or (config.replay_per_label > 0 and config.replay_selection == "herding")
     if need_features:
         t = time.perf_counter()
         features = extract_head_inputs(
@@ -296,23 +342,25 @@ def train_increment(
             only_old=only_old, tokenizer=tokenizer,
         )
 
+    if attached is not None and old_ids:
+        # "Before" is the model as the user had it, random-feature head included (restricted to the old labels).
+        attach_random_feature_head(model, attached.grow(len(label2id)))
     metrics_before = evaluate(only_old=True) if old_ids else {}
+    detach_random_feature_head(model)
     trainable_before = {n: p.requires_grad for n, p in model.named_parameters()}
     train_metrics: dict[str, dict[str, float]] = {}
 
-    # 2. Warm-up: encoder frozen.
-    if config.closed_form_head:
+    # Closed-form rows: only this increment's own rows (replayed rows are already in the statistics).
+    own = len(train_dataset)
+
+    # 2. Warm-up: encoder frozen. A closed-form head replaces it, unless the encoder is fine-tuned afterwards
+    # (the base of a first-session-adapted model): then the head is solved after fine-tuning, and the warm-up gives
+    # the fine-tuning a trained head to start from.
+    if closed_form and not finetune_now:
         t = time.perf_counter()
-        # Only this increment's own rows: replayed rows are already in the statistics of earlier increments.
-        own = len(train_dataset)
-        targets = torch.tensor(train_encoded["labels"][:own], dtype=torch.float64)
-        if not multi_label:
-            targets = torch.nn.functional.one_hot(targets.long(), len(label2id)).double()
-        linear = find_classifier_head(model).linear
-        if ridge_statistics is None:
-            ridge_statistics = RidgeStatistics.empty(linear.in_features, 0)
-        ridge_statistics.grow(len(label2id)).update(features[:own], targets)
-        ridge_statistics.write_into(linear, config.ridge_lambda, config.closed_form_solver)
+        ridge_statistics = _fit_closed_form_head(
+            model, features[:own], train_encoded["labels"][:own], ridge_statistics, config, multi_label, args.seed
+        )
         timings["closed_form_s"] = time.perf_counter() - t
     elif config.warmup_epochs > 0:
         t = time.perf_counter()
@@ -329,7 +377,7 @@ def train_increment(
         timings["warmup_s"] = time.perf_counter() - t
 
     # 3. Fine-tune the top layers, in a NEW Trainer: DDP fixes the trainable set when it wraps the model.
-    if config.finetune_layers != 0 and config.finetune_epochs > 0:
+    if finetune_now:
         t = time.perf_counter()
         unfreeze_top_layers(model, config.finetune_layers, "head")
         train_metrics["finetune"] = _train_phase(
@@ -337,10 +385,24 @@ def train_increment(
             config.finetune_learning_rate, layer_lr_decay=config.layer_lr_decay,
         )
         timings["finetune_s"] = time.perf_counter() - t
+        if closed_form:
+            # The statistics must describe the encoder as it stays from now on (frozen in later increments): encode
+            # this increment's rows again with the fine-tuned encoder.
+            t = time.perf_counter()
+            model.eval()
+            features = extract_head_inputs(
+                model, tokenizer, train_dataset[config.text_column], batch_size=config.feature_batch_size,
+                max_length=config.max_length, device=args.device,
+                show_progress=args.process_index == 0 and not args.disable_tqdm,
+            )
+            ridge_statistics = _fit_closed_form_head(
+                model, features, train_encoded["labels"][:own], ridge_statistics, config, multi_label, args.seed
+            )
+            timings["closed_form_s"] = time.perf_counter() - t
 
     for name, param in model.named_parameters():
         param.requires_grad_(trainable_before.get(name, True))
-    if config.weight_align and new_ids and old_ids and not config.closed_form_head:
+    if config.weight_align and new_ids and old_ids and not closed_form:
         align_weights(model, new_ids)
 
     # 4. Memory for the next increment, metrics, lineage.
@@ -385,6 +447,74 @@ def train_increment(
 
             result.hub_url = str(push_saved_model(result.output_dir, args))
     return result
+
+
+def _closed_form_usable(model, statistics: RidgeStatistics | None, config: IncrementConfig,
+                        labels_in_data: list[str]) -> bool:
+    """Whether a closed-form increment can keep the old labels: their statistics are there, or (a first closed-form
+    run) every old label is in the data. If not, e.g. a classifier trained without hf_incr given only new labels,
+    the increment falls back to the gradient warm-up (with distillation), with a warning that says how to switch.
+    Statistics that do not fit the model are an error."""
+    num_old = len(model.config.id2label)
+    if statistics is None:
+        absent = [name for name in model.config.label2id if name not in set(labels_in_data)]
+        if not absent:
+            return True  # the statistics start from this data, which covers every label
+        message = (
+            f"`closed_form_head=True` solves the head from statistics of every label's training rows, but the model "
+            f"has no saved statistics ({RIDGE_FILENAME}; was it trained without hf_incr?) and the data lacks its "
+            f"label(s) {absent[:10]}{' ...' if len(absent) > 10 else ''}. This increment trains the head by gradient "
+            "instead (warm-up with distillation), and those labels will be partly forgotten. To keep them, add a few "
+            "training examples of every old label to this data once: their statistics are then collected and saved, "
+            "and later increments need only new labels."
+        )
+        logger.warning(message)
+        warnings.warn(message, UserWarning, stacklevel=3)
+        return False
+    if statistics.num_labels != num_old:
+        raise ConfigError(
+            f"The closed-form statistics cover {statistics.num_labels} labels but the model has {num_old}. Were they "
+            "saved with another model (or another version of it)?"
+        )
+    features = statistics.random_features
+    if config.random_features and features is None:
+        raise ConfigError(
+            f"`random_features={config.random_features}`, but the model's statistics hold no random-feature head "
+            "(the base was trained without it), so the old labels' random-feature statistics are missing. Train the "
+            "base with `random_features` set, or keep `random_features=0`."
+        )
+    if config.random_features and features.num_features != config.random_features:
+        raise ConfigError(
+            f"The model's random-feature head has {features.num_features} features but `random_features="
+            f"{config.random_features}`. Keep the number it was trained with: `random_features="
+            f"{features.num_features}`."
+        )
+    return True
+
+
+def _fit_closed_form_head(model, features, labels, statistics, config, multi_label, seed) -> RidgeStatistics:
+    """Add ``features`` (head inputs) and their labels to the statistics and write the closed-form solution into the
+    model's own Linear; with ``config.random_features``, also refit the random-feature head and attach it."""
+    linear = find_classifier_head(model).linear
+    num_labels = linear.out_features
+    targets = torch.tensor(labels, dtype=torch.float64)
+    if not multi_label:
+        targets = torch.nn.functional.one_hot(targets.long(), num_labels).double()
+    if statistics is None:
+        statistics = RidgeStatistics.empty(linear.in_features, 0)
+    statistics.grow(num_labels).update(features, targets)
+    solver = config.closed_form_solver
+    if solver == "auto":
+        solver = "ridge" if multi_label else "lda"
+    statistics.write_into(linear, config.ridge_lambda, solver)
+    if config.random_features:
+        head = statistics.random_features or RandomFeatureHead.new(
+            linear.in_features, config.random_features, num_labels, seed
+        )
+        head.grow(num_labels).update(features, targets).solve(config.random_features_lambda)
+        statistics.random_features = head
+        attach_random_feature_head(model, head.to(linear.weight.device))
+    return statistics
 
 
 def _public_name(name_or_path: str | None) -> str | None:
@@ -454,6 +584,8 @@ def _model_columns(tokenized: Dataset, tokenizer) -> Dataset:
 def _train_phase(model, tokenizer, train_encoded, args, config, teacher, phase, epochs, learning_rate,
                  layer_lr_decay=None) -> dict:
     """One phase that runs the whole model (trainable set already chosen) in its own IncrementalTrainer."""
+    from .saving import phase_run
+
     tokenized = tokenize(train_encoded, tokenizer, config.text_column, config.max_length)
     trainer = IncrementalTrainer(
         model=model,
@@ -465,29 +597,49 @@ def _train_phase(model, tokenizer, train_encoded, args, config, teacher, phase, 
         distill_weight=config.distill_weight,
         distill_temperature=config.distill_temperature,
     )
-    return trainer.train(resume_from_checkpoint=_resume_from(args, phase)).metrics
+    trainable = [name for name, param in model.named_parameters() if param.requires_grad]
+    run = phase_run(model.config.id2label, train_encoded[config.text_column], train_encoded["labels"], trainable)
+    return trainer.train(resume_from_checkpoint=_resume_from(args, phase, run)).metrics
 
 
-def _resume_from(args: TrainingArguments, phase: str):
-    """TrainingArguments.resume_from_checkpoint, applied to the phase whose checkpoint folder it points into
-    (``True`` resumes every phase from its own last checkpoint, if it has one)."""
-    resume = args.resume_from_checkpoint
-    if resume in (None, False, "False", "false"):
-        return None
+def _resume_from(args: TrainingArguments, phase: str, run: dict | None = None) -> str | None:
+    """The checkpoint this phase resumes from (``None``: start afresh), from TrainingArguments.resume_from_checkpoint.
+
+    ``True`` resumes every phase from its own last *complete* checkpoint, if it has one (a checkpoint whose writing
+    was killed is skipped); a path resumes the phase whose checkpoint folder it points into. ``run`` (labels, digests
+    of the training rows and of the trained parameters' names) is stored beside the checkpoints: resuming another
+    run's checkpoints is refused.
+    A phase that starts afresh deletes its folder's old checkpoints, so a later resume cannot pick them up.
+    """
+    from .saving import checkpoint_to_resume, recover_interrupted_save
+
     folder = Path(args.output_dir) / "checkpoints" / phase
-    if resume is True or str(resume).lower() == "true":
-        return True if any(folder.glob("checkpoint-*")) else None
-    return resume if Path(resume).resolve().is_relative_to(folder.resolve()) else None
+    resume = args.resume_from_checkpoint
+    if resume in (None, False) or str(resume).lower() in ("false", "none", ""):
+        resume = None
+    elif not (resume is True or str(resume).lower() == "true") and not Path(resume).resolve().is_relative_to(
+        folder.resolve()
+    ):
+        resume = None  # a checkpoint of another phase: this one starts afresh
+    if str(getattr(args.save_strategy, "value", args.save_strategy)) == "no":
+        run = None  # no checkpoints to tell apart: write no run file
+    if resume is not None and args.should_save:
+        # A save killed between its renames leaves `output_dir`, checkpoints included, in a sibling folder.
+        recover_interrupted_save(args.output_dir)
+    return checkpoint_to_resume(folder, resume, run, main_process=args.should_save)
 
 
 def _warm_up_on_cached_features(model, features, train_encoded, args, config, multi_label, old_head, old_ids):
     """Train the model's output Linear with Trainer on cached head inputs (the frozen-encoder fast path)."""
+    from .saving import phase_run
+
     linear = find_classifier_head(model).linear
     labels = torch.tensor(train_encoded["labels"], dtype=torch.float32 if multi_label else torch.long)
     columns = {"features": features, "labels": labels}
     if config.distill_weight > 0 and old_ids:
         weight, bias = old_head
-        columns["teacher_logits"] = features @ weight.float().T + (0 if bias is None else bias.float())
+        # On the CPU, beside the cached features (the old head may already live on the GPU).
+        columns["teacher_logits"] = features @ weight.float().cpu().T + (0 if bias is None else bias.float().cpu())
     head_model = CachedFeatureHead(linear, multi_label, config.distill_weight, config.distill_temperature)
     trainer = Trainer(
         model=head_model,
@@ -497,7 +649,9 @@ def _warm_up_on_cached_features(model, features, train_encoded, args, config, mu
         ),
         train_dataset=CachedFeatureDataset(**columns),
     )
-    metrics = trainer.train(resume_from_checkpoint=_resume_from(args, "warmup")).metrics
+    trainable = [f"cached:{name}" for name, param in head_model.named_parameters() if param.requires_grad]
+    run = phase_run(model.config.id2label, train_encoded[config.text_column], train_encoded["labels"], trainable)
+    metrics = trainer.train(resume_from_checkpoint=_resume_from(args, "warmup", run)).metrics
     # Trainer may have moved the Linear (shared with the model) to its device; the model follows it.
     model.to(linear.weight.device)
     return metrics

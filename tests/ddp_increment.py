@@ -8,7 +8,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -21,9 +20,10 @@ def main(out: str, batch_size: int, accumulation: int, phase: str) -> None:
     out_dir = Path(out)
     model = tiny_bert(["refund", "delivery", "login"], dropout=0.0)
     if phase == "warmup":
-        config = IncrementConfig(warmup_epochs=2, init="zeros", cached_batch_size=batch_size)
+        config = IncrementConfig(warmup_epochs=2, init="zeros", cached_batch_size=batch_size, closed_form_head=False)
     else:
         config = IncrementConfig(warmup_epochs=0, init="zeros", finetune_layers=-1, finetune_epochs=2,
+                                 closed_form_head=False, finetune_increments=True,
                                  finetune_learning_rate=1e-3, layer_lr_decay=0.9)
     args = training_args(
         out_dir, per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,

@@ -61,11 +61,29 @@ def test_config_file_sets_defaults_flags_override_and_save_config_round_trips(tm
     assert recipe2.replay_per_label == 7 and recipe2.warmup_epochs == 5 and training2.output_dir == str(tmp_path / "o")
 
 
-def test_config_file_with_unknown_keys_is_refused(tmp_path):
+def test_config_file_with_unknown_keys_is_refused(tmp_path, base_dir, data_files, capsys, monkeypatch):
     config = tmp_path / "bad.yaml"
     config.write_text(yaml.safe_dump({"replay_per_lable": 7}))
     with pytest.raises(ConfigError, match=r"unknown setting\(s\) \['replay_per_lable'\]"):
         parse_args(["--config", str(config)])
+    # Through the command: nothing ran (no model loaded, no data read) and nothing was written.
+    import hf_incr.cli
+
+    ran = []
+    for name in ("run_increment", "load_data", "load_classifier", "save_config"):
+        monkeypatch.setattr(hf_incr.cli, name, lambda *a, __name=name, **k: ran.append(__name))
+    monkeypatch.setitem(hf_incr.cli.COMMANDS, "increment", lambda *a: ran.append("increment"))
+    train, test = data_files
+    before = {p: p.read_bytes() if p.is_file() else None for p in sorted(tmp_path.rglob("*"))}
+    code = main(["increment", "--config", str(config), "--model_name_or_path", str(base_dir), "--train_file",
+                 str(train), "--eval_file", str(test), "--output_dir", str(tmp_path / "out"), "--save_config",
+                 str(tmp_path / "saved.yaml"), *FLAGS])
+    assert code == 1
+    error = capsys.readouterr().err
+    assert "unknown setting(s) ['replay_per_lable']" in error and "Check the spelling" in error
+    assert "nothing was run" in error
+    assert ran == []
+    assert {p: p.read_bytes() if p.is_file() else None for p in sorted(tmp_path.rglob("*"))} == before
 
 
 def test_usage_and_errors_exit_codes(capsys, tmp_path):

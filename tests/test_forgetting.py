@@ -51,7 +51,7 @@ def test_ridge_statistics_round_trip_through_safetensors(tmp_path):
 def test_closed_form_head_over_increments_saved_and_continued(tmp_path):
     tok = tokenizer()
     model = tiny_bert(["refund", "delivery"])
-    config = IncrementConfig(closed_form_head=True, ridge_lambda=1.0, finetune_layers=0)
+    config = IncrementConfig(closed_form_head=True, closed_form_solver="ridge", ridge_lambda=1.0, finetune_layers=0)
     first = train_increment(model, tok, text_dataset(["refund", "delivery"], 6), config=config,
                             args=training_args(tmp_path, output_dir=str(tmp_path / "a")), kind="increment")
     assert (tmp_path / "a" / RIDGE_FILENAME).is_file() and first.new_labels == []
@@ -130,6 +130,7 @@ def test_distillation_keeps_old_outputs_closer(tmp_path):
         with torch.no_grad():
             before = model(**probe).logits
         config = IncrementConfig(warmup_epochs=0, finetune_layers=-1, finetune_epochs=3, finetune_learning_rate=3e-3,
+                                 closed_form_head=False, finetune_increments=True,
                                  distill_weight=weight, init="zeros", replay_per_label=0, weight_align=False)
         train_increment(model, tok, text_dataset(["login"], 8), config=config, args=training_args(tmp_path), save=False)
         with torch.no_grad():
@@ -166,7 +167,7 @@ def test_lda_from_accumulated_statistics_matches_a_direct_fit():
     stats = RidgeStatistics.empty(5, 0)
     for part in (slice(0, 20), slice(20, 60)):  # two increments; the second brings label 2 too
         stats.grow(3).update(x[part], F.one_hot(ids[part], 3).double())
-    weight, bias = stats.solve_lda()
+    weight, bias = stats.solve_lda(shrinkage=0.0)
     mu = torch.stack([x[ids == c].mean(0) for c in range(3)])
     centered = x - mu[ids]
     covariance = centered.T @ centered / (60 - 3)
@@ -188,3 +189,31 @@ def test_lda_solver_is_refused_for_multi_label(tmp_path):
     with pytest.raises(ConfigError, match="single-label"):
         train_increment(model, tokenizer(), data, config=config, args=training_args(tmp_path), save=False)
     assert model.config.num_labels == 2
+
+
+def test_lda_default_shrinkage_is_scikit_learns_oas_and_helps_with_fewer_rows_than_dimensions():
+    from sklearn.covariance import oas
+
+    from hf_incr.forgetting import oas_shrinkage
+
+    generator = torch.Generator().manual_seed(2)
+    dim, per_class, classes = 48, 6, 5  # 30 rows in 48 dimensions: the within-class covariance is singular
+    means = torch.randn(classes, dim, generator=generator, dtype=torch.float64)
+
+    def sample(n):
+        ids = torch.arange(classes * n) % classes
+        return means[ids] + 1.5 * torch.randn(classes * n, dim, generator=generator, dtype=torch.float64), ids
+
+    x, ids = sample(per_class)
+    stats = RidgeStatistics.empty(dim, classes).update(x, F.one_hot(ids, classes).double())
+    centered = x - torch.stack([x[ids == c].mean(0) for c in range(classes)])[ids]
+    _, expected = oas(centered.numpy(), assume_centered=True)
+    shrinkage = oas_shrinkage(centered.T @ centered / (len(x) - classes), len(x))
+    assert shrinkage == pytest.approx(expected, rel=1e-9) and 0 < shrinkage < 1
+    torch.testing.assert_close(stats.solve_lda()[0], stats.solve_lda(shrinkage=shrinkage)[0])
+    test_x, test_ids = sample(200)
+    accuracy = {}
+    for name, value in (("oas", None), ("none", 0.0)):
+        weight, bias = stats.solve_lda(shrinkage=value)
+        accuracy[name] = ((test_x @ weight.T + bias).argmax(1) == test_ids).double().mean().item()
+    assert accuracy["oas"] > accuracy["none"] + 0.05, accuracy

@@ -244,3 +244,105 @@ def test_example_card_is_up_to_date(tmp_path):
     if not EXAMPLE_CARD.exists():
         pytest.fail(f"{EXAMPLE_CARD} is missing; run with HF_INCR_UPDATE_GOLDEN=1 to write it.")
     assert text == EXAMPLE_CARD.read_text(encoding="utf-8")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Large label spaces and long lineages: the card stays readable and its size bounded.
+
+
+def _config_with_labels(num_labels: int, added_last: int, **extra) -> BertConfig:
+    """A config whose first labels predate hf_incr and whose last ``added_last`` were added by increment 0."""
+    labels = [f"intent_{i:05d}" for i in range(num_labels)]
+    config = BertConfig(id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+                        architectures=["BertForSequenceClassification"], **extra)
+    added = labels[-added_last:]
+    setattr(config, LINEAGE_ATTRIBUTE, [_record(0, "increment", added, list(range(num_labels - added_last, num_labels)),
+                                                num_labels, "org/base", {"accuracy": 0.5, "old_accuracy": 0.5,
+                                                                         "new_accuracy": 0.5})])
+    return config
+
+
+def test_card_groups_labels_past_the_table_limit_and_its_size_does_not_grow_with_them():
+    sizes = {}
+    for count in (101, 1050, 20_000):
+        text = str(render_model_card(_config_with_labels(count, 50), model_id="me/m", versions={}))
+        sizes[count] = len(text.encode())
+        groups = _body_table(text, "| Ids | Labels |")
+        assert [row[0] for row in groups] == [f"0–{count - 51}", f"{count - 50}–{count - 1}"]
+        assert [row[2] for row in groups] == [str(count - 50), "50"]
+        assert [row[3] for row in groups] == ["before hf_incr", "0"]
+        assert groups[0][1].startswith("`intent_00000`, `intent_00001`,") and groups[0][1].endswith(f"… and {count - 60} more")
+        # The lineage table names the 50 labels added by their first 10.
+        assert _body_table(text, "| Increment | Kind |")[0][2].endswith("… and 40 more")
+    assert max(sizes.values()) - min(sizes.values()) < 100, sizes
+    assert sizes[20_000] < 8_000
+
+
+def test_card_lists_every_label_up_to_the_table_limit():
+    text = str(render_model_card(_config_with_labels(100, 50), model_id="me/m", versions={}))
+    rows = _body_table(text, "| Id | Label |")
+    assert [row[0] for row in rows] == [str(i) for i in range(100)]
+    assert "| Ids | Labels |" not in text
+
+
+def _long_lineage(count: int = 21) -> BertConfig:
+    labels = [f"l{i:02d}" for i in range(2 * count)]
+    lineage = [
+        _record(k, "base" if k == 0 else "increment", labels[2 * k: 2 * k + 2], [2 * k, 2 * k + 1], 2 * k + 2,
+                "org/base" if k == 0 else f"./step{k - 1}",
+                {"accuracy": 0.9 - k / 100, "old_accuracy": None if k == 0 else 0.9, "new_accuracy": 0.8},
+                before=None if k == 0 else {"old_accuracy": 0.91}, forgetting=None if k == 0 else 0.01)
+        for k in range(count)
+    ]
+    lineage[0]["recipe"]["warmup_epochs"] = 5.0  # the base's recipe differs from the increments'
+    config = BertConfig(id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+                        architectures=["BertForSequenceClassification"])
+    setattr(config, LINEAGE_ATTRIBUTE, lineage)
+    return config
+
+
+def test_long_lineage_card_summarises_and_groups_but_tabulates_every_increment(tmp_path):
+    config = _long_lineage(21)
+    text = str(render_model_card(config, model_id="me/m", versions={}))
+    assert "grown class by class with hf_incr from [org/base](https://huggingface.co/org/base): a base classifier " \
+           "with 2 labels, then 20 increments added 40 labels." in text
+    assert [row[0] for row in _body_table(text, "| Increment | Kind |")] == [str(k) for k in range(21)]
+    assert [row[0] for row in _body_table(text, "| Increment | Labels added | All labels |")] == [str(k) for k in range(21)]
+    assert card_has_lineage(text, config)
+    # One recipe column per run of identical recipes.
+    assert "| Setting | Increment 0 | Increments 1–20 |" in text
+    assert _body_table(text, "| Setting |")[0] == ["`text_column`", "text", "text"]
+    # The metadata keeps the latest 10 increments (4 metrics each: all, old, new, forgetting); the body says so.
+    configs = [r.dataset_config for r in ModelCard(text).data.eval_results]
+    assert sorted(set(configs)) == sorted(f"increment-{k}" for k in range(11, 21)) and len(configs) == 40
+    assert "for the latest 10 (`lineage.json` has every one)" in text
+    assert len(eval_results(config, last=None)) == 2 + 20 * 4
+
+
+def test_long_lineage_plot_thins_its_ticks_and_renders(tmp_path):
+    import itertools
+
+    from hf_incr.model_card import _tick_labels
+
+    lineage = get_lineage(_long_lineage(21))
+    ticks = _tick_labels(lineage)
+    shown = [i for i, tick in enumerate(ticks) if tick]
+    assert len(ticks) == 21 and shown[0] == 0 and shown[-1] == 20 and len(shown) <= 9
+    assert min(b - a for a, b in itertools.pairwise(shown)) >= 2  # never two neighbours labelled
+    assert ticks[20] == "20\n(42)"
+    # Short lineages keep the full three-line ticks.
+    assert _tick_labels(lineage[:3]) == ["0\nbase\n(2 total)", "1\n+2 labels\n(4 total)", "2\n+2 labels\n(6 total)"]
+    path = plot_increments(lineage, tmp_path / "plot.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_card_of_a_base_built_from_a_config_does_not_name_its_own_folder_as_base(tmp_path):
+    model = tiny_model()
+    setattr(model.config, LINEAGE_ATTRIBUTE, [_record(0, "base", ["alpha", "beta", "gamma"], [0, 1, 2], 3, None,
+                                                      {"accuracy": 0.8, "new_accuracy": 0.8})])
+    model.save_pretrained(tmp_path / "saved")
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tmp_path / "saved")  # _name_or_path is now the folder itself
+    text = write_model_card(config, tmp_path / "saved").read_text()
+    assert "- **Base model:** unknown" in text and "`saved` (local folder)" not in text

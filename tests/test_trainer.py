@@ -85,7 +85,8 @@ def test_pooler_scope_trains_the_pooler_and_not_the_encoder(tmp_path, tok):
 def test_finetune_phase_trains_top_layers_with_layerwise_lr(tmp_path, tok):
     model = tiny_bert(OLD)
     before = _params(model)
-    config = IncrementConfig(warmup_epochs=1, finetune_layers=1, finetune_epochs=2, finetune_learning_rate=1e-3)
+    config = IncrementConfig(warmup_epochs=1, finetune_layers=1, finetune_epochs=2, finetune_learning_rate=1e-3,
+                             closed_form_head=False, finetune_increments=True)
     train_increment(model, tok, text_dataset(["repair"], 8), config=config, args=training_args(tmp_path), save=False)
     after = _params(model)
     depths = parameter_depths(model)
