@@ -694,6 +694,7 @@ def main(args: ForgettingBenchmarkArguments) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     report = {"arguments": asdict(args), "recommended": RECOMMENDED, "threads": torch.get_num_threads(),
               "device": "cuda" if torch.cuda.is_available() else "cpu", "datasets": {}}
+    table = ""
     for name in args.datasets:
         task = load_task(args, name)
         print(f"{name}: {len(task.increments)} increments, {len(task.train_texts)} train rows, "
@@ -728,14 +729,21 @@ def main(args: ForgettingBenchmarkArguments) -> dict:
             "train_rows": len(task.train_texts), "test_rows": len(task.test_texts), "joint_final_s": joint_final_s,
             "methods": results,
         }
-    report["wall_s"] = time.perf_counter() - start
+        # Written after every data set, so a long run that stops later keeps what it measured.
+        table = write_outputs(report, output_dir, time.perf_counter() - start)
+    shutil.rmtree(output_dir / "_runs", ignore_errors=True)
+    print("\n" + table)
+    return report
+
+
+def write_outputs(report: dict, output_dir: Path, wall_s: float) -> str:
+    """results.json, results.md and accuracy.png for the data sets done so far; returns the Markdown table."""
+    report["wall_s"] = wall_s
     (output_dir / "results.json").write_text(json.dumps(_json_safe(report), indent=2, allow_nan=False))
     table = markdown(report)
     (output_dir / "results.md").write_text("# Forgetting benchmark\n\n" + table + "\n")
     plot(report, output_dir / "accuracy.png")
-    shutil.rmtree(output_dir / "_runs", ignore_errors=True)
-    print("\n" + table)
-    return report
+    return table
 
 
 if __name__ == "__main__":
