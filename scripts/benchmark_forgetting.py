@@ -418,9 +418,9 @@ def _config(task: Task, args: ForgettingBenchmarkArguments, method: str) -> Incr
     if overrides.get("replay_per_label"):
         overrides["replay_per_label"] = replay_budget(args)
     if method == "naive":
-        return IncrementConfig(warmup_epochs=0, finetune_layers=-1, finetune_epochs=args.naive_epochs,
-                               finetune_learning_rate=args.naive_learning_rate, layer_lr_decay=1.0, replay_per_label=0,
-                               distill_weight=0.0, weight_align=False, **common)
+        return IncrementConfig(**{**FROZEN, **common, **dict(
+            warmup_epochs=0, finetune_layers=-1, finetune_epochs=args.naive_epochs,
+            finetune_learning_rate=args.naive_learning_rate, layer_lr_decay=1.0)})
     if method == "recommended":
         return IncrementConfig(**common)  # the library's defaults, as a user gets them
     if task.multi_label and overrides.get("closed_form_solver") == "lda":
