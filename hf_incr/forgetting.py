@@ -148,7 +148,10 @@ class ReplayMemory:
         path = Path(directory) / REPLAY_DIRNAME / "memory.parquet"
         if not path.is_file():
             return None
-        return cls(Dataset.from_parquet(str(path)).to_list())
+        import pyarrow.parquet as pq
+
+        # Read directly: Dataset.from_parquet would also write a copy into the datasets cache on every load.
+        return cls(pq.read_table(str(path)).to_pylist())
 
 
 def mix_replay(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -168,7 +169,7 @@ def _validate_new_labels(model: nn.Module, new_labels: Sequence[str]) -> list[st
             f"Label names must be single-line text without control characters, but `new_labels` contains "
             f"{control[:5]!r}. Replace them, e.g. `' '.join(name.split())`."
         )
-    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    duplicates = sorted(label for label, count in Counter(labels).items() if count > 1)
     if duplicates:
         raise LabelError(f"`new_labels` names {duplicates} more than once; pass each new label once.")
     known = set(model.config.label2id or {}) | set((model.config.id2label or {}).values())

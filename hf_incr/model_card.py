@@ -242,6 +242,8 @@ def card_context(
         "architecture": architecture,
         "model_type": getattr(config, "model_type", None) or "unknown",
         "multi_label": multi,
+        # The last increment's recipe says whether the metrics came from a random-feature head (needs hf_incr).
+        "random_features": int(((last or {}).get("recipe") or {}).get("random_features") or 0),
         "metric_name": "Micro-F1" if multi else "Accuracy",
         "base_model_link": _model_link(base) if base else None,
         "num_labels": len(id2label),

@@ -187,8 +187,19 @@ def load_model(model_name_or_path: str, **kwargs):
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(model_name_or_path, **kwargs)
-    if Path(model_name_or_path).is_dir():
-        head = RandomFeatureHead.load(model_name_or_path)
-        if head is not None:
-            attach_random_feature_head(model, head.to(next(model.parameters()).device))
+    folder = Path(model_name_or_path)
+    if not folder.is_dir():
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+
+        try:
+            folder = Path(hf_hub_download(
+                str(model_name_or_path), RANDOM_FEATURES_FILENAME, revision=kwargs.get("revision"),
+                token=kwargs.get("token"), cache_dir=kwargs.get("cache_dir"),
+            )).parent
+        except EntryNotFoundError:
+            return model  # a model without a random-feature head: exactly from_pretrained
+    head = RandomFeatureHead.load(folder)
+    if head is not None:
+        attach_random_feature_head(model, head.to(next(model.parameters()).device))
     return model

@@ -30,8 +30,8 @@ increment). ``joint`` retrains from the pretrained encoder on all data seen so f
 bound per increment); ``joint_ridge`` is the closed-form joint head, fitted once on all data (a tuned joint variant).
 
 ``--quick`` keeps 8 training and 4 test rows per label (4 per label for ``naive``), cuts the replay budget to 2 per
-label (a quarter of the rows: 10 would replay every old row), runs only the first 5 increments of each data set, and
-runs ``joint`` once on all the data; every cut is written under the data set's table. A full run keeps all rows except GoEmotions' (600 per label of its 43k).
+label (a quarter of the rows: 10 would replay every old row), uses 1,000 random features instead of 5,000, runs only
+the first 5 increments of each data set, and runs ``joint`` once on all the data; every cut is written under the data set's table. A full run keeps all rows except GoEmotions' (600 per label of its 43k).
 
 Methods (``--methods``; default all). "Frozen" = the pretrained encoder is never trained; "adapted" = the top 2
 layers are fine-tuned when training the base (increment 0) only, and frozen afterwards (first-session adaptation):
@@ -146,7 +146,7 @@ CONTROLS = {
     "joint_ridge": dict(closed_form_head=True, closed_form_solver="ridge"),
     "joint_probe": {},
 }
-QUICK = dict(train_rows_per_label=8, test_rows_per_label=4, naive_train_rows_per_label=4)
+QUICK = dict(train_rows_per_label=8, test_rows_per_label=4, naive_train_rows_per_label=4, random_features=1000)
 
 
 @dataclass
@@ -188,6 +188,11 @@ class ForgettingBenchmarkArguments:
         metadata={"help": "Replay budget per label of the replay methods. With subsampled data it is cut to a quarter "
                   "of the training rows per label (else replay would hold every old row: setting a)."},
     )
+    random_features: int = field(
+        default=-1,
+        metadata={"help": "Random features of the random-feature methods (-1: 1000 with --quick, else 5000; the solve "
+                  "costs the same whatever the number of rows)."},
+    )
     naive_epochs: float = field(default=3.0, metadata={"help": "Epochs per increment of `naive`."})
     naive_learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of `naive` (all layers)."})
     joint_increments: str = field(
@@ -201,6 +206,12 @@ class ForgettingBenchmarkArguments:
     product_eval: bool = field(
         default=False, metadata={"help": "Also record train_increment's own metrics_after (slower; a cross-check)."}
     )
+    resume: bool = field(
+        default=False,
+        metadata={"help": "Keep the methods already measured in --output_dir/results.json (written after every "
+                  "method) and run only the others; the stored run must have the same arguments (data sets and "
+                  "methods aside)."},
+    )
 
     def __post_init__(self):
         unknown = [d for d in self.datasets if d not in DATASETS] + [m for m in self.methods if m not in METHODS]
@@ -210,9 +221,10 @@ class ForgettingBenchmarkArguments:
             self.joint_increments = "last" if self.quick else "all"
         if self.quick and not self.max_increments:
             self.max_increments = 5  # CLINC150's 15 increments of the fine-tuning recipe alone would take ~5 min
+        full_values = {"random_features": RANDOM_FEATURES["random_features"]}
         for name, quick_value in QUICK.items():
             if getattr(self, name) < 0:
-                setattr(self, name, quick_value if self.quick else 0)
+                setattr(self, name, quick_value if self.quick else full_values.get(name, 0))
 
 
 # --- Data ----------------------------------------------------------------------------------------------------------
@@ -298,6 +310,8 @@ def load_task(args: ForgettingBenchmarkArguments, name: str) -> Task:
     if len(test_keep) < len(test_labels):
         notes.append(f"test subsampled to {len(test_keep)} of {len(test_labels)} rows "
                      f"(up to {args.test_rows_per_label} per label).")
+    if args.random_features != RANDOM_FEATURES["random_features"]:
+        notes.append(f"random-feature methods use {args.random_features} features (5000 in a full run).")
     if replay_budget(args) != args.replay_per_label:
         notes.append(f"replay budget cut to {replay_budget(args)} per label (a quarter of the {per_label} training "
                      f"rows per label; {args.replay_per_label} would replay every old row).")
@@ -417,6 +431,8 @@ def _config(task: Task, args: ForgettingBenchmarkArguments, method: str) -> Incr
     overrides = dict(CONTROLS[method]) if method in CONTROLS else {}
     if overrides.get("replay_per_label"):
         overrides["replay_per_label"] = replay_budget(args)
+    if overrides.get("random_features"):
+        overrides["random_features"] = args.random_features
     if method == "naive":
         return IncrementConfig(**{**FROZEN, **common, **dict(
             warmup_epochs=0, finetune_layers=-1, finetune_epochs=args.naive_epochs,
@@ -694,14 +710,19 @@ def main(args: ForgettingBenchmarkArguments) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     report = {"arguments": asdict(args), "recommended": RECOMMENDED, "threads": torch.get_num_threads(),
               "device": "cuda" if torch.cuda.is_available() else "cpu", "datasets": {}}
+    if args.resume:
+        report["datasets"] = resumed_datasets(args, output_dir)
     table = ""
     for name in args.datasets:
         task = load_task(args, name)
         print(f"{name}: {len(task.increments)} increments, {len(task.train_texts)} train rows, "
               f"{len(task.test_texts)} test rows", flush=True)
         scorer = Scorer(task, tokenizer, args.max_length)
-        results: dict[str, dict] = {}
+        results: dict[str, dict] = dict(report["datasets"].get(name, {}).get("methods", {}))
         for method in args.methods:
+            if method in results:
+                print(f"  [{name}] {method}: kept from {output_dir / 'results.json'}", flush=True)
+                continue
             if method == "lda" and task.multi_label:
                 continue  # LDA is a single-label solver
             same = None
@@ -714,26 +735,50 @@ def main(args: ForgettingBenchmarkArguments) -> dict:
             t0 = time.perf_counter()
             results[method] = run_method(task, method, args, model_path, scorer)
             results[method]["wall_s"] = time.perf_counter() - t0
-        joint_final_s = None
-        if "joint" in results:
-            joint_final_s = results["joint"]["increments"][-1]["train_s"]
-        elif "joint_ridge" in results:
-            joint_final_s = results["joint_ridge"]["train_s"]
-        for m, r in results.items():
-            r["time_vs_joint"] = r["train_s"] / joint_final_s if joint_final_s else None
-            r["last_vs_joint"] = r["last_increment_s"] / joint_final_s if joint_final_s else None
-            if m == "joint":  # its training time is every retrain; the ratio's denominator is the last one
-                r["time_vs_joint"] = r["train_s"] / joint_final_s
-        report["datasets"][name] = {
-            "multi_label": task.multi_label, "increments": task.increments, "notes": task.notes,
-            "train_rows": len(task.train_texts), "test_rows": len(task.test_texts), "joint_final_s": joint_final_s,
-            "methods": results,
-        }
-        # Written after every data set, so a long run that stops later keeps what it measured.
+            # Written after every method, so a long run that stops keeps what it measured (--resume goes on).
+            report["datasets"][name] = dataset_report(task, results)
+            table = write_outputs(report, output_dir, time.perf_counter() - start)
+        report["datasets"][name] = dataset_report(task, results)
         table = write_outputs(report, output_dir, time.perf_counter() - start)
     shutil.rmtree(output_dir / "_runs", ignore_errors=True)
     print("\n" + table)
     return report
+
+
+def dataset_report(task: Task, results: dict[str, dict]) -> dict:
+    """One data set's entry of results.json: its methods, with their times relative to the joint retraining."""
+    results = {m: results[m] for m in METHODS if m in results}  # table order, whatever order they ran in
+    joint_final_s = None
+    if "joint" in results:
+        joint_final_s = results["joint"]["increments"][-1]["train_s"]
+    elif "joint_ridge" in results:
+        joint_final_s = results["joint_ridge"]["train_s"]
+    for m, r in results.items():
+        r["time_vs_joint"] = r["train_s"] / joint_final_s if joint_final_s else None
+        r["last_vs_joint"] = r["last_increment_s"] / joint_final_s if joint_final_s else None
+        if m == "joint":  # its training time is every retrain; the ratio's denominator is the last one
+            r["time_vs_joint"] = r["train_s"] / joint_final_s
+    return {
+        "multi_label": task.multi_label, "increments": task.increments, "notes": task.notes,
+        "train_rows": len(task.train_texts), "test_rows": len(task.test_texts), "joint_final_s": joint_final_s,
+        "methods": results,
+    }
+
+
+def resumed_datasets(args: ForgettingBenchmarkArguments, output_dir: Path) -> dict:
+    """The data sets of a stored run with the same arguments (data sets, methods and resume aside), for --resume."""
+    path = output_dir / "results.json"
+    if not path.is_file():
+        return {}
+    stored = json.loads(path.read_text())
+    ignored = {"datasets", "methods", "resume", "output_dir"}
+    ours = {k: v for k, v in _json_safe(asdict(args)).items() if k not in ignored}
+    theirs = {k: v for k, v in stored.get("arguments", {}).items() if k not in ignored}
+    if ours != theirs:
+        differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+        sys.exit(f"--resume: {path} was measured with other arguments ({differ}); use another --output_dir or "
+                 "the same arguments.")
+    return stored.get("datasets", {})
 
 
 def write_outputs(report: dict, output_dir: Path, wall_s: float) -> str:

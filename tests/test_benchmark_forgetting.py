@@ -62,3 +62,25 @@ def test_benchmark_forgetting_smoke(tmp_path, data_dir, encoder):
     naive = methods["naive"]
     forgot = naive["final_old_accuracy"] < naive["first_increment_accuracy"] or (naive["forgetting_last"] or 0) > 0
     assert forgot, f"naive fine-tuning showed no forgetting: {naive['accuracy_per_increment']}"
+
+
+def test_benchmark_forgetting_resume_keeps_measured_methods(tmp_path, data_dir, encoder, monkeypatch):
+    bench = _load_script()
+    common = dict(
+        quick=True, datasets=["banking77"], data_dir=str(data_dir), output_dir=str(tmp_path / "out"), model=encoder,
+        max_increments=2, train_rows_per_label=4, test_rows_per_label=2,
+    )
+    first = bench.main(bench.ForgettingBenchmarkArguments(methods=["ridge"], **common))
+    ran = []
+    real_run_method = bench.run_method
+    monkeypatch.setattr(bench, "run_method", lambda task, method, *a: ran.append(method) or real_run_method(
+        task, method, *a))
+    second = bench.main(bench.ForgettingBenchmarkArguments(methods=["frozen_head", "ridge"], resume=True, **common))
+
+    assert ran == ["frozen_head"]  # ridge was kept from results.json, not run again
+    methods = second["datasets"]["banking77"]["methods"]
+    assert list(methods) == ["frozen_head", "ridge"]  # table order, not run order
+    assert methods["ridge"]["accuracy_per_increment"] == first["datasets"]["banking77"]["methods"]["ridge"][
+        "accuracy_per_increment"]
+    with pytest.raises(SystemExit, match="other arguments"):
+        bench.main(bench.ForgettingBenchmarkArguments(methods=["ridge"], resume=True, **{**common, "seed": 7}))

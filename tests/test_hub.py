@@ -271,3 +271,25 @@ def test_retry_hint_keeps_the_branch(hub, saved):
     with pytest.raises(HubPushError) as info:
         push_to_hub(saved, REPO, revision="dev")
     assert "revision='dev'" in str(info.value) and "--hub_revision dev" in str(info.value)
+
+
+def test_load_model_brings_the_random_feature_head_from_the_hub_and_nothing_else_otherwise(hub, saved, tmp_path):
+    import torch
+
+    import hf_incr
+    from hf_incr.random_features import RandomFeatureHead, attached_random_feature_head
+
+    push_to_hub(saved, REPO, token=TOKEN)
+    plain = hf_incr.load_model(REPO, token=TOKEN, cache_dir=tmp_path / "cache")  # no random-feature file: 404
+    assert attached_random_feature_head(plain) is None
+
+    linear = hf_incr.find_classifier_head(plain).linear
+    head = RandomFeatureHead.new(linear.in_features, 16, linear.out_features, seed=3)
+    torch.nn.init.normal_(head.linear.weight)
+    head.save(saved)
+    push_to_hub(saved, REPO, token=TOKEN)
+    model = hf_incr.load_model(REPO, token=TOKEN, cache_dir=tmp_path / "cache2")
+    attached = attached_random_feature_head(model)
+    assert attached is not None and torch.equal(attached.linear.weight, head.linear.weight)
+    features = torch.randn(2, linear.in_features)
+    torch.testing.assert_close(hf_incr.find_classifier_head(model).linear(features), head(features))

@@ -92,6 +92,8 @@ def test_closed_form_increments_with_random_features_save_and_load(tmp_path):
                              args=training_args(tmp_path, output_dir=str(tmp_path / "b")))
     folder = tmp_path / "b"
     assert (folder / RANDOM_FEATURES_FILENAME).is_file() and (folder / RIDGE_FILENAME).is_file()
+    card = (folder / "README.md").read_text()
+    assert "This model has a random-feature head** (64 random" in card and "hf_incr.load_model(" in card
     stats = RidgeStatistics.load(folder)
     assert stats.count == 18 and stats.random_features.count == 18 and stats.random_features.num_labels == 3
     # The "before" metrics came from the model as loaded, random-feature head included.
