@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .errors import HeadConfigMismatchError
+from .forgetting import ridge_to_multi_label_logits
 from .head import find_classifier_head
 
 RANDOM_FEATURES_FILENAME = "hf_incr_random_features.safetensors"
@@ -88,15 +89,19 @@ class RandomFeatureHead(nn.Module):
         self.count += len(features)
         return self
 
-    def solve(self, relative_lambda: float) -> None:
+    def solve(self, relative_lambda: float, multi_label: bool = False) -> None:
         """Write the ridge solution into ``linear``; the penalty is ``relative_lambda`` times the mean of the Gram
-        matrix's diagonal, so it needs no retuning when rows accumulate."""
+        matrix's diagonal, so it needs no retuning when rows accumulate. Multi-label: as logits for a sigmoid
+        (:func:`ridge_to_multi_label_logits`)."""
         scale = self.gram.diagonal().mean().clamp_min(1e-12)
         eye = torch.eye(self.gram.shape[0], dtype=torch.float64)
         solution = torch.linalg.solve(self.gram + relative_lambda * scale * eye, self.cross)
+        weight, bias = solution[:-1].T, solution[-1]
+        if multi_label:
+            weight, bias = ridge_to_multi_label_logits(weight, bias)
         with torch.no_grad():
-            self.linear.weight.copy_(solution[:-1].T.to(self.linear.weight))
-            self.linear.bias.copy_(solution[-1].to(self.linear.bias))
+            self.linear.weight.copy_(weight.to(self.linear.weight))
+            self.linear.bias.copy_(bias.to(self.linear.bias))
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / RANDOM_FEATURES_FILENAME

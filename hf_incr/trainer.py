@@ -506,12 +506,12 @@ def _fit_closed_form_head(model, features, labels, statistics, config, multi_lab
     solver = config.closed_form_solver
     if solver == "auto":
         solver = "ridge" if multi_label else "lda"
-    statistics.write_into(linear, config.ridge_lambda, solver)
+    statistics.write_into(linear, config.ridge_lambda, solver, multi_label)
     if config.random_features:
         head = statistics.random_features or RandomFeatureHead.new(
             linear.in_features, config.random_features, num_labels, seed
         )
-        head.grow(num_labels).update(features, targets).solve(config.random_features_lambda)
+        head.grow(num_labels).update(features, targets).solve(config.random_features_lambda, multi_label)
         statistics.random_features = head
         attach_random_feature_head(model, head.to(linear.weight.device))
     return statistics

@@ -3,26 +3,19 @@ outputs, and detects the naive fine-tune's forgetting (timings are not asserted)
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 from hf_incr.benchmark_data import shared_data_dir
+from script_modules import load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_forgetting.py"
 
 pytestmark = pytest.mark.slow
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("benchmark_forgetting", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmark_forgetting")
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from hf_incr import IncrementConfig, align_weights, train_increment
 from hf_incr.forgetting import RIDGE_FILENAME, ReplayMemory, RidgeStatistics, distillation_loss
@@ -217,3 +218,25 @@ def test_lda_default_shrinkage_is_scikit_learns_oas_and_helps_with_fewer_rows_th
         weight, bias = stats.solve_lda(shrinkage=value)
         accuracy[name] = ((test_x @ weight.T + bias).argmax(1) == test_ids).double().mean().item()
     assert accuracy["oas"] > accuracy["none"] + 0.05, accuracy
+
+
+def test_multi_label_ridge_head_decides_at_the_sigmoid_threshold():
+    """A 0/1 ridge regression says "present" above 0.5; written as a multi-label head, its sigmoid must cross 0.5 at
+    the same place. Written unmapped, absent labels (outputs near 0) came out present about half the time."""
+    torch.manual_seed(0)
+    centres = torch.randn(6, 16) * 3
+    targets = (torch.rand(400, 6) < 0.25).double()
+    x = targets.float() @ centres + 0.3 * torch.randn(400, 16)
+    stats = RidgeStatistics.empty(16, 6).update(x, targets)
+    weight, bias = stats.solve(1e-3)
+    regression_says = (x.double() @ weight.T + bias) > 0.5
+
+    mapped, unmapped = nn.Linear(16, 6), nn.Linear(16, 6)
+    stats.write_into(mapped, 1e-3, "ridge", multi_label=True)
+    stats.write_into(unmapped, 1e-3, "ridge")
+    with torch.no_grad():
+        predicted = torch.sigmoid(mapped(x)) > 0.5
+        predicted_unmapped = torch.sigmoid(unmapped(x)) > 0.5
+    assert (predicted == regression_says).float().mean() > 0.999
+    assert (predicted == targets.bool()).float().mean() > 0.95
+    assert (predicted_unmapped == targets.bool()).float().mean() < 0.8  # the bug this mapping fixes

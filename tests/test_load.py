@@ -4,10 +4,8 @@ whose cost follows the head, not the model (asserted structurally; the timings a
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import struct
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -26,18 +24,14 @@ from hf_incr.forgetting import ReplayMemory
 from hf_incr.head import INIT_METHODS
 from hf_incr.lineage import LINEAGE_FILENAME, get_lineage
 from hf_incr.model_card import PLOT_FILENAME, card_has_lineage
+from script_modules import load_script
 from text_models import tiny_bert, tokenizer, training_args
 from tiny_models import ARCHITECTURES, tiny_model
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_add_labels.py"
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("benchmark_add_labels", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmark_add_labels")
 
 
 bench = _load_script()

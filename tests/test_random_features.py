@@ -194,3 +194,18 @@ def test_closed_form_without_statistics_falls_back_and_inconsistent_statistics_a
 def test_config_refuses_inconsistent_closed_form_settings(values, message):
     with pytest.raises(ConfigError, match=message):
         IncrementConfig(**values)
+
+
+def test_multi_label_random_feature_head_decides_at_the_sigmoid_threshold():
+    torch.manual_seed(0)
+    centres = torch.randn(4, 16) * 3
+    targets = (torch.rand(300, 4) < 0.3).double()
+    x = targets.float() @ centres + 0.3 * torch.randn(300, 16)
+    head = RandomFeatureHead.new(16, 256, 4, seed=0).update(x, targets)
+    head.solve(1e-3, multi_label=True)
+    with torch.no_grad():
+        predicted = torch.sigmoid(head(x)) > 0.5
+    assert (predicted == targets.bool()).float().mean() > 0.95
+    head.solve(1e-3)  # the raw regression: absent labels hover around logit 0
+    with torch.no_grad():
+        assert ((torch.sigmoid(head(x)) > 0.5) == targets.bool()).float().mean() < 0.8
