@@ -651,12 +651,15 @@ def markdown(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
+    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     names = list(report["datasets"])
-    fig = Figure(figsize=(6 * len(names), 4.5))
+    fig = Figure(figsize=(6 * len(names) + 2.5, 4.5))
     FigureCanvasAgg(fig)
+    palette = colormaps["tab20"]
+    shown = {}
     for k, name in enumerate(names):
         ax = fig.add_subplot(1, len(names), k + 1)
         data = report["datasets"][name]
@@ -664,15 +667,18 @@ def plot(report: dict, path: Path) -> None:
             xs = [e["labels_seen"] for e in r["increments"]]
             ys = [100 * e["accuracy"] for e in r["increments"]]
             style = "--" if method.startswith("joint") else "-"
-            ax.plot(xs, ys, style, marker="o" if len(xs) > 1 else "*", markersize=4, label=method)
+            # One colour per method in every subplot, one legend for all (data sets run different methods).
+            (line,) = ax.plot(xs, ys, style, marker="o" if len(xs) > 1 else "*", markersize=4 if len(xs) > 1 else 9,
+                              color=palette(METHODS.index(method) % 20), label=method)
+            shown.setdefault(method, line)
         ax.set_title(name)
         ax.set_xlabel("labels seen")
         ax.set_ylabel("micro-F1 %" if data["multi_label"] else "accuracy %")
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
-    if names:
-        fig.axes[-1].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    order = [m for m in METHODS if m in shown]
+    fig.legend([shown[m] for m in order], order, fontsize=8, loc="center right")
+    fig.tight_layout(rect=(0, 0, 1 - 2.3 / (6 * max(len(names), 1) + 2.5), 1))
     fig.savefig(str(path), dpi=110)
 
 
