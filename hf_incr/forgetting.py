@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from datasets import Dataset, concatenate_datasets
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 from transformers.utils import logging
 
@@ -219,6 +220,13 @@ def oas_shrinkage(covariance: torch.Tensor, num_rows: float) -> float:
 MULTI_LABEL_RIDGE_SCALE = 8.0
 
 
+def ridge_solution(gram: torch.Tensor, cross: torch.Tensor, penalty: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Solve ``(gram + penalty * I) W = cross`` over ``[features, 1]``: weight (num_labels, d) and bias, float64."""
+    eye = torch.eye(gram.shape[0], dtype=torch.float64)
+    solution = torch.linalg.solve(gram + penalty * eye, cross)
+    return solution[:-1].T.contiguous(), solution[-1].contiguous()
+
+
 def ridge_to_multi_label_logits(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The Linear whose sigmoid crosses 0.5 where the 0/1 ridge regression ``(weight, bias)`` crosses 0.5."""
     return weight * MULTI_LABEL_RIDGE_SCALE, (bias - 0.5) * MULTI_LABEL_RIDGE_SCALE
@@ -266,9 +274,7 @@ class RidgeStatistics:
 
     def solve(self, ridge_lambda: float) -> tuple[torch.Tensor, torch.Tensor]:
         """The ridge head: weight (num_labels, d) and bias (num_labels,), in float64."""
-        eye = torch.eye(self.gram.shape[0], dtype=torch.float64)
-        solution = torch.linalg.solve(self.gram + ridge_lambda * eye, self.cross)
-        return solution[:-1].T.contiguous(), solution[-1].contiguous()
+        return ridge_solution(self.gram, self.cross, ridge_lambda)
 
     def solve_lda(self, shrinkage: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Linear discriminant analysis from the same statistics (single-label only): class means and a shared
@@ -334,11 +340,9 @@ class RidgeStatistics:
         path = Path(directory) / RIDGE_FILENAME
         if not path.is_file():
             return None
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="pt") as f:  # one read for the tensors and the row count
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
             count = int(f.metadata().get("count", 0))
-        tensors = load_file(str(path))
         from .random_features import RandomFeatureHead
 
         return cls(tensors["gram"], tensors["cross"], count, random_features=RandomFeatureHead.load(directory))

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .errors import HeadConfigMismatchError
-from .forgetting import ridge_to_multi_label_logits
+from .forgetting import ridge_solution, ridge_to_multi_label_logits
 from .head import find_classifier_head
 
 RANDOM_FEATURES_FILENAME = "hf_incr_random_features.safetensors"
@@ -94,9 +94,7 @@ class RandomFeatureHead(nn.Module):
         matrix's diagonal, so it needs no retuning when rows accumulate. Multi-label: as logits for a sigmoid
         (:func:`ridge_to_multi_label_logits`)."""
         scale = self.gram.diagonal().mean().clamp_min(1e-12)
-        eye = torch.eye(self.gram.shape[0], dtype=torch.float64)
-        solution = torch.linalg.solve(self.gram + relative_lambda * scale * eye, self.cross)
-        weight, bias = solution[:-1].T, solution[-1]
+        weight, bias = ridge_solution(self.gram, self.cross, float(relative_lambda * scale))
         if multi_label:
             weight, bias = ridge_to_multi_label_logits(weight, bias)
         with torch.no_grad():
