@@ -2,6 +2,8 @@
 
 __version__ = "0.1.0"
 
+from .closed_form import RidgeStatistics
+from .config import IncrementConfig
 from .errors import (
     ConfigError,
     DataError,
@@ -13,29 +15,21 @@ from .errors import (
     TokenizerError,
     UnsupportedModelError,
 )
-from .freezing import (
-    encoder_layers,
-    freeze_all_but_head,
-    head_parameter_names,
-    param_groups_layer_lr,
-    parameter_depths,
-    unfreeze_top_layers,
-)
-from .config import IncrementConfig
-from .head import HeadLocation, add_labels, align_weights, find_classifier_head, head_inputs
+from .freezing import freeze_all_but_head, head_parameter_names, param_groups_layer_lr, unfreeze_top_layers
+from .head import ClassifierHead, HeadLocation, add_labels, align_weights, find_classifier_head, head_inputs
 from .hub import push_saved_model, push_to_hub
+from .layers import encoder_layers, parameter_depths
 from .lineage import get_lineage
+from .loading import load_model
 from .model_card import write_model_card
+from .random_features import RandomFeatureHead, attach_random_feature_head, detach_random_feature_head
+from .recipe import IncrementResult, train_base_classifier, train_increment
+from .replay import ReplayMemory
 from .saving import recover_interrupted_save, save_increment
-from .random_features import (
-    RandomFeatureHead,
-    attach_random_feature_head,
-    detach_random_feature_head,
-    load_model,
-)
-from .trainer import IncrementalTrainer, IncrementResult, train_base_classifier, train_increment
+from .trainer import IncrementalTrainer
 
 __all__ = [
+    "ClassifierHead",
     "ConfigError",
     "DataError",
     "HeadConfigMismatchError",
@@ -48,6 +42,8 @@ __all__ = [
     "IncrementalTrainer",
     "LabelError",
     "RandomFeatureHead",
+    "ReplayMemory",
+    "RidgeStatistics",
     "TokenizerError",
     "UnsupportedModelError",
     "add_labels",

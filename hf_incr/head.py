@@ -8,6 +8,7 @@ attribute paths used by transformers' classification models, and, for any other 
 from __future__ import annotations
 
 import math
+import unicodedata
 import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -18,7 +19,8 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
-from .errors import HeadConfigMismatchError, HeadNotFoundError, LabelError
+from .errors import HeadConfigMismatchError, HeadNotFoundError, LabelError, UnsupportedModelError
+from .layers import encoder_layer_paths
 
 logger = logging.get_logger(__name__)
 
@@ -38,13 +40,30 @@ INIT_METHODS: tuple[str, ...] = ("default", "zeros", "mean", "imprint")
 
 
 @dataclass(frozen=True)
-class HeadLocation:
-    """Where the output projection lives: ``getattr(parent, name) is linear`` and ``path`` is its dotted name."""
+class ClassifierHead:
+    """The output projection of a classification model, found once (:func:`find_classifier_head`) and passed to
+    everything that reads or changes it: ``getattr(parent, name) is linear`` and ``path`` is its dotted name.
+
+    After :func:`add_labels` the grown Linear replaces ``linear`` in the model: find the head again (or use
+    :meth:`refreshed`) rather than keep a stale one.
+    """
 
     path: str
     parent: nn.Module
     name: str
     linear: nn.Linear
+
+    def refreshed(self) -> ClassifierHead:
+        """The same location with the Linear the model holds now (e.g. after the head grew)."""
+        return ClassifierHead(self.path, self.parent, self.name, getattr(self.parent, self.name))
+
+    def inputs(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """What this Linear receives for ``batch``, one vector per text (see :func:`head_inputs`)."""
+        return _captured_inputs(model, self.linear, batch)
+
+
+# The name of earlier releases.
+HeadLocation = ClassifierHead
 
 
 def _get_submodule_or_none(model: nn.Module, path: str) -> nn.Module | None:
@@ -54,10 +73,10 @@ def _get_submodule_or_none(model: nn.Module, path: str) -> nn.Module | None:
         return None
 
 
-def _locate(model: nn.Module, path: str) -> HeadLocation:
+def _locate(model: nn.Module, path: str) -> ClassifierHead:
     parent_path, _, name = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
-    return HeadLocation(path=path, parent=parent, name=name, linear=getattr(parent, name))
+    return ClassifierHead(path=path, parent=parent, name=name, linear=getattr(parent, name))
 
 
 def _num_labels_of(model: nn.Module) -> int | None:
@@ -66,8 +85,8 @@ def _num_labels_of(model: nn.Module) -> int | None:
     return len(id2label) if id2label else None
 
 
-def find_classifier_head(model: nn.Module, head_path: str | None = None) -> HeadLocation:
-    """Return the :class:`HeadLocation` of the Linear that produces the model's logits.
+def find_classifier_head(model: nn.Module, head_path: str | None = None) -> ClassifierHead:
+    """Return the :class:`ClassifierHead` of the Linear that produces the model's logits.
 
     Args:
         model: A loaded ``*ForSequenceClassification`` model (or any module with a ``config.id2label``).
@@ -106,7 +125,7 @@ def find_classifier_head(model: nn.Module, head_path: str | None = None) -> Head
             )
 
     # Probe: the Linear layers sized like the label space, outside the repeated encoder blocks.
-    layer_prefixes = tuple(f"{p}." for p in _layer_list_paths(model))
+    layer_prefixes = tuple(f"{p}." for p in encoder_layer_paths(model))
     candidates = [
         name
         for name, module in model.named_modules()
@@ -131,22 +150,44 @@ def find_classifier_head(model: nn.Module, head_path: str | None = None) -> Head
     )
 
 
-def _layer_list_paths(model: nn.Module) -> list[str]:
-    # Imported lazily: `freezing` imports this module for the head location.
-    from .freezing import encoder_layer_paths
+def peft_description(model, walk: bool = True) -> str | None:
+    """How ``model`` involves PEFT (a ``PeftModel`` wrapper, adapters loaded into it, with ``walk`` also adapter
+    layers injected into its modules), or ``None`` for a plain model. Found from class modules, so ``peft`` need not
+    be installed."""
+    for cls in type(model).__mro__:
+        if cls.__module__.split(".")[0] == "peft":
+            return f"a PEFT model (`{type(model).__name__}`)"
+    if getattr(model, "_hf_peft_config_loaded", False):
+        return "a model with PEFT adapters loaded into it (`model.load_adapter(...)` / `model.add_adapter(...)`)"
+    named_modules = getattr(model, "named_modules", None)
+    if walk and callable(named_modules):
+        for name, module in named_modules():
+            if type(module).__module__.split(".")[0] == "peft":
+                return f"a model with PEFT adapter layers injected (`{name}` is a `{type(module).__name__}`)"
+    return None
 
-    return encoder_layer_paths(model)
+
+def check_not_peft(model, action: str = "add labels to", walk: bool = True) -> None:
+    """Refuse a model wrapped or modified by PEFT: its head is a wrapper's copy (``modules_to_save``) or sits behind
+    the wrapper, so growing "the head" would grow the wrong module and leave config and weights disagreeing.
+
+    ``walk=False`` checks only the model object itself (no walk over its modules: ``add_labels`` touches nothing but
+    the head)."""
+    found = peft_description(model, walk)
+    if found:
+        raise UnsupportedModelError(
+            f"hf_incr can {action} a plain transformers `*ForSequenceClassification` model, but got {found}. Growing "
+            "the head through an adapter wrapper would grow the wrapper or a copy of the head, not the head that is "
+            "saved. Merge the adapter into the weights first: `model = model.merge_and_unload()` on the `PeftModel` "
+            "(for an adapter loaded with `model.load_adapter(...)`, load it with "
+            "`peft.PeftModel.from_pretrained(model, adapter_path)` and merge that); then add labels, and attach a new "
+            "adapter afterwards if you want one."
+        )
 
 
-def _validate_new_labels(model: nn.Module, new_labels: Sequence[str]) -> list[str]:
-    import unicodedata
-
-    # Imported lazily: `validation` imports the config, which imports this module.
-    from .validation import check_not_peft
-
-    # A PEFT wrapper forwards `config` and attribute access to the model it wraps, so the head found above may sit on
-    # the wrapper itself: refuse before anything is replaced (without walking the model's modules).
-    check_not_peft(model, "add labels to", walk=False)
+def check_new_label_names(model: nn.Module, new_labels: Sequence[str]) -> list[str]:
+    """The new label names as a list, after checking them against the model's labels (raises :class:`LabelError`);
+    warns about names that differ from existing ones only by case or whitespace."""
     if isinstance(new_labels, str):
         raise LabelError(
             f"`new_labels` should be a list of label names, but got the string {new_labels!r}. "
@@ -197,7 +238,8 @@ def _validate_new_labels(model: nn.Module, new_labels: Sequence[str]) -> list[st
     return labels
 
 
-def _check_config_matches_head(model: nn.Module, head: HeadLocation) -> None:
+def check_head_matches_config(model: nn.Module, head: ClassifierHead) -> None:
+    """``config.id2label`` numbers the labels 0..n-1, ``label2id`` is its inverse, and the head has n outputs."""
     config = model.config
     id2label = config.id2label or {}
     ids = sorted(int(i) for i in id2label)
@@ -220,7 +262,6 @@ def _check_config_matches_head(model: nn.Module, head: HeadLocation) -> None:
         )
 
 
-@torch.no_grad()
 def head_inputs(
     model: nn.Module,
     batch: Mapping[str, torch.Tensor],
@@ -231,7 +272,11 @@ def head_inputs(
     This is the representation the classifier's rows are dot-multiplied with, captured by a forward pre-hook, so it
     works for any architecture without knowing how its head pools tokens. The model's train/eval mode is restored.
     """
-    linear = find_classifier_head(model, head_path).linear
+    return find_classifier_head(model, head_path).inputs(model, batch)
+
+
+@torch.no_grad()
+def _captured_inputs(model: nn.Module, linear: nn.Linear, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     captured: list[torch.Tensor] = []
     handle = linear.register_forward_pre_hook(lambda _module, args: captured.append(args[0].detach()))
     was_training = model.training
@@ -369,6 +414,7 @@ def add_labels(
     init: InitMethod = "default",
     examples: Mapping[str, torch.Tensor] | None = None,
     head_path: str | None = None,
+    head: ClassifierHead | None = None,
 ) -> list[int]:
     """Grow the classification head of ``model`` **in place** to cover ``new_labels`` and return their ids.
 
@@ -388,6 +434,7 @@ def add_labels(
             :func:`head_inputs`.
         head_path: Dotted path of the output Linear, for models whose head is neither in the table nor found by
             the probe.
+        head: The model's :class:`ClassifierHead`, when the caller has found it already.
 
     Returns:
         The ids given to ``new_labels``, in order.
@@ -406,12 +453,10 @@ def add_labels(
             f"{type(model).__name__} has no `config.id2label`, so it is not a classification model. Load it with "
             "`AutoModelForSequenceClassification.from_pretrained(...)`."
         )
-    from .validation import check_not_peft  # lazily: validation imports the data and config modules
-
     check_not_peft(model, "add labels to", walk=False)
-    head = find_classifier_head(model, head_path)
-    _check_config_matches_head(model, head)
-    labels = _validate_new_labels(model, new_labels)
+    head = head or find_classifier_head(model, head_path)
+    check_head_matches_config(model, head)
+    labels = check_new_label_names(model, new_labels)
     old = head.linear
     new_weight, new_bias = _new_rows(model, old, labels, init, examples)
     grown = _grown_linear(old, new_weight, new_bias)
@@ -430,13 +475,15 @@ def add_labels(
     return new_ids
 
 
-def align_weights(model: nn.Module, new_ids: Sequence[int], head_path: str | None = None) -> float:
+def align_weights(
+    model: nn.Module, new_ids: Sequence[int], head_path: str | None = None, head: ClassifierHead | None = None
+) -> float:
     """Weight aligning (Zhao et al., 2020): rescale the rows of ``new_ids`` to the old rows' mean norm, in place.
 
     Bias correction after an increment: a head trained mostly on new data grows larger new rows, which pushes
     predictions toward the new labels. Returns the factor applied (``nan`` when there are no old rows).
     """
-    linear = find_classifier_head(model, head_path).linear
+    linear = (head or find_classifier_head(model, head_path)).linear
     new = sorted(set(int(i) for i in new_ids))
     old = [i for i in range(linear.out_features) if i not in set(new)]
     if not old or not new:

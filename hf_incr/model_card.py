@@ -10,22 +10,27 @@ from __future__ import annotations
 
 import importlib.resources
 import math
+from importlib.metadata import PackageNotFoundError, version
 import platform
 import re
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from transformers.utils import logging
 
+from .data import MULTI_LABEL
 from .lineage import LINEAGE_ATTRIBUTE, get_lineage
+from .replay import REPLAY_DIRNAME, REPLAY_FILENAME
 
 logger = logging.get_logger(__name__)
 
 TEMPLATE_NAME = "hf_incr_model_card.md"
 PLOT_FILENAME = "increments.png"
 CARD_FILENAME = "README.md"
-MULTI_LABEL = "multi_label_classification"
 TAGS = ["hf_incr", "class-incremental", "text-classification"]
 # A line in every card that names the number of increments it describes; `card_has_lineage` checks it before a push.
 LINEAGE_MARKER = "<!-- hf_incr:lineage increments={n} -->"
@@ -284,8 +289,6 @@ def plot_increments(lineage: list[dict[str, Any]], path: str | Path, *, metric_n
         points.append((record, {key: _number(after.get(key)) for key in ("accuracy", "old_accuracy", "new_accuracy")}))
     if not any(v is not None for _, values in points for v in values.values()):
         return None
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     xs = [record.get("increment", i) for i, (record, _) in enumerate(points)]
     long = len(points) > PLOT_FULL_TICKS
@@ -332,7 +335,6 @@ def plot_increments(lineage: list[dict[str, Any]], path: str | Path, *, metric_n
 
 def framework_versions() -> dict[str, str]:
     """Versions of the libraries the card was rendered with (shown under "Framework versions")."""
-    from importlib.metadata import PackageNotFoundError, version
 
     versions = {"Python": platform.python_version()}
     for name, dist in (("hf_incr", "hf_incr"), ("Transformers", "transformers"), ("PyTorch", "torch"),
@@ -493,12 +495,10 @@ def _setting(value) -> str:
 
 def _replay_examples(directory: Path) -> dict[str, list[str]]:
     """Example texts per label from the replay memory saved in ``directory`` (empty when it has none)."""
-    path = directory / "replay_memory" / "memory.parquet"
+    path = directory / REPLAY_DIRNAME / REPLAY_FILENAME
     if not path.is_file():
         return {}
     try:
-        import pyarrow.parquet as pq
-
         rows = pq.read_table(path).to_pylist()
     except Exception as error:  # an unreadable memory must not block a save
         logger.warning("Could not read example texts from %s: %s", path, error)

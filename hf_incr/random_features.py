@@ -21,9 +21,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from .closed_form import RidgeStatistics, ridge_to_multi_label_logits
 from .errors import HeadConfigMismatchError
-from .forgetting import ridge_solution, ridge_to_multi_label_logits
-from .head import find_classifier_head
+from .head import ClassifierHead, find_classifier_head
 
 RANDOM_FEATURES_FILENAME = "hf_incr_random_features.safetensors"
 
@@ -31,18 +31,15 @@ RANDOM_FEATURES_FILENAME = "hf_incr_random_features.safetensors"
 class RandomFeatureHead(nn.Module):
     """``logits = linear(relu(x @ projection))`` with a fixed ``projection`` of shape ``(in_features, N)``.
 
-    ``gram`` and ``cross`` (float64) are the ridge statistics over ``[relu(x @ projection), 1]``; they are kept here
-    so the next increment can add its rows and solve again.
+    ``statistics`` is a :class:`~hf_incr.closed_form.RidgeStatistics` over ``relu(x @ projection)`` (float64), the
+    same accumulator as the linear closed-form head's, kept so the next increment can add its rows and solve again.
     """
 
     def __init__(self, projection: torch.Tensor, num_labels: int):
         super().__init__()
         self.register_buffer("projection", projection.float().contiguous())
         self.linear = nn.Linear(projection.shape[1], num_labels)
-        size = projection.shape[1] + 1
-        self.gram = torch.zeros(size, size, dtype=torch.float64)
-        self.cross = torch.zeros(size, num_labels, dtype=torch.float64)
-        self.count = 0
+        self.statistics = RidgeStatistics.empty(projection.shape[1], num_labels)
 
     @classmethod
     def new(cls, in_features: int, num_features: int, num_labels: int, seed: int = 0) -> RandomFeatureHead:
@@ -59,6 +56,18 @@ class RandomFeatureHead(nn.Module):
     def num_labels(self) -> int:
         return self.linear.out_features
 
+    @property
+    def gram(self) -> torch.Tensor:
+        return self.statistics.gram
+
+    @property
+    def cross(self) -> torch.Tensor:
+        return self.statistics.cross
+
+    @property
+    def count(self) -> int:
+        return self.statistics.count
+
     def expand(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(x.to(self.projection) @ self.projection)
 
@@ -69,7 +78,7 @@ class RandomFeatureHead(nn.Module):
         """Extend to ``num_labels`` outputs; new labels have had no positive rows so far (zero cross-products)."""
         extra = num_labels - self.num_labels
         if extra > 0:
-            self.cross = torch.cat([self.cross, self.cross.new_zeros(self.cross.shape[0], extra)], dim=1)
+            self.statistics.grow(num_labels)
             old = self.linear
             self.linear = nn.Linear(old.in_features, num_labels, device=old.weight.device)
             with torch.no_grad():
@@ -79,22 +88,20 @@ class RandomFeatureHead(nn.Module):
 
     def update(self, features: torch.Tensor, targets: torch.Tensor, batch_size: int = 4096) -> RandomFeatureHead:
         """Add rows: head inputs ``features`` (n, in_features) and one-/multi-hot ``targets`` (n, num_labels)."""
+        projection = self.projection.double().cpu()
         for start in range(0, len(features), batch_size):
             # Batched so the (n, N) expansion never has to exist for all rows at once; in float64 so that the
             # statistics do not depend on how rows were batched into increments.
-            h = torch.relu(features[start : start + batch_size].double().cpu() @ self.projection.double().cpu())
-            h = torch.cat([h, h.new_ones(len(h), 1)], dim=1)
-            self.gram += h.T @ h
-            self.cross += h.T @ targets[start : start + batch_size].double()
-        self.count += len(features)
+            expanded = torch.relu(features[start : start + batch_size].double().cpu() @ projection)
+            self.statistics.update(expanded, targets[start : start + batch_size])
         return self
 
     def solve(self, relative_lambda: float, multi_label: bool = False) -> None:
         """Write the ridge solution into ``linear``; the penalty is ``relative_lambda`` times the mean of the Gram
         matrix's diagonal, so it needs no retuning when rows accumulate. Multi-label: as logits for a sigmoid
-        (:func:`ridge_to_multi_label_logits`)."""
+        (:func:`~hf_incr.closed_form.ridge_to_multi_label_logits`)."""
         scale = self.gram.diagonal().mean().clamp_min(1e-12)
-        weight, bias = ridge_solution(self.gram, self.cross, float(relative_lambda * scale))
+        weight, bias = self.statistics.solve(float(relative_lambda * scale))
         if multi_label:
             weight, bias = ridge_to_multi_label_logits(weight, bias)
         with torch.no_grad():
@@ -126,7 +133,7 @@ class RandomFeatureHead(nn.Module):
         with torch.no_grad():
             head.linear.weight.copy_(tensors["weight"])
             head.linear.bias.copy_(tensors["bias"])
-        head.gram, head.cross, head.count = tensors["gram"].double(), tensors["cross"].double(), count
+        head.statistics = RidgeStatistics(tensors["gram"], tensors["cross"], count)
         return head
 
 
@@ -148,18 +155,21 @@ class _RandomFeatureHook:
         return self.head(args[0]).to(output.dtype)
 
 
-def _attached_hooks(model: nn.Module) -> list[tuple[int, _RandomFeatureHook]]:
+def _attached_hooks(linear: nn.Linear) -> list[tuple[int, _RandomFeatureHook]]:
     # Found by type among the Linear's forward hooks: nothing else is stored on the module, so deepcopy and
     # save_pretrained see a plain Linear (plus a hook object that copies with it).
-    linear = find_classifier_head(model).linear
     return [(key, hook) for key, hook in linear._forward_hooks.items() if isinstance(hook, _RandomFeatureHook)]
 
 
-def attach_random_feature_head(model: nn.Module, head: RandomFeatureHead) -> None:
+def attach_random_feature_head(
+    model: nn.Module, head: RandomFeatureHead, classifier: ClassifierHead | None = None
+) -> None:
     """Make ``model``'s logits come from ``head`` (replacing any head attached before). The model's parameters and
-    state dict do not change: its own Linear still holds the linear closed-form head that plain transformers loads."""
-    detach_random_feature_head(model)
-    linear = find_classifier_head(model).linear
+    state dict do not change: its own Linear still holds the linear closed-form head that plain transformers loads.
+    ``classifier``: the model's output Linear, when the caller has found it already."""
+    classifier = classifier or find_classifier_head(model)
+    detach_random_feature_head(model, classifier)
+    linear = classifier.linear
     if head.projection.shape[0] != linear.in_features:
         raise HeadConfigMismatchError(
             f"The random-feature head reads {head.projection.shape[0]} features but the model's head receives "
@@ -168,10 +178,12 @@ def attach_random_feature_head(model: nn.Module, head: RandomFeatureHead) -> Non
     linear.register_forward_hook(_RandomFeatureHook(head))
 
 
-def detach_random_feature_head(model: nn.Module) -> RandomFeatureHead | None:
+def detach_random_feature_head(
+    model: nn.Module, classifier: ClassifierHead | None = None
+) -> RandomFeatureHead | None:
     """Remove the random-feature head (the model's own Linear gives the logits again); returns it, or ``None``."""
-    linear = find_classifier_head(model).linear
-    found = _attached_hooks(model)
+    linear = (classifier or find_classifier_head(model)).linear
+    found = _attached_hooks(linear)
     for key, _ in found:
         del linear._forward_hooks[key]
     return found[-1][1].head if found else None
@@ -179,30 +191,5 @@ def detach_random_feature_head(model: nn.Module) -> RandomFeatureHead | None:
 
 def attached_random_feature_head(model: nn.Module) -> RandomFeatureHead | None:
     """The random-feature head attached to ``model``, or ``None``."""
-    found = _attached_hooks(model)
+    found = _attached_hooks(find_classifier_head(model).linear)
     return found[-1][1].head if found else None
-
-
-def load_model(model_name_or_path: str, **kwargs):
-    """``AutoModelForSequenceClassification.from_pretrained`` plus the random-feature head saved beside the model,
-    if there is one (``closed_form_head=True, random_features=N``). For every other model it is exactly
-    ``from_pretrained``. Keyword arguments go to ``from_pretrained``; ``trust_remote_code`` stays off unless set."""
-    from transformers import AutoModelForSequenceClassification
-
-    model = AutoModelForSequenceClassification.from_pretrained(model_name_or_path, **kwargs)
-    folder = Path(model_name_or_path)
-    if not folder.is_dir():
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError
-
-        try:
-            folder = Path(hf_hub_download(
-                str(model_name_or_path), RANDOM_FEATURES_FILENAME, revision=kwargs.get("revision"),
-                token=kwargs.get("token"), cache_dir=kwargs.get("cache_dir"),
-            )).parent
-        except EntryNotFoundError:
-            return model  # a model without a random-feature head: exactly from_pretrained
-    head = RandomFeatureHead.load(folder)
-    if head is not None:
-        attach_random_feature_head(model, head.to(next(model.parameters()).device))
-    return model

@@ -18,8 +18,6 @@ happened); without one, the complete new version is put in place (the save happe
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import re
 import shutil
@@ -28,21 +26,18 @@ from pathlib import Path
 
 from transformers.utils import logging
 
-from .errors import ConfigError
 from .lineage import get_lineage, write_lineage_file
+from .model_card import write_model_card
 
 logger = logging.get_logger(__name__)
 
 # Entries of an existing output folder that are not part of the saved model but must survive a re-save.
-KEPT_ENTRIES = ("checkpoints", "runs")
+CHECKPOINTS_DIRNAME = "checkpoints"  # Trainer checkpoints of the phases (see hf_incr.checkpoints)
+KEPT_ENTRIES = (CHECKPOINTS_DIRNAME, "runs")
 # A folder holds a saved model when it has this file (save_pretrained writes it; the folder is loadable).
 MODEL_MARKER = "config.json"
 # model_card.py maps the `.tmp-` name back to the final one: keep the two patterns in step.
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<stage>tmp|new|old)-(?P<tag>[0-9a-f]{8})$")
-# Trainer writes trainer_state.json last in a checkpoint (after weights, optimizer and RNG states).
-TRAINER_STATE = "trainer_state.json"
-RUN_FILE = "hf_incr_run.json"
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 def save_increment(
@@ -76,8 +71,6 @@ def save_increment(
             if ridge is not None:
                 ridge.save(staging)
             if write_card:
-                from .model_card import write_model_card
-
                 write_model_card(model, staging)
             # A SIGKILL loses nothing already written, but a power cut can: flush before the renames publish it.
             _fsync_tree(staging)
@@ -225,128 +218,3 @@ def _fsync_dir(folder: Path) -> None:
         pass  # not every platform / file system can flush a directory
     finally:
         os.close(fd)
-
-
-# Trainer checkpoints of the increment's phases ---------------------------------------------------------------------
-
-
-def is_complete_checkpoint(folder: str | os.PathLike) -> bool:
-    """Whether Trainer finished writing this checkpoint: its ``trainer_state.json`` (written last) parses."""
-    try:
-        state = json.loads((Path(folder) / TRAINER_STATE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(state, dict) and "global_step" in state
-
-
-def checkpoint_to_resume(
-    phase_dir: str | os.PathLike,
-    resume: str | bool,
-    run: dict | None = None,
-    *,
-    main_process: bool = True,
-) -> str | None:
-    """The checkpoint a phase resumes from, or ``None`` to start it afresh.
-
-    Args:
-        phase_dir: The phase's checkpoint folder (``output_dir/checkpoints/<phase>``).
-        resume: ``True`` for the last complete checkpoint in ``phase_dir`` (a checkpoint whose writing was killed is
-            skipped and deleted), or the path of one checkpoint; ``None``/``False`` to start afresh.
-        run: What identifies the run (labels, data); stored in ``phase_dir`` so a resume from another run's
-            checkpoints is refused instead of silently continuing them. ``None`` skips the check.
-        main_process: Only the main process deletes folders and writes the run file (every process reads).
-    """
-    phase_dir = Path(phase_dir)
-    run_file = phase_dir / RUN_FILE
-    if resume in (None, False) or str(resume).lower() in ("false", "none", ""):
-        if main_process:
-            # Old checkpoints would otherwise be taken for this run's on a later resume.
-            stale = _checkpoints(phase_dir)
-            if stale:
-                logger.warning("Starting the %s phase afresh: deleting its old checkpoints %s.", phase_dir.name,
-                               [p.name for p in stale])
-                for folder in stale:
-                    shutil.rmtree(folder, ignore_errors=True)
-            _write_run_file(run_file, run)
-        return None
-    if resume is True or str(resume).lower() == "true":
-        checkpoints = _checkpoints(phase_dir)
-        complete = [p for p in checkpoints if is_complete_checkpoint(p)]
-        chosen = complete[-1] if complete else None
-        partial = [p for p in checkpoints if chosen is None or _step(p) > _step(chosen)]
-        partial = [p for p in partial if not is_complete_checkpoint(p)]
-        if partial:
-            logger.warning("Skipping %s in %s: their writing was interrupted (no complete %s).",
-                           [p.name for p in partial], phase_dir, TRAINER_STATE)
-            if main_process:
-                for folder in partial:
-                    shutil.rmtree(folder, ignore_errors=True)
-    else:
-        chosen = Path(resume)
-        if not is_complete_checkpoint(chosen):
-            raise ConfigError(
-                f"`resume_from_checkpoint={resume}` is not a complete Trainer checkpoint: expected a readable "
-                f"{TRAINER_STATE} (Trainer writes it last), found it missing or truncated. Its writing was probably "
-                "interrupted: pass "
-                f"`resume_from_checkpoint=True` to resume from the last complete checkpoint in {phase_dir}."
-            )
-    if chosen is None:
-        if main_process:
-            _write_run_file(run_file, run)
-        return None
-    _check_same_run(run_file, run, phase_dir)
-    logger.info("Resuming the %s phase from %s.", phase_dir.name, chosen)
-    return str(chosen)
-
-
-def phase_run(id2label: dict, texts, labels, trainable) -> dict:
-    """What makes a phase's checkpoints this run's: the labels, a digest of the training rows, and the names of the
-    parameters it trains (a checkpoint of another trainable set would load partly, or not at all, without an error)."""
-    rows = json.dumps([list(texts), list(labels)], ensure_ascii=False, default=str)
-    names = sorted(trainable)
-    return {
-        "labels": [id2label[i] for i in sorted(id2label)],
-        "rows": len(texts),
-        "data_sha256": hashlib.sha256(rows.encode("utf-8")).hexdigest()[:16],
-        "trainable_parameters": len(names),
-        "trainable_sha256": hashlib.sha256("\n".join(names).encode("utf-8")).hexdigest()[:16],
-    }
-
-
-def _checkpoints(phase_dir: Path) -> list[Path]:
-    if not phase_dir.is_dir():
-        return []
-    found = [p for p in phase_dir.iterdir() if p.is_dir() and _CHECKPOINT.match(p.name)]
-    return sorted(found, key=_step)
-
-
-def _step(path: Path) -> int:
-    return int(_CHECKPOINT.match(path.name).group(1))
-
-
-def _write_run_file(run_file: Path, run: dict | None) -> None:
-    if run is None:
-        return
-    run_file.parent.mkdir(parents=True, exist_ok=True)
-    temporary = run_file.with_name(f".{run_file.name}.tmp-{uuid.uuid4().hex[:8]}")
-    temporary.write_text(json.dumps(run, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(temporary, run_file)  # other processes may read it right now
-
-
-def _check_same_run(run_file: Path, run: dict | None, phase_dir: Path) -> None:
-    if run is None or not run_file.is_file():
-        return  # checkpoints of an older hf_incr, or a caller without an identity: nothing to compare
-    stored = json.loads(run_file.read_text(encoding="utf-8"))
-    differing = sorted(k for k in set(stored) | set(run) if stored.get(k) != run.get(k))
-    if differing:
-        changes = "; ".join(f"{k}: {_short(stored.get(k))} there, {_short(run.get(k))} now" for k in differing)
-        raise ConfigError(
-            f"The checkpoints in {phase_dir} were written by another run ({changes}). Resume with the same model, "
-            "labels and data, drop `resume_from_checkpoint` to start afresh (the old checkpoints are then deleted), "
-            "or use another `output_dir`."
-        )
-
-
-def _short(value, limit: int = 80) -> str:
-    text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -19,8 +19,14 @@ from pathlib import Path
 from datasets import ClassLabel, Dataset, List, Value
 from datasets import Sequence as HFSequence
 
+from safetensors import safe_open
+from torch import nn
+from transformers.utils import logging
+
+from .checkpoints import parse_resume
+from .closed_form import RIDGE_FILENAME, RidgeStatistics
 from .config import IncrementConfig
-from .data import check_texts, find_new_labels, label_names_in
+from .data import check_texts, find_new_labels, is_multi_label_model, label_names_in
 from .errors import (
     ConfigError,
     DataError,
@@ -30,7 +36,16 @@ from .errors import (
     UnsupportedModelError,
 )
 
-MULTI_LABEL = "multi_label_classification"
+from .head import (
+    KNOWN_HEAD_PATHS,
+    check_head_matches_config,
+    check_new_label_names,
+    check_not_peft,
+    find_classifier_head,
+)
+from .saving import CHECKPOINTS_DIRNAME, KEPT_ENTRIES
+
+logger = logging.get_logger(__name__)
 _TOKENIZE_CHUNK = 1024  # texts tokenized at once when the tokenizer's ids must be checked against the embeddings
 
 
@@ -56,50 +71,20 @@ def check_increment_inputs(
     check_labels(model, train_dataset, eval_dataset, config)
     check_tokenizer(model, tokenizer, {"training data": train_dataset, "eval data": eval_dataset}, config)
     check_max_length(model, config.max_length)
+    check_recipe_fits_model(model, config)
+
+
+def check_recipe_fits_model(model, config: IncrementConfig) -> None:
+    """Settings that depend on the model's kind: the LDA solver is for single-label models."""
+    if config.closed_form_head and config.closed_form_solver == "lda" and is_multi_label_model(model):
+        raise ConfigError("`closed_form_solver='lda'` is for single-label models; use 'ridge' for multi-label.")
 
 
 # -- the model --------------------------------------------------------------------------------------------------------
 
 
-def peft_description(model, walk: bool = True) -> str | None:
-    """How ``model`` involves PEFT (a ``PeftModel`` wrapper, adapters loaded into it, with ``walk`` also adapter
-    layers injected into its modules), or ``None`` for a plain model. Found from class modules, so ``peft`` need not
-    be installed."""
-    for cls in type(model).__mro__:
-        if cls.__module__.split(".")[0] == "peft":
-            return f"a PEFT model (`{type(model).__name__}`)"
-    if getattr(model, "_hf_peft_config_loaded", False):
-        return "a model with PEFT adapters loaded into it (`model.load_adapter(...)` / `model.add_adapter(...)`)"
-    named_modules = getattr(model, "named_modules", None)
-    if walk and callable(named_modules):
-        for name, module in named_modules():
-            if type(module).__module__.split(".")[0] == "peft":
-                return f"a model with PEFT adapter layers injected (`{name}` is a `{type(module).__name__}`)"
-    return None
-
-
-def check_not_peft(model, action: str = "add labels to", walk: bool = True) -> None:
-    """Refuse a model wrapped or modified by PEFT: its head is a wrapper's copy (``modules_to_save``) or sits behind
-    the wrapper, so growing "the head" would grow the wrong module and leave config and weights disagreeing.
-
-    ``walk=False`` checks only the model object itself (no walk over its modules: ``add_labels`` touches nothing but
-    the head)."""
-    found = peft_description(model, walk)
-    if found:
-        raise UnsupportedModelError(
-            f"hf_incr can {action} a plain transformers `*ForSequenceClassification` model, but got {found}. Growing "
-            "the head through an adapter wrapper would grow the wrapper or a copy of the head, not the head that is "
-            "saved. Merge the adapter into the weights first: `model = model.merge_and_unload()` on the `PeftModel` "
-            "(for an adapter loaded with `model.load_adapter(...)`, load it with "
-            "`peft.PeftModel.from_pretrained(model, adapter_path)` and merge that); then add labels, and attach a new "
-            "adapter afterwards if you want one."
-        )
-
-
 def check_model(model) -> None:
     """A plain classification model whose head and ``config.id2label`` / ``label2id`` agree."""
-    from .head import _check_config_matches_head, find_classifier_head
-
     check_not_peft(model, "train an increment of")
     config = getattr(model, "config", None)
     if config is None or not getattr(config, "id2label", None):
@@ -107,7 +92,7 @@ def check_model(model) -> None:
             f"{type(model).__name__} has no `config.id2label`, so it is not a classification model. Load it with "
             "`AutoModelForSequenceClassification.from_pretrained(...)`."
         )
-    _check_config_matches_head(model, find_classifier_head(model))
+    check_head_matches_config(model, find_classifier_head(model))
 
 
 # -- the labels -------------------------------------------------------------------------------------------------------
@@ -139,10 +124,8 @@ def _names_are_numbers(names: Iterable) -> bool:
 def check_labels(model, train_dataset: Dataset, eval_dataset: Dataset | None, config: IncrementConfig) -> None:
     """Every row has a label, labels are names (or a ``ClassLabel``), the label column's kind fits the model, the new
     labels are valid names, and the eval data has no label that neither the model nor the training data has."""
-    from .head import _validate_new_labels
-
     column = config.label_column
-    multi_label = getattr(model.config, "problem_type", None) == MULTI_LABEL
+    multi_label = is_multi_label_model(model)
     model_names = list(model.config.id2label.values())
     for what, dataset in (("training data", train_dataset), ("eval data", eval_dataset)):
         if dataset is None:
@@ -202,7 +185,7 @@ def check_labels(model, train_dataset: Dataset, eval_dataset: Dataset | None, co
         with warnings.catch_warnings():
             # add_labels warns about near-duplicate names when it grows the head; not twice.
             warnings.simplefilter("ignore", UserWarning)
-            _validate_new_labels(model, new_labels)
+            check_new_label_names(model, new_labels)
         if config.init == "imprint":
             present = set(label_names_in(train_dataset, column))
             lacking = [name for name in new_labels if name not in present]
@@ -236,12 +219,6 @@ def _embedding_rows(model) -> int | None:
     return None if weight is None else int(weight.shape[0])
 
 
-def _head_path(model) -> str | None:
-    from .head import find_classifier_head
-
-    return find_classifier_head(model).path
-
-
 def check_tokenizer(model, tokenizer, datasets: dict[str, Dataset | None], config: IncrementConfig) -> None:
     """The tokenizer is the model's: its ids fit the embedding matrix, it pads, and with the id the model expects.
 
@@ -260,7 +237,7 @@ def check_tokenizer(model, tokenizer, datasets: dict[str, Dataset | None], confi
             "without one: set `tokenizer.pad_token = tokenizer.eos_token` and "
             "`model.config.pad_token_id = tokenizer.pad_token_id` first."
         )
-    if _head_path(model) == "score":
+    if find_classifier_head(model).path == "score":
         # Decoder heads (GPT-2, Llama, ...) score the last token that is not `config.pad_token_id`.
         model_pad = getattr(model.config, "pad_token_id", None)
         if model_pad != tokenizer.pad_token_id:
@@ -314,8 +291,6 @@ def check_tokenizer(model, tokenizer, datasets: dict[str, Dataset | None], confi
 def position_limit(model) -> int | None:
     """The most tokens a model with a learned absolute position table can take (``None``: no such table, e.g.
     rotary or relative positions, which do not fail on long inputs)."""
-    from torch import nn
-
     config = model.config
     limit = getattr(config, "max_position_embeddings", None)
     if not isinstance(limit, int):
@@ -356,8 +331,6 @@ def check_output_dir(output_dir: str | os.PathLike, model_dir: str | os.PathLike
     ``checkpoints/`` / ``runs/`` of an interrupted run; and it must not be the working folder, one of its parents,
     or a folder that contains the model being extended.
     """
-    from .saving import KEPT_ENTRIES
-
     out = Path(output_dir).expanduser()
     resolved = out.resolve()
     here = Path.cwd().resolve()
@@ -391,9 +364,9 @@ def check_output_dir(output_dir: str | os.PathLike, model_dir: str | os.PathLike
 def check_resume_from_checkpoint(resume, output_dir: str | os.PathLike) -> None:
     """``resume_from_checkpoint`` is ``True``/``False`` or a checkpoint folder this run wrote, under
     ``<output_dir>/checkpoints/``: a setting (or a config file) cannot make hf_incr load training state elsewhere."""
-    if resume is None or isinstance(resume, bool) or str(resume).strip().lower() in ("", "true", "false"):
+    if not isinstance(parse_resume(resume), str):
         return
-    folder = (Path(output_dir).expanduser() / "checkpoints").resolve()
+    folder = (Path(output_dir).expanduser() / CHECKPOINTS_DIRNAME).resolve()
     path = Path(resume).expanduser().resolve()
     if not path.is_relative_to(folder):
         raise ConfigError(
@@ -411,8 +384,6 @@ def check_resume_from_checkpoint(resume, output_dir: str | os.PathLike) -> None:
 
 def _safetensors_shapes(folder: Path, names: list[str]) -> dict[str, list[int]]:
     """Shapes of the named tensors in a folder's safetensors weights, read from the file headers only."""
-    from safetensors import safe_open
-
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
@@ -436,8 +407,6 @@ def check_checkpoint(model_name_or_path: str | os.PathLike) -> None:
     rows (``from_pretrained`` would fail with a terse message, or, with ``ignore_mismatched_sizes=True``,
     re-initialise the whole head). Reads only ``config.json`` and the safetensors headers; Hub ids are left to
     ``from_pretrained``."""
-    from .head import KNOWN_HEAD_PATHS
-
     folder = Path(model_name_or_path).expanduser()
     config_file = folder / "config.json"
     if not config_file.is_file():
@@ -467,3 +436,50 @@ def check_checkpoint(model_name_or_path: str | os.PathLike) -> None:
                     "re-initialises the whole head and the old labels are lost."
                 )
             return
+
+
+# -- the closed-form head ----------------------------------------------------------------------------------------------
+
+
+def closed_form_usable(
+    model, statistics: RidgeStatistics | None, config: IncrementConfig, labels_in_data: list[str]
+) -> bool:
+    """Whether a closed-form increment can keep the old labels: their statistics are there, or (a first closed-form
+    run) every old label is in the data. If not, e.g. a classifier trained without hf_incr given only new labels,
+    the increment falls back to the gradient warm-up (with distillation), with a warning that says how to switch.
+    Statistics that do not fit the model are an error."""
+    num_old = len(model.config.id2label)
+    if statistics is None:
+        absent = [name for name in model.config.label2id if name not in set(labels_in_data)]
+        if not absent:
+            return True  # the statistics start from this data, which covers every label
+        message = (
+            f"`closed_form_head=True` solves the head from statistics of every label's training rows, but the model "
+            f"has no saved statistics ({RIDGE_FILENAME}; was it trained without hf_incr?) and the data lacks its "
+            f"label(s) {absent[:10]}{' ...' if len(absent) > 10 else ''}. This increment trains the head by gradient "
+            "instead (warm-up with distillation), and those labels will be partly forgotten. To keep them, add a few "
+            "training examples of every old label to this data once: their statistics are then collected and saved, "
+            "and later increments need only new labels."
+        )
+        logger.warning(message)
+        warnings.warn(message, UserWarning, stacklevel=4)
+        return False
+    if statistics.num_labels != num_old:
+        raise ConfigError(
+            f"The closed-form statistics cover {statistics.num_labels} labels but the model has {num_old}. Were they "
+            "saved with another model (or another version of it)?"
+        )
+    features = statistics.random_features
+    if config.random_features and features is None:
+        raise ConfigError(
+            f"`random_features={config.random_features}`, but the model's statistics hold no random-feature head "
+            "(the base was trained without it), so the old labels' random-feature statistics are missing. Train the "
+            "base with `random_features` set, or keep `random_features=0`."
+        )
+    if config.random_features and features.num_features != config.random_features:
+        raise ConfigError(
+            f"The model's random-feature head has {features.num_features} features but `random_features="
+            f"{config.random_features}`. Keep the number it was trained with: `random_features="
+            f"{features.num_features}`."
+        )
+    return True

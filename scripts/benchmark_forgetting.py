@@ -93,9 +93,10 @@ from transformers import AutoTokenizer, EvalPrediction, HfArgumentParser, Traini
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from hf_incr import IncrementConfig, find_classifier_head, train_base_classifier, train_increment  # noqa: E402
-from hf_incr.benchmark_data import label_order, load_shared_split, shared_data_dir  # noqa: E402
+from benchmark_data import label_order, load_shared_split, shared_data_dir  # noqa: E402
 from hf_incr.features import extract_head_inputs  # noqa: E402
-from hf_incr.forgetting import ReplayMemory, RidgeStatistics  # noqa: E402
+from hf_incr.closed_form import RidgeStatistics  # noqa: E402
+from hf_incr.replay import ReplayMemory  # noqa: E402
 from hf_incr.metrics import make_compute_metrics  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------------------------

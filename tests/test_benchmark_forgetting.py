@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from hf_incr.benchmark_data import shared_data_dir
 from script_modules import load_script
+
+shared_data_dir = load_script("benchmark_data").shared_data_dir
 
 
 pytestmark = pytest.mark.slow

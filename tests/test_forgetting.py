@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from hf_incr import IncrementConfig, align_weights, train_increment
-from hf_incr.forgetting import RIDGE_FILENAME, ReplayMemory, RidgeStatistics, distillation_loss
+from hf_incr.closed_form import RIDGE_FILENAME, RidgeStatistics
+from hf_incr.losses import distillation_loss
+from hf_incr.replay import ReplayMemory
 from text_models import text_dataset, tiny_bert, tokenizer, training_args
 
 
@@ -151,7 +153,7 @@ def test_align_weights_rescales_new_rows_to_the_old_mean_norm():
 
 
 def test_balanced_repeat_evens_label_frequencies_up_to_a_cap():
-    from hf_incr.forgetting import MAX_REPLAY_REPEAT, balanced_repeat
+    from hf_incr.replay import MAX_REPLAY_REPEAT, balanced_repeat
 
     memory = ReplayMemory([{"text": f"t{i}", "labels": [str(i % 7)]} for i in range(70)])  # 10 per old label
     assert balanced_repeat(memory, new_rows=30, num_new_labels=1) == 3
@@ -195,7 +197,7 @@ def test_lda_solver_is_refused_for_multi_label(tmp_path):
 def test_lda_default_shrinkage_is_scikit_learns_oas_and_helps_with_fewer_rows_than_dimensions():
     from sklearn.covariance import oas
 
-    from hf_incr.forgetting import oas_shrinkage
+    from hf_incr.closed_form import oas_shrinkage
 
     generator = torch.Generator().manual_seed(2)
     dim, per_class, classes = 48, 6, 5  # 30 rows in 48 dimensions: the within-class covariance is singular

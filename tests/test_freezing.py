@@ -10,7 +10,7 @@ import transformers as T
 
 import hf_incr
 from hf_incr import ConfigError
-from hf_incr.freezing import encoder_layer_paths
+from hf_incr.layers import encoder_layer_paths
 from tiny_models import ARCHITECTURES, tiny_batch, tiny_model
 
 EXPECTED_LAYER_LISTS = {

@@ -19,7 +19,7 @@ from huggingface_hub import constants, snapshot_download
 from transformers import AutoModelForSequenceClassification, BertTokenizer, pipeline
 
 from hf_incr.errors import HfIncrError, HubPushError
-from hf_incr.forgetting import ReplayMemory
+from hf_incr.replay import ReplayMemory
 from hf_incr.hub import default_commit_message, push_saved_model, push_to_hub
 from hf_incr.lineage import LINEAGE_ATTRIBUTE, get_lineage
 from hf_incr.saving import save_increment

@@ -18,9 +18,9 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import hf_incr
-import hf_incr.trainer
+import hf_incr.recipe
 from hf_incr import IncrementConfig, train_increment
-from hf_incr.forgetting import ReplayMemory
+from hf_incr.replay import ReplayMemory
 from hf_incr.head import INIT_METHODS
 from hf_incr.lineage import LINEAGE_FILENAME, get_lineage
 from hf_incr.model_card import PLOT_FILENAME, card_has_lineage
@@ -60,7 +60,7 @@ class _GrowthSpy:
 
     def __init__(self, monkeypatch):
         self.calls: list[tuple[int, list[int]]] = []
-        real = hf_incr.trainer.add_labels
+        real = hf_incr.recipe.add_labels
 
         def spy(model, new_labels, **kwargs):
             linear = hf_incr.find_classifier_head(model).linear
@@ -74,7 +74,7 @@ class _GrowthSpy:
             self.calls.append((old_count, ids))
             return ids
 
-        monkeypatch.setattr(hf_incr.trainer, "add_labels", spy)
+        monkeypatch.setattr(hf_incr.recipe, "add_labels", spy)
 
 
 def _png_size(path: Path) -> tuple[int, int]:

@@ -11,7 +11,8 @@ from transformers import AutoModelForSequenceClassification
 import hf_incr
 from hf_incr import ConfigError, HeadConfigMismatchError, IncrementConfig, train_base_classifier, train_increment
 from hf_incr.features import extract_head_inputs
-from hf_incr.forgetting import RIDGE_FILENAME, RidgeStatistics
+from hf_incr.closed_form import RIDGE_FILENAME, RidgeStatistics
+from hf_incr.loading import load_statistics
 from hf_incr.random_features import (
     RANDOM_FEATURES_FILENAME,
     RandomFeatureHead,
@@ -94,7 +95,7 @@ def test_closed_form_increments_with_random_features_save_and_load(tmp_path):
     assert (folder / RANDOM_FEATURES_FILENAME).is_file() and (folder / RIDGE_FILENAME).is_file()
     card = (folder / "README.md").read_text()
     assert "This model has a random-feature head** (64 random" in card and "hf_incr.load_model(" in card
-    stats = RidgeStatistics.load(folder)
+    stats = load_statistics(folder)
     assert stats.count == 18 and stats.random_features.count == 18 and stats.random_features.num_labels == 3
     # The "before" metrics came from the model as loaded, random-feature head included.
     assert result.metrics_before["old_accuracy"] is not None and "accuracy" in result.metrics_after

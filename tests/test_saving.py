@@ -25,7 +25,7 @@ def test_failed_save_keeps_the_previous_folder(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("hf_incr.model_card.write_model_card", broken)
+    monkeypatch.setattr("hf_incr.saving.write_model_card", broken)
     with pytest.raises(OSError, match="disk full"):
         save_increment(grown, folder, tokenizer())
     after = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}

@@ -10,7 +10,8 @@ from datasets import Dataset
 from transformers import AutoModelForSequenceClassification
 
 from hf_incr import DataError, IncrementConfig, train_increment
-from hf_incr.freezing import head_parameter_names, parameter_depths
+from hf_incr.freezing import head_parameter_names
+from hf_incr.layers import parameter_depths
 from hf_incr.lineage import LINEAGE_FILENAME, get_lineage
 from text_models import text_dataset, tiny_bert, tokenizer, training_args
 

@@ -45,7 +45,7 @@ from hf_incr import (
 )
 from hf_incr.cli import COMMANDS, ScriptArguments, main, parse_args
 from hf_incr.errors import TokenizerError, UnsupportedModelError
-from hf_incr.forgetting import ReplayMemory
+from hf_incr.replay import ReplayMemory
 from hf_incr.validation import check_increment_inputs, check_output_dir, check_resume_from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

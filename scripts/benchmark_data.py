@@ -1,4 +1,5 @@
-"""The shared benchmark data sets (BANKING77, CLINC150, GoEmotions) as read by the benchmark scripts and tests.
+"""The shared benchmark data sets (BANKING77, CLINC150, GoEmotions) as read by the benchmark scripts and tests
+(development only: not part of the installed package).
 
 They are not shipped: a checkout reads them from ``../shared/data`` (or ``HF_INCR_DATA_DIR``); a user gets the same
 sets from the Hub (``banking77``, ``clinc_oos``, ``go_emotions``).
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from datasets import Dataset, load_dataset
 
-from .errors import DataError
+from hf_incr.errors import DataError
 
 DATA_DIR_ENV = "HF_INCR_DATA_DIR"
 

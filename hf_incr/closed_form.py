@@ -1,0 +1,169 @@
+"""Exact closed-form heads from sufficient statistics: ridge regression and linear discriminant analysis.
+
+:class:`RidgeStatistics` accumulates the Gram matrix of the head's inputs and their cross-products with the labels,
+increment by increment, and solves the head exactly as if fitted on all the rows seen at once; no text is stored.
+The random-feature head (:mod:`hf_incr.random_features`) keeps the same statistics over its expanded features.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from transformers.utils import logging
+
+from .errors import DataError
+
+logger = logging.get_logger(__name__)
+
+RIDGE_FILENAME = "hf_incr_ridge.safetensors"
+
+
+def oas_shrinkage(covariance: torch.Tensor, num_rows: float) -> float:
+    """Oracle Approximating Shrinkage intensity of a ``(d, d)`` sample covariance from ``num_rows`` rows (the
+    formula scikit-learn's ``OAS`` uses): near 0 with many rows per dimension, up to 1 with few."""
+    dim = covariance.shape[0]
+    mu = torch.trace(covariance) / dim
+    alpha = (covariance**2).mean()
+    denominator = (num_rows + 1) * (alpha - mu**2 / dim)
+    if denominator <= 0:
+        return 1.0
+    return float(min(((alpha + mu**2) / denominator).item(), 1.0))
+
+
+# A ridge regression of 0/1 targets says "label present" where its output passes 0.5, but a multi-label head applies a
+# sigmoid and its threshold of 0.5 sits at logit 0: written as they are, its outputs near 0 for absent labels come out
+# present about half the time (GoEmotions: 11.6 % micro-F1). Mapping r -> SCALE * (r - 0.5) puts the decision where
+# the regression puts it and spreads the probabilities (r = 1 -> 0.98, r = 0 -> 0.02).
+MULTI_LABEL_RIDGE_SCALE = 8.0
+
+
+def ridge_solution(gram: torch.Tensor, cross: torch.Tensor, penalty: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Solve ``(gram + penalty * I) W = cross`` over ``[features, 1]``: weight (num_labels, d) and bias, float64."""
+    eye = torch.eye(gram.shape[0], dtype=torch.float64)
+    solution = torch.linalg.solve(gram + penalty * eye, cross)
+    return solution[:-1].T.contiguous(), solution[-1].contiguous()
+
+
+def ridge_to_multi_label_logits(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Linear whose sigmoid crosses 0.5 where the 0/1 ridge regression ``(weight, bias)`` crosses 0.5."""
+    return weight * MULTI_LABEL_RIDGE_SCALE, (bias - 0.5) * MULTI_LABEL_RIDGE_SCALE
+
+
+class RidgeStatistics:
+    """Sufficient statistics of a ridge head over ``[phi, 1]``: ``gram = sum x x^T`` and ``cross = sum x y^T``.
+
+    Adding increments is exact: the solution after any sequence of :meth:`update` calls equals the ridge head fitted
+    jointly on all rows seen (float64), and no text is stored. Labels never seen in a row count as 0 targets, so a
+    label added later gets zero cross-products from earlier rows, exactly as in a joint fit.
+
+    ``random_features`` optionally carries a :class:`~hf_incr.random_features.RandomFeatureHead` (the RanPAC head
+    and its own statistics) along with these statistics; it is saved with them (its own file) and loaded by
+    :func:`hf_incr.loading.load_statistics`.
+    """
+
+    def __init__(self, gram: torch.Tensor, cross: torch.Tensor, count: int = 0, random_features=None):
+        self.gram = gram.double()
+        self.cross = cross.double()
+        self.count = int(count)
+        self.random_features = random_features
+
+    @classmethod
+    def empty(cls, in_features: int, num_labels: int) -> RidgeStatistics:
+        return cls(torch.zeros(in_features + 1, in_features + 1), torch.zeros(in_features + 1, num_labels))
+
+    @property
+    def num_labels(self) -> int:
+        return self.cross.shape[1]
+
+    def grow(self, num_labels: int) -> RidgeStatistics:
+        """Extend to ``num_labels`` columns (new labels have had no positive rows so far)."""
+        extra = num_labels - self.num_labels
+        if extra > 0:
+            self.cross = torch.cat([self.cross, self.cross.new_zeros(self.cross.shape[0], extra)], dim=1)
+        return self
+
+    def update(self, features: torch.Tensor, targets: torch.Tensor) -> RidgeStatistics:
+        """Add rows: ``features`` (n, d) and ``targets`` (n, num_labels) one-/multi-hot."""
+        x = torch.cat([features.double(), features.new_ones(len(features), 1).double()], dim=1)
+        self.gram += x.T @ x
+        self.cross += x.T @ targets.double()
+        self.count += len(features)
+        return self
+
+    def solve(self, ridge_lambda: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ridge head: weight (num_labels, d) and bias (num_labels,), in float64."""
+        return ridge_solution(self.gram, self.cross, ridge_lambda)
+
+    def solve_lda(self, shrinkage: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Linear discriminant analysis from the same statistics (single-label only): class means and a shared
+        covariance, ``weight_c = S^-1 mu_c`` and ``bias_c = -mu_c S^-1 mu_c / 2 + log prior_c``.
+
+        The one-hot cross-products hold each class's count (bias row) and feature sums, and ``gram`` the second
+        moment, so no extra statistic is needed. The covariance is shrunk towards ``trace(S) / d * I`` by
+        ``shrinkage``; ``None`` picks it from the statistics with the Oracle Approximating Shrinkage estimator
+        (Chen et al., 2010), which keeps LDA usable when there are fewer rows than feature dimensions: BANKING77,
+        frozen MiniLM pooler, 4 rows per label: 65.8 % against 57.2 % unshrunk; all 10,003 rows: 87.2 % against 87.8 %.
+        """
+        counts = self.cross[-1]
+        if (counts <= 0).any():
+            raise DataError("LDA needs at least one row of every label; some labels have none in the statistics.")
+        n, dim = float(counts.sum()), self.gram.shape[0] - 1
+        means = (self.cross[:-1] / counts).T
+        within = self.gram[:-1, :-1] - (means.T * counts) @ means
+        covariance = within / max(n - len(counts), 1.0)
+        eye = torch.eye(dim, dtype=torch.float64)
+        mu = torch.trace(covariance) / dim
+        if shrinkage is None:
+            shrinkage = oas_shrinkage(covariance, n)
+        covariance = (1 - shrinkage) * covariance + shrinkage * mu * eye
+        # A tiny ridge keeps the solve defined when features are collinear and shrinkage is 0.
+        covariance = covariance + 1e-9 * mu.clamp_min(1e-12) * eye
+        weight = torch.linalg.solve(covariance, means.T).T
+        bias = -0.5 * (weight * means).sum(1) + torch.log(counts / n)
+        return weight.contiguous(), bias.contiguous()
+
+    def write_into(
+        self, linear: nn.Linear, ridge_lambda: float, solver: str = "ridge", multi_label: bool = False
+    ) -> None:
+        """Overwrite a model's output Linear with the closed-form solution (in its dtype and device), in place; for a
+        multi-label head the ridge outputs become logits whose sigmoid crosses 0.5 where they cross 0.5."""
+        weight, bias = self.solve(ridge_lambda) if solver == "ridge" else self.solve_lda()
+        if multi_label:
+            weight, bias = ridge_to_multi_label_logits(weight, bias)
+        if weight.shape != linear.weight.shape:
+            raise DataError(
+                f"The ridge statistics have {weight.shape[0]} labels x {weight.shape[1]} features but the head is "
+                f"{tuple(linear.weight.shape)}. Were they saved with another model?"
+            )
+        with torch.no_grad():
+            linear.weight.copy_(weight.to(linear.weight.dtype))
+            if linear.bias is not None:
+                linear.bias.copy_(bias.to(linear.bias.dtype))
+            else:
+                logger.warning("The head has no bias; the ridge bias term is dropped.")
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / RIDGE_FILENAME
+        save_file(
+            {"gram": self.gram.contiguous(), "cross": self.cross.contiguous()},
+            str(path),
+            metadata={"count": str(self.count), "format": "hf_incr ridge statistics over [head input, 1]"},
+        )
+        if self.random_features is not None:
+            self.random_features.save(directory)
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> RidgeStatistics | None:
+        """The statistics saved in a model folder (without a random-feature head), or ``None`` if it has none."""
+        path = Path(directory) / RIDGE_FILENAME
+        if not path.is_file():
+            return None
+        with safe_open(str(path), framework="pt") as f:  # one read for the tensors and the row count
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+            count = int(f.metadata().get("count", 0))
+        return cls(tensors["gram"], tensors["cross"], count)

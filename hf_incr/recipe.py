@@ -1,0 +1,536 @@
+"""The increment recipe: :func:`train_increment` as a short list of named steps, and :func:`train_base_classifier`.
+
+One increment, top to bottom (each step is a function below that reads and fills one :class:`IncrementRun`):
+
+1. :func:`check_inputs`: every pre-flight check, before anything changes.
+2. :func:`load_saved_state`: the replay memory and closed-form statistics saved beside the model.
+3. :func:`find_rerun_record`: a rerun of the model's last increment trains nothing.
+4. :func:`plan_increment`: which labels are new, which phases run, whether the head is solved in closed form.
+5. :func:`grow_head`: replayed rows mixed in, the head grown in place, the labels encoded onto it.
+6. :func:`measure` (before): the model as the user had it, scored on the old labels.
+7. :func:`warm_up_or_solve`: the output Linear trained on a frozen encoder, or solved from the statistics.
+8. :func:`fine_tune`: the top layers in a new Trainer with layer-wise learning rates (the base, by default).
+9. :func:`after_training`: trainable flags restored, the controls' last word (memory update, weight aligning).
+10. :func:`measure` (after), :func:`record_lineage`, :func:`save_and_push`.
+
+A base classifier (increment 0) and a later increment differ only in :class:`IncrementRun` fields set once, in
+:func:`plan_increment` (``is_base``, ``fine_tune``, ``closed_form``).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments
+from transformers.utils import logging
+
+from .closed_form import RidgeStatistics
+from .config import IncrementConfig
+from .controls import ForgettingControl, active_controls
+from .data import (
+    MULTI_LABEL,
+    check_texts,
+    encode_labels,
+    find_new_labels,
+    is_multi_label_column,
+    is_multi_label_model,
+    label_names_in,
+    model_columns,
+    row_label_names,
+    tokenize,
+)
+from .errors import DataError
+from .features import extract_head_inputs
+from .freezing import freeze_all_but_head, unfreeze_top_layers
+from .head import ClassifierHead, add_labels, find_classifier_head
+from .hub import push_saved_model
+from .lineage import append_record, find_rerun, make_record
+from .loading import saved_state_folder
+from .random_features import RandomFeatureHead, attach_random_feature_head, detach_random_feature_head
+from .replay import ReplayMemory
+from .saving import save_increment
+from .trainer import evaluate_model, train_phase, warm_up_on_cached_features
+from .validation import check_increment_inputs, check_output_dir, check_resume_from_checkpoint, closed_form_usable
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class IncrementResult:
+    """What :func:`train_increment` did: labels added, metrics before/after, forgetting, where it saved, and the
+    replay memory / ridge statistics to pass to the next increment when not saving."""
+
+    new_labels: list[str]
+    new_label_ids: list[int]
+    old_label_ids: list[int]
+    metrics_before: dict[str, float] = field(default_factory=dict)
+    metrics_after: dict[str, float] = field(default_factory=dict)
+    forgetting: float | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    train_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    output_dir: str | None = None
+    hub_url: str | None = None
+    replay_memory: ReplayMemory | None = None
+    ridge_statistics: RidgeStatistics | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class IncrementRun:
+    """Everything one increment works on, filled in step by step (see the module docstring for the order)."""
+
+    model: Any
+    tokenizer: Any
+    train_dataset: Dataset
+    eval_dataset: Dataset | None
+    config: IncrementConfig
+    args: TrainingArguments
+    is_base: bool
+    save: bool
+    replay_memory: ReplayMemory | None = None
+    statistics: RidgeStatistics | None = None
+    controls: list[ForgettingControl] = field(default_factory=list)
+    start: float = field(default_factory=time.perf_counter)
+    timings: dict[str, float] = field(default_factory=dict)
+    # plan_increment
+    multi_label: bool = False
+    source_dir: Path | None = None
+    head: ClassifierHead | None = None
+    detached_random_features: RandomFeatureHead | None = None
+    new_labels: list[str] = field(default_factory=list)
+    new_ids: list[int] = field(default_factory=list)
+    old_ids: list[int] = field(default_factory=list)
+    fine_tune: bool = False
+    closed_form: bool = False
+    teacher: torch.nn.Module | None = None
+    old_head: tuple[torch.Tensor, torch.Tensor | None] | None = None
+    # grow_head
+    train_rows: Dataset | None = None
+    features: torch.Tensor | None = None
+    train_encoded: Dataset | None = None
+    eval_tokenized: Dataset | None = None
+    # training and measuring
+    trainable_before: dict[str, bool] = field(default_factory=dict)
+    train_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    metrics_before: dict[str, float] = field(default_factory=dict)
+    metrics_after: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def show_progress(self) -> bool:
+        return self.args.process_index == 0 and not self.args.disable_tqdm
+
+    def timed(self, name: str, started: float) -> None:
+        self.timings[name] = time.perf_counter() - started
+
+
+def train_increment(
+    model,
+    tokenizer,
+    train_dataset: Dataset,
+    eval_dataset: Dataset | None = None,
+    *,
+    config: IncrementConfig | None = None,
+    args: TrainingArguments | None = None,
+    replay_memory: ReplayMemory | None = None,
+    ridge_statistics: RidgeStatistics | None = None,
+    save: bool = True,
+    kind: str = "increment",
+) -> IncrementResult:
+    """Add the labels of ``train_dataset`` that ``model`` lacks, train the increment, and measure forgetting.
+
+    ``model`` is modified in place (grown head, trained weights, ``config`` lineage); the result is a normal
+    transformers model. With ``save=True`` it is saved (with tokenizer, lineage, replay memory, ridge statistics and
+    card) to ``args.output_dir``, atomically. Data with only old labels continues training without growing.
+
+    Args:
+        model: A ``*ForSequenceClassification`` model (e.g. from ``from_pretrained``).
+        tokenizer: Its tokenizer.
+        train_dataset: Texts and labels (names, ClassLabel, or lists for multi-label) of this increment.
+        eval_dataset: Optional held-out data over old and new labels; metrics before/after come from it.
+        config: The recipe's settings (:class:`IncrementConfig`).
+        args: TrainingArguments for everything Trainer does (batch size, precision, logging, seed, ...);
+            each phase gets its own checkpoint folder under ``output_dir/checkpoints``.
+        replay_memory: Stored examples of old labels; default: the one saved beside the model, if any.
+        ridge_statistics: Closed-form head statistics; default: the ones saved beside the model, if any.
+        save: Save the result to ``args.output_dir``.
+        kind: ``"base"`` for a first classifier (every label of the data is the model's already, nothing to
+            forget, the encoder is fine-tuned whatever ``finetune_increments`` says); recorded in the lineage.
+    """
+    run = IncrementRun(
+        model=model, tokenizer=tokenizer, train_dataset=train_dataset, eval_dataset=eval_dataset,
+        config=config or IncrementConfig(), args=args or TrainingArguments(output_dir="hf_incr-output", report_to="none"),
+        is_base=kind == "base", save=save, replay_memory=replay_memory, statistics=ridge_statistics,
+    )
+    check_inputs(run)
+    load_saved_state(run)
+    repeated = find_rerun_record(run)
+    if repeated is not None:
+        return save_and_push(run, record=dict(repeated))
+    plan_increment(run)
+    grow_head(run)
+    run.metrics_before = measure(run, before=True)
+    try:
+        warm_up_or_solve(run)
+        fine_tune(run)
+    finally:
+        restore_trainable(run)
+    after_training(run)
+    run.metrics_after = measure(run, before=False)
+    run.timings["total_s"] = time.perf_counter() - run.start
+    return save_and_push(run, record=record_lineage(run))
+
+
+# 1-3. Before anything changes -------------------------------------------------------------------------------------
+
+
+def check_inputs(run: IncrementRun) -> None:
+    """Every check of the inputs (model, tokenizer, data, recipe, output folder) before anything is modified."""
+    check_increment_inputs(run.model, run.tokenizer, run.train_dataset, run.eval_dataset, run.config)
+    if run.save:
+        # Saving replaces the output folder: refuse one whose replacement would delete something (e.g. the folder
+        # that holds the model being extended), and checkpoints from anywhere but this run's own folder.
+        check_output_dir(run.args.output_dir, getattr(run.model.config, "_name_or_path", None) or None)
+        check_resume_from_checkpoint(run.args.resume_from_checkpoint, run.args.output_dir)
+
+
+def load_saved_state(run: IncrementRun) -> None:
+    """Put the model where Trainer would, and let every control read what was saved beside the model."""
+    if getattr(run.model, "hf_device_map", None) is None:
+        # Where Trainer would put it anyway; the feature-caching pass runs before any Trainer exists.
+        run.model.to(run.args.device)
+    run.multi_label = is_multi_label_model(run.model)
+    run.source_dir = saved_state_folder(run.model)
+    run.controls = active_controls(run.config)
+    for control in run.controls:
+        control.load(run)
+
+
+def find_rerun_record(run: IncrementRun) -> dict | None:
+    """The lineage record this run repeats (same training data, no label it did not add), or ``None``.
+
+    A rerun of the model's last increment on its own result trains nothing: more epochs on that data would change
+    the weights behind a lineage that does not record them."""
+    if run.is_base:
+        return None
+    config = run.config
+    new_labels = find_new_labels(run.train_dataset, run.model.config.label2id, config.label_column, config.new_labels)
+    repeated = find_rerun(run.model, getattr(run.train_dataset, "_fingerprint", None), new_labels)
+    if repeated is not None:
+        logger.warning(
+            "This run repeats increment %s of the lineage (same training data, no label it did not add): nothing "
+            "trained, no new lineage record. To train it again, start from the model it was trained from (%s).",
+            repeated.get("increment"), repeated.get("base_model"),
+        )
+        run.old_ids = list(run.model.config.id2label)
+    return repeated
+
+
+# 4-5. Plan and grow -----------------------------------------------------------------------------------------------
+
+
+def plan_increment(run: IncrementRun) -> None:
+    """Decide, once, what this increment does: its new labels, whether the head is solved in closed form, whether
+    the encoder is fine-tuned, and whether the gradient phases distill from the model before the increment."""
+    model, config = run.model, run.config
+    # Head surgery and training act on the model's own Linear: a random-feature head is refitted (closed form) or
+    # dropped (any other recipe), never trained by gradient.
+    run.head = find_classifier_head(model)
+    run.detached_random_features = detach_random_feature_head(model, run.head)
+    run.fine_tune = config.finetune_layers != 0 and config.finetune_epochs > 0 and (
+        run.is_base or config.finetune_increments
+    )
+    run.closed_form = config.closed_form_head and (
+        run.is_base
+        or closed_form_usable(model, run.statistics, config, label_names_in(run.train_dataset, config.label_column))
+    )
+    run.new_labels = find_new_labels(run.train_dataset, model.config.label2id, config.label_column, config.new_labels)
+    run.old_ids = list(range(len(model.config.id2label)))
+    if run.is_base:
+        # A first classifier: every label is the model's already, and there is nothing to forget.
+        if run.new_labels:
+            raise DataError(f"The base model lacks the label(s) {run.new_labels} that occur in the training data.")
+        run.old_ids = []
+    if any(control.wants_teacher(run) for control in run.controls):
+        run.teacher = copy.deepcopy(model).eval()
+    linear = run.head.linear
+    run.old_head = (linear.weight.detach().clone(), None if linear.bias is None else linear.bias.detach().clone())
+
+
+def grow_head(run: IncrementRun) -> None:
+    """Mix in replayed rows, cache head inputs if a phase needs them, grow the head, and encode the labels."""
+    config, model = run.config, run.model
+    run.train_rows = run.train_dataset
+    for control in run.controls:
+        control.prepare_rows(run)
+    if needs_features(run):
+        started = time.perf_counter()
+        run.features = _encode(run, run.train_rows)
+        run.timed("feature_cache_s", started)
+    examples = None
+    if config.init == "imprint" and run.new_labels:
+        row_names = row_label_names(run.train_rows, config.label_column)
+        examples = {n: run.features[[i for i, names in enumerate(row_names) if n in names]] for n in run.new_labels}
+    if run.new_labels:
+        run.new_ids = add_labels(model, run.new_labels, init=config.init, examples=examples, head=run.head)
+        run.head = run.head.refreshed()
+    if run.is_base:
+        run.new_labels, run.new_ids = list(model.config.id2label.values()), list(model.config.id2label)
+    label2id = model.config.label2id
+    run.train_encoded = encode_labels(run.train_rows, label2id, config.label_column, run.multi_label)
+    if run.eval_dataset is not None:
+        eval_encoded = encode_labels(run.eval_dataset, label2id, config.label_column, run.multi_label)
+        run.eval_tokenized = model_columns(
+            tokenize(eval_encoded, run.tokenizer, config.text_column, config.max_length), run.tokenizer
+        )
+
+
+def needs_features(run: IncrementRun) -> bool:
+    """Whether any step needs the frozen encoder's head inputs of the training rows."""
+    config = run.config
+    cached_warm_up = config.warmup_epochs > 0 and config.cache_features and config.warmup_scope == "output"
+    imprint = config.init == "imprint" and bool(run.new_labels)
+    return cached_warm_up or imprint or any(control.needs_features(run) for control in run.controls)
+
+
+def _encode(run: IncrementRun, rows: Dataset) -> torch.Tensor:
+    config = run.config
+    return extract_head_inputs(
+        run.model, run.tokenizer, rows[config.text_column], batch_size=config.feature_batch_size,
+        max_length=config.max_length, device=run.args.device, show_progress=run.show_progress, head=run.head,
+    )
+
+
+# 6. Measure ---------------------------------------------------------------------------------------------------------
+
+
+def measure(run: IncrementRun, *, before: bool) -> dict[str, float]:
+    """Metrics on the eval data, split into old / new labels (``{}`` without eval data).
+
+    Before training, the model is scored as the user had it (random-feature head included), on the old labels
+    only: their rows are kept bit for bit, so this is exactly the model before the increment."""
+    if run.eval_tokenized is None or (before and not run.old_ids):
+        return {}
+    attached = run.detached_random_features if before else None
+    if attached is not None:
+        attach_random_feature_head(run.model, attached.grow(len(run.model.config.label2id)), run.head)
+    try:
+        return evaluate_model(
+            run.model, run.eval_tokenized, run.args, run.old_ids, multi_label=run.multi_label,
+            threshold=run.config.threshold, only_old=before, tokenizer=run.tokenizer,
+        )
+    finally:
+        if attached is not None:
+            detach_random_feature_head(run.model, run.head)
+
+
+# 7-9. Train ---------------------------------------------------------------------------------------------------------
+
+
+def warm_up_or_solve(run: IncrementRun) -> None:
+    """The output Linear on a frozen encoder: solved from the statistics, or warmed up by gradient.
+
+    A closed-form head replaces the warm-up, unless the encoder is fine-tuned afterwards (the base of a
+    first-session-adapted model): then the head is solved after fine-tuning, and the warm-up gives the fine-tuning a
+    trained head to start from."""
+    config, model = run.config, run.model
+    run.trainable_before = {n: p.requires_grad for n, p in model.named_parameters()}
+    started = time.perf_counter()
+    if run.closed_form and not run.fine_tune:
+        # Closed-form rows: only this increment's own rows (replayed rows are already in the statistics).
+        own = len(run.train_dataset)
+        solve_closed_form_head(run, run.features[:own], run.train_encoded["labels"][:own])
+        run.timed("closed_form_s", started)
+        return
+    if config.warmup_epochs <= 0:
+        return
+    freeze_all_but_head(model, config.warmup_scope, run.head)
+    if run.features is not None and config.cache_features and config.warmup_scope == "output":
+        run.train_metrics["warmup"] = warm_up_on_cached_features(
+            model, run.head, run.features, run.train_encoded, run.args,
+            epochs=config.warmup_epochs, learning_rate=config.warmup_learning_rate,
+            batch_size=config.cached_batch_size, text_column=config.text_column, multi_label=run.multi_label,
+            teacher_head=run.old_head if run.old_ids else None,
+            distill_weight=config.distill_weight, distill_temperature=config.distill_temperature,
+        )
+    else:
+        run.train_metrics["warmup"] = _train_phase(run, "warmup", config.warmup_epochs, config.warmup_learning_rate)
+    run.timed("warmup_s", started)
+
+
+def fine_tune(run: IncrementRun) -> None:
+    """The top ``finetune_layers`` layers and the head, in a NEW Trainer (DDP fixes the trainable set when it wraps
+    the model); then, for a closed-form head, the statistics of the fine-tuned encoder."""
+    if not run.fine_tune:
+        return
+    config = run.config
+    started = time.perf_counter()
+    unfreeze_top_layers(run.model, config.finetune_layers, "head", run.head)
+    run.train_metrics["finetune"] = _train_phase(
+        run, "finetune", config.finetune_epochs, config.finetune_learning_rate, layer_lr_decay=config.layer_lr_decay
+    )
+    run.timed("finetune_s", started)
+    if run.closed_form:
+        # The statistics must describe the encoder as it stays from now on (frozen in later increments): encode
+        # this increment's rows again with the fine-tuned encoder.
+        started = time.perf_counter()
+        run.model.eval()
+        features = _encode(run, run.train_dataset)
+        solve_closed_form_head(run, features, run.train_encoded["labels"][: len(run.train_dataset)])
+        run.timed("closed_form_s", started)
+
+
+def _train_phase(run: IncrementRun, phase: str, epochs: float, learning_rate: float, layer_lr_decay=None) -> dict:
+    config = run.config
+    return train_phase(
+        run.model, run.tokenizer, run.train_encoded, run.args, phase=phase, epochs=epochs,
+        learning_rate=learning_rate, text_column=config.text_column, max_length=config.max_length,
+        layer_lr_decay=layer_lr_decay, teacher=run.teacher, distill_weight=config.distill_weight,
+        distill_temperature=config.distill_temperature,
+    )
+
+
+def solve_closed_form_head(run: IncrementRun, features: torch.Tensor, labels) -> None:
+    """Add ``features`` (head inputs) and their labels to the statistics and write the closed-form solution into the
+    model's own Linear; with ``random_features``, also refit the random-feature head and attach it."""
+    config, linear = run.config, run.head.linear
+    num_labels = linear.out_features
+    targets = torch.tensor(labels, dtype=torch.float64)
+    if not run.multi_label:
+        targets = torch.nn.functional.one_hot(targets.long(), num_labels).double()
+    statistics = run.statistics if run.statistics is not None else RidgeStatistics.empty(linear.in_features, 0)
+    statistics.grow(num_labels).update(features, targets)
+    solver = config.closed_form_solver
+    if solver == "auto":
+        solver = "ridge" if run.multi_label else "lda"
+    statistics.write_into(linear, config.ridge_lambda, solver, run.multi_label)
+    if config.random_features:
+        head = statistics.random_features or RandomFeatureHead.new(
+            linear.in_features, config.random_features, num_labels, run.args.seed
+        )
+        head.grow(num_labels).update(features, targets).solve(config.random_features_lambda, run.multi_label)
+        statistics.random_features = head
+        attach_random_feature_head(run.model, head.to(linear.weight.device), run.head)
+    run.statistics = statistics
+
+
+def restore_trainable(run: IncrementRun) -> None:
+    """Every parameter's ``requires_grad`` as it was before the phases froze and unfroze layers."""
+    if not run.trainable_before:
+        return  # no phase ran
+    for name, param in run.model.named_parameters():
+        param.requires_grad_(run.trainable_before.get(name, True))
+
+
+def after_training(run: IncrementRun) -> None:
+    """Each control's last word on the trained model (weight aligning, the replay memory for the next increment)."""
+    for control in run.controls:
+        control.after_training(run)
+
+
+# 10. Record and save ------------------------------------------------------------------------------------------------
+
+
+def record_lineage(run: IncrementRun) -> dict[str, Any]:
+    """The lineage record of this increment, appended to ``model.config``."""
+    forgetting = _forgetting(run)
+    record = make_record(
+        kind="base" if run.is_base else "increment",
+        labels_added=run.new_labels,
+        label_ids=run.new_ids,
+        base_model=_public_name(
+            getattr(run.model.config, "_name_or_path", None) or getattr(run.model, "name_or_path", None)
+        ),
+        recipe=run.config.to_dict(),
+        metrics={"before": run.metrics_before, "after": run.metrics_after, "forgetting": forgetting,
+                 "train_examples": len(run.train_dataset),
+                 "replayed_examples": len(run.train_rows) - len(run.train_dataset)},
+        num_labels=len(run.model.config.label2id),
+        data_fingerprint=getattr(run.train_dataset, "_fingerprint", None),
+    )
+    append_record(run.model, record)
+    return record
+
+
+def _forgetting(run: IncrementRun) -> float | None:
+    before, after = run.metrics_before.get("old_accuracy"), run.metrics_after.get("old_accuracy")
+    return None if before is None or after is None else before - after
+
+
+def save_and_push(run: IncrementRun, record: dict[str, Any]) -> IncrementResult:
+    """The result; with ``save``, the model saved atomically (main process) and pushed if ``args.push_to_hub``."""
+    result = IncrementResult(
+        new_labels=run.new_labels,
+        new_label_ids=run.new_ids, old_label_ids=run.old_ids, metrics_before=run.metrics_before,
+        metrics_after=run.metrics_after, forgetting=_forgetting(run), timings=run.timings, record=record,
+        train_metrics=run.train_metrics, replay_memory=run.replay_memory, ridge_statistics=run.statistics,
+    )
+    if run.save and run.args.process_index == 0:
+        result.output_dir = str(
+            save_increment(run.model, run.args.output_dir, run.tokenizer, replay=run.replay_memory, ridge=run.statistics)
+        )
+        if run.train_encoded is not None and run.args.push_to_hub:
+            # Trainer's own push is off in every phase (it would upload a card without the lineage); the saved
+            # folder, card and lineage included, is pushed once here.
+            result.hub_url = str(push_saved_model(result.output_dir, run.args))
+    return result
+
+
+def _public_name(name_or_path: str | Path | None) -> str | None:
+    """A Hub id as is; a local folder as ``./<its name>`` only, so no local path reaches a pushed config or card
+    (and the name is not mistaken for a Hub id)."""
+    if not name_or_path:
+        return None
+    path = Path(name_or_path)
+    return f"./{path.name}" if path.exists() else str(name_or_path)
+
+
+def train_base_classifier(
+    model_name_or_path: str,
+    train_dataset: Dataset,
+    eval_dataset: Dataset | None = None,
+    *,
+    config: IncrementConfig | None = None,
+    args: TrainingArguments | None = None,
+    save: bool = True,
+    trust_remote_code: bool = False,
+    replay_memory: ReplayMemory | None = None,
+    ridge_statistics: RidgeStatistics | None = None,
+):
+    """Train a first classifier on ``train_dataset``'s labels with the same recipe (increment 0 of the lineage).
+
+    Returns ``(model, tokenizer, result)``. The labels are read from the data (ClassLabel order if it has one,
+    else sorted), the model is loaded with ``AutoModelForSequenceClassification`` and ``config.multi_label``
+    chooses a sigmoid head.
+    """
+    config = config or IncrementConfig()
+    check_texts(train_dataset, config.text_column)
+    labels = label_names_in(train_dataset, config.label_column)
+    multi_label = config.multi_label or is_multi_label_column(train_dataset, config.label_column)
+    if multi_label and not config.multi_label:
+        raise DataError(
+            f"Column {config.label_column!r} holds lists of labels: set `multi_label=True` for a sigmoid head."
+        )
+    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_name_or_path,
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+        problem_type=MULTI_LABEL if multi_label else "single_label_classification",
+        trust_remote_code=trust_remote_code,
+    )
+    if tokenizer.pad_token is None or model.config.pad_token_id is None:
+        # Decoder-only models (GPT-2, Llama) ship no pad token; their classification head needs one.
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model.config.pad_token_id = tokenizer.pad_token_id
+    result = train_increment(
+        model, tokenizer, train_dataset, eval_dataset, config=config, args=args, save=save, kind="base",
+        replay_memory=replay_memory, ridge_statistics=ridge_statistics,
+    )
+    return model, tokenizer, result
