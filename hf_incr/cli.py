@@ -42,8 +42,12 @@ class ScriptArguments:
             "classifier to extend. Default: the offline all-MiniLM-L6-v2 from PyPI (train-base only)."
         },
     )
-    train_file: str | None = field(default=None, metadata={"help": "Training data: a CSV / JSON Lines / Parquet file."})
-    eval_file: str | None = field(default=None, metadata={"help": "Held-out data (same format) for metrics before/after."})
+    train_file: str | None = field(
+        default=None, metadata={"help": "Training data: a CSV / JSON Lines / Parquet file."}
+    )
+    eval_file: str | None = field(
+        default=None, metadata={"help": "Held-out data (same format) for metrics before/after."}
+    )
     dataset_name: str | None = field(
         default=None, metadata={"help": "A Hub data set instead of files, e.g. `banking77` (needs network)."}
     )
@@ -80,7 +84,9 @@ def _read_config_file(path: str) -> dict:
     text = file.read_text(encoding="utf-8")
     values = json.loads(text) if file.suffix.lower() == ".json" else yaml.safe_load(text)
     if not isinstance(values, dict):
-        raise ConfigError(f"`--config {path}` should hold a mapping of setting names to values, got {type(values).__name__}.")
+        raise ConfigError(
+            f"`--config {path}` should hold a mapping of setting names to values, got {type(values).__name__}."
+        )
     return values
 
 
@@ -150,7 +156,9 @@ def load_data(script_args: ScriptArguments):
     if script_args.train_file:
         train = load_text_data(script_args.train_file)
     elif script_args.dataset_name:
-        train = load_text_data(script_args.dataset_name, split=script_args.train_split, name=script_args.dataset_config_name)
+        train = load_text_data(
+            script_args.dataset_name, split=script_args.train_split, name=script_args.dataset_config_name
+        )
     else:
         raise ConfigError("No training data: pass `--train_file FILE` or `--dataset_name NAME`.")
     return train, load_eval_data(script_args)
@@ -161,7 +169,9 @@ def load_eval_data(script_args: ScriptArguments):
     if script_args.eval_file:
         return load_text_data(script_args.eval_file)
     if script_args.dataset_name and script_args.eval_split:
-        return load_text_data(script_args.dataset_name, split=script_args.eval_split, name=script_args.dataset_config_name)
+        return load_text_data(
+            script_args.dataset_name, split=script_args.eval_split, name=script_args.dataset_config_name
+        )
     return None
 
 
@@ -177,7 +187,7 @@ def run_train_base(script_args: ScriptArguments, recipe: IncrementConfig, traini
     check_run_paths(training_args, script_args.model_name_or_path)
     train, evaluation = load_data(script_args)
     model_path = script_args.model_name_or_path or default_encoder()
-    model, tokenizer, result = train_base_classifier(
+    model, _, result = train_base_classifier(
         model_path, train, evaluation, config=recipe, args=training_args,
         trust_remote_code=script_args.trust_remote_code,
     )
@@ -205,7 +215,9 @@ def run_evaluate(script_args: ScriptArguments, recipe: IncrementConfig, training
     model, tokenizer = load_classifier(script_args.model_name_or_path, script_args.trust_remote_code)
     evaluation = load_eval_data(script_args)
     if evaluation is None:
-        raise ConfigError("`hf-incr evaluate` needs data: `--eval_file FILE` (or `--dataset_name` with `--eval_split`).")
+        raise ConfigError(
+            "`hf-incr evaluate` needs data: `--eval_file FILE` (or `--dataset_name` with `--eval_split`)."
+        )
     lineage = get_lineage(model)
     new_ids = set(lineage[-1]["label_ids"]) if lineage and lineage[-1].get("kind") != "base" else set()
     old_ids = [i for i in range(len(model.config.id2label)) if i not in new_ids]
@@ -266,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
             "  increment   add the data's new labels to a trained classifier and train the increment\n"
             "  evaluate    old / new / all metrics of a saved classifier on data\n"
             "  push        upload a saved folder (model, card, lineage, plot) to the Hub\n"
-            "  demo        offline demo: 7 labels, then an 8th, on the embedded data set (--multi_label for sigmoid)\n\n"
+            "  demo        offline demo: 7 labels, then an 8th, on the embedded data set "
+            "(--multi_label for sigmoid)\n\n"
             "`hf-incr COMMAND --help` lists every flag."
         )
         return 0 if argv and argv[0] in ("-h", "--help") else 2

@@ -164,6 +164,6 @@ class RidgeStatistics:
         if not path.is_file():
             return None
         with safe_open(str(path), framework="pt") as f:  # one read for the tensors and the row count
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (a safe_open handle)
             count = int(f.metadata().get("count", 0))
         return cls(tensors["gram"], tensors["cross"], count)

@@ -29,8 +29,8 @@ class IncrementConfig:
     > Phase 2, fine-tuning (top layers unfrozen)
         finetune_layers, finetune_epochs, finetune_learning_rate, layer_lr_decay, finetune_increments
     > Keeping the old labels
-        replay_per_label, replay_selection, replay_balance, distill_weight, distill_temperature, weight_align, closed_form_head,
-        ridge_lambda, closed_form_solver, random_features, random_features_lambda
+        replay_per_label, replay_selection, replay_balance, distill_weight, distill_temperature, weight_align,
+        closed_form_head,        ridge_lambda, closed_form_solver, random_features, random_features_lambda
     > Evaluation
         threshold
 
@@ -57,7 +57,9 @@ class IncrementConfig:
             "increment keeps the model's own `problem_type`."
         },
     )
-    max_length: int = field(default=128, metadata={"help": "Maximum number of tokens per text (longer texts are truncated)."})
+    max_length: int = field(
+        default=128, metadata={"help": "Maximum number of tokens per text (longer texts are truncated)."}
+    )
 
     # New rows
     init: str = field(
@@ -175,14 +177,13 @@ class IncrementConfig:
     )
     ridge_lambda: float = field(
         default=1e-3,
-        metadata={"help": "Ridge penalty of the closed-form head (BANKING77, pooler outputs: 86.6 percent accuracy at 1e-3, "
-                  "82.9 at 1)."},
+        metadata={"help": "Ridge penalty of the closed-form ridge head (docs/benchmarks.md: how it was chosen)."},
     )
     closed_form_solver: str = field(
         default="auto",
         metadata={
             "help": "Closed-form head from the accumulated statistics: ridge regression onto the labels, linear "
-            "discriminant analysis (single-label only; 87.8 against 86.6 percent accuracy on BANKING77), or auto "
+            "discriminant analysis (single-label only; more accurate than ridge in our benchmarks), or auto "
             "(LDA for single-label models, ridge for multi-label).",
             "choices": ["auto", "ridge", "lda"],
         },
@@ -199,8 +200,8 @@ class IncrementConfig:
     random_features_lambda: float = field(
         default=1e-3,
         metadata={
-            "help": "Ridge penalty of the random-feature head, relative to the mean diagonal of its Gram matrix (so it "
-            "does not depend on the number of rows or the features' scale)."
+            "help": "Ridge penalty of the random-feature head, relative to the mean diagonal of its Gram matrix (so "
+            "it does not depend on the number of rows or the features' scale)."
         },
     )
 

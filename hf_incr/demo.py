@@ -114,7 +114,9 @@ def run_demo(demo: DemoArguments) -> dict:
 
     metric = "micro-F1" if demo.multi_label else "accuracy"
     print(f"\nTest {metric} ({len(full_test)} rows), old labels = the base's 7, new label = {NEW_LABEL!r}:")
-    print(format_metrics_table({"base model (before)": grown.metrics_before, "grown model (after)": grown.metrics_after}))
+    print(format_metrics_table(
+        {"base model (before)": grown.metrics_before, "grown model (after)": grown.metrics_after}
+    ))
     if grown.forgetting is not None:
         print(f"Forgetting on the old labels: {100 * grown.forgetting:+.1f} points")
     print(f"\nBase model:  {base.output_dir}")

@@ -102,7 +102,8 @@ def find_classifier_head(model: nn.Module, head_path: str | None = None) -> Clas
             found = "nothing" if module is None else type(module).__name__
             raise HeadNotFoundError(
                 f"`head_path={head_path!r}` should name an `nn.Linear` inside {type(model).__name__}, but it names "
-                f"{found}. Pass the dotted name of the Linear whose output is the logits (see `model.named_modules()`)."
+                f"{found}. Pass the dotted name of the Linear whose output is the logits (see "
+                "`model.named_modules()`)."
             )
         return _locate(model, head_path)
 
@@ -305,7 +306,9 @@ def _last_token(features: torch.Tensor, batch: Mapping[str, torch.Tensor], model
 
 
 def _default_rows(model: nn.Module, old: nn.Linear, count: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    template = nn.Linear(old.in_features, count, bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype)
+    template = nn.Linear(
+        old.in_features, count, bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype
+    )
     init_weights = getattr(model, "_init_weights", None)
     if callable(init_weights):
         # The model's own initialiser (e.g. normal(0, initializer_range) for BERT), as for a freshly built head.
@@ -373,7 +376,9 @@ def _new_rows(
             return _default_rows(model, old, count)
         # float32 accumulation without a float32 copy of the whole head (`.float()` copies a bf16/fp16 head).
         weight = old.weight.detach().mean(0, keepdim=True, dtype=torch.float32).expand(count, -1).to(old.weight.dtype)
-        bias = None if old.bias is None else old.bias.detach().mean(dtype=torch.float32).expand(count).to(old.bias.dtype)
+        bias = (
+            None if old.bias is None else old.bias.detach().mean(dtype=torch.float32).expand(count).to(old.bias.dtype)
+        )
         return weight, bias  # broadcast views: `_grown_linear` copies them into the grown head
     if examples is None:
         raise LabelError(
@@ -398,7 +403,9 @@ def _grown_linear(old: nn.Linear, new_weight: torch.Tensor, new_bias: torch.Tens
     Built on the meta device and then given its tensors, so the grown head is allocated once and never initialised
     only to be overwritten: the cost is one copy of the head, whatever the size of the rest of the model.
     """
-    grown = nn.Linear(old.in_features, old.out_features + new_weight.shape[0], bias=old.bias is not None, device="meta")
+    grown = nn.Linear(
+        old.in_features, old.out_features + new_weight.shape[0], bias=old.bias is not None, device="meta"
+    )
     with torch.no_grad():
         grown.weight = nn.Parameter(_grown_rows(old.weight, new_weight), requires_grad=old.weight.requires_grad)
         if old.bias is not None:
@@ -484,7 +491,7 @@ def align_weights(
     predictions toward the new labels. Returns the factor applied (``nan`` when there are no old rows).
     """
     linear = (head or find_classifier_head(model, head_path)).linear
-    new = sorted(set(int(i) for i in new_ids))
+    new = sorted({int(i) for i in new_ids})
     old = [i for i in range(linear.out_features) if i not in set(new)]
     if not old or not new:
         return math.nan

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import importlib.resources
 import math
-from importlib.metadata import PackageNotFoundError, version
 import platform
 import re
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 

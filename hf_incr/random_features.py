@@ -127,7 +127,7 @@ class RandomFeatureHead(nn.Module):
         if not path.is_file():
             return None
         with safe_open(str(path), framework="pt") as f:
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (a safe_open handle)
             count = int(f.metadata().get("count", 0))
         head = cls(tensors["projection"], tensors["weight"].shape[0])
         with torch.no_grad():

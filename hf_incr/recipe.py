@@ -164,7 +164,8 @@ def train_increment(
     """
     run = IncrementRun(
         model=model, tokenizer=tokenizer, train_dataset=train_dataset, eval_dataset=eval_dataset,
-        config=config or IncrementConfig(), args=args or TrainingArguments(output_dir="hf_incr-output", report_to="none"),
+        config=config or IncrementConfig(),
+        args=args or TrainingArguments(output_dir="hf_incr-output", report_to="none"),
         is_base=kind == "base", save=save, replay_memory=replay_memory, statistics=ridge_statistics,
     )
     check_inputs(run)
@@ -472,7 +473,9 @@ def save_and_push(run: IncrementRun, record: dict[str, Any]) -> IncrementResult:
     )
     if run.save and run.args.process_index == 0:
         result.output_dir = str(
-            save_increment(run.model, run.args.output_dir, run.tokenizer, replay=run.replay_memory, ridge=run.statistics)
+            save_increment(
+                run.model, run.args.output_dir, run.tokenizer, replay=run.replay_memory, ridge=run.statistics
+            )
         )
         if run.train_encoded is not None and run.args.push_to_hub:
             # Trainer's own push is off in every phase (it would upload a card without the lineage); the saved

@@ -11,6 +11,7 @@ layers needs a Trainer of its own. The recipe that calls these phases in order i
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import torch
 from datasets import Dataset
@@ -36,7 +37,7 @@ class IncrementalTrainer(Trainer):
         distill_weight, distill_temperature: Weight and temperature of that term.
     """
 
-    _tag_names = ["hf_incr", "class-incremental"]
+    _tag_names: ClassVar[list[str]] = ["hf_incr", "class-incremental"]
 
     def __init__(
         self,

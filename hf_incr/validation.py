@@ -18,7 +18,6 @@ from pathlib import Path
 
 from datasets import ClassLabel, Dataset, List, Value
 from datasets import Sequence as HFSequence
-
 from safetensors import safe_open
 from torch import nn
 from transformers.utils import logging
@@ -33,9 +32,7 @@ from .errors import (
     HeadConfigMismatchError,
     HeadNotFoundError,
     TokenizerError,
-    UnsupportedModelError,
 )
-
 from .head import (
     KNOWN_HEAD_PATHS,
     check_head_matches_config,
@@ -148,7 +145,7 @@ def check_labels(model, train_dataset: Dataset, eval_dataset: Dataset | None, co
         if is_list:
             missing = [i for i, value in enumerate(values) if value is None]
             blank = [i for i, value in enumerate(values) if value is not None and any(
-                isinstance(item, float) and math.isnan(item) or isinstance(item, str) and not item.strip()
+                (isinstance(item, float) and math.isnan(item)) or (isinstance(item, str) and not item.strip())
                 for item in value)]
             if missing or blank:
                 rows = missing or blank
@@ -389,7 +386,7 @@ def _safetensors_shapes(folder: Path, names: list[str]) -> dict[str, list[int]]:
         weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
         files = {name: folder / weight_map[name] for name in names if name in weight_map}
     elif (folder / "model.safetensors").is_file():
-        files = {name: folder / "model.safetensors" for name in names}
+        files = dict.fromkeys(names, folder / "model.safetensors")
     else:
         return {}
     shapes = {}
@@ -438,7 +435,7 @@ def check_checkpoint(model_name_or_path: str | os.PathLike) -> None:
             return
 
 
-# -- the closed-form head ----------------------------------------------------------------------------------------------
+# -- the closed-form head ---------------------------------------------------------------------------------------------
 
 
 def closed_form_usable(

@@ -85,19 +85,19 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import datasets  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from datasets import Dataset  # noqa: E402
-from transformers import AutoTokenizer, EvalPrediction, HfArgumentParser, TrainingArguments  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
+import datasets
+import numpy as np
+import torch
+from benchmark_data import label_order, load_shared_split, shared_data_dir
+from datasets import Dataset
+from transformers import AutoTokenizer, EvalPrediction, HfArgumentParser, TrainingArguments
+from transformers.utils import logging as hf_logging
 
-from hf_incr import IncrementConfig, find_classifier_head, train_base_classifier, train_increment  # noqa: E402
-from benchmark_data import label_order, load_shared_split, shared_data_dir  # noqa: E402
-from hf_incr.features import extract_head_inputs  # noqa: E402
-from hf_incr.closed_form import RidgeStatistics  # noqa: E402
-from hf_incr.replay import ReplayMemory  # noqa: E402
-from hf_incr.metrics import make_compute_metrics  # noqa: E402
+from hf_incr import IncrementConfig, find_classifier_head, train_base_classifier, train_increment
+from hf_incr.closed_form import RidgeStatistics
+from hf_incr.features import extract_head_inputs
+from hf_incr.metrics import make_compute_metrics
+from hf_incr.replay import ReplayMemory
 
 # ----------------------------------------------------------------------------------------------------------------
 # RECOMMENDED: the `recommended` row runs IncrementConfig's defaults as they are (no overrides), so the table shows
@@ -413,7 +413,7 @@ class Scorer:
             "old_accuracy": after.get("old_accuracy") if old_ids else None,
             "new_accuracy": after.get("new_accuracy"),
             "first_labels_accuracy": compute(logits, first_ids)["old_accuracy"],
-            "test_rows": int(len(rows)),
+            "test_rows": len(rows),
         }
         if prev_logits is not None and old_ids:
             padded = torch.zeros_like(logits)

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from transformers import HfArgumentParser, TrainingArguments  # noqa: E402
+from benchmark_data import load_shared_split
+from transformers import HfArgumentParser, TrainingArguments
 
-from hf_incr import IncrementConfig, train_base_classifier  # noqa: E402
-from benchmark_data import load_shared_split  # noqa: E402
+from hf_incr import IncrementConfig, train_base_classifier
 
 
 @dataclass

@@ -12,8 +12,9 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from hf_incr import IncrementConfig, train_increment  # noqa: E402
-from text_models import text_dataset, tiny_bert, tokenizer, training_args  # noqa: E402
+from text_models import text_dataset, tiny_bert, tokenizer, training_args
+
+from hf_incr import IncrementConfig, train_increment
 
 
 def main(out: str, batch_size: int, accumulation: int, phase: str) -> None:

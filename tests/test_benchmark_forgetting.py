@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from script_modules import load_script
 
 shared_data_dir = load_script("benchmark_data").shared_data_dir

@@ -12,10 +12,10 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from text_models import text_dataset, tiny_bert, tokenizer
 
 from hf_incr import ConfigError
 from hf_incr.cli import main, parse_args
-from text_models import text_dataset, tiny_bert, tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ["--warmup_epochs", "2", "--init", "zeros", "--finetune_layers", "0", "--distill_weight", "0", "--use_cpu", "--report_to", "none", "--save_strategy", "no",
@@ -102,11 +102,11 @@ def test_cli_increment_equals_python_api(tmp_path, base_dir, data_files, capsys)
     printed = capsys.readouterr().out
     assert "| after |" in printed and str(out_cli) in printed and "['repair']" in printed
 
+    from text_models import training_args
     from transformers import AutoModelForSequenceClassification
 
     from hf_incr import IncrementConfig, train_increment
     from hf_incr.data import load_text_data
-    from text_models import training_args
 
     model = AutoModelForSequenceClassification.from_pretrained(base_dir)
     train_increment(model, tokenizer(), load_text_data(train), load_text_data(test),

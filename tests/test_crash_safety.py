@@ -27,10 +27,10 @@ from text_models import text_dataset, texts_for, tokenizer, training_args
 from transformers import AutoModelForSequenceClassification
 
 from hf_incr import IncrementConfig, train_increment
+from hf_incr.checkpoints import resume_from as _resume_from
 from hf_incr.errors import ConfigError
 from hf_incr.lineage import find_rerun, get_lineage
 from hf_incr.saving import KEPT_ENTRIES, recover_interrupted_save, save_increment
-from hf_incr.checkpoints import resume_from as _resume_from
 
 CHILD = Path(__file__).with_name("crash_child.py")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",

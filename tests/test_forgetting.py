@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from text_models import text_dataset, tiny_bert, tokenizer, training_args
 from torch import nn
 
 from hf_incr import IncrementConfig, align_weights, train_increment
 from hf_incr.closed_form import RIDGE_FILENAME, RidgeStatistics
 from hf_incr.losses import distillation_loss
 from hf_incr.replay import ReplayMemory
-from text_models import text_dataset, tiny_bert, tokenizer, training_args
 
 
 def _joint_ridge(x, y, lam):

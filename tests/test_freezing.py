@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 import transformers as T
+from tiny_models import ARCHITECTURES, tiny_batch, tiny_model
 
 import hf_incr
 from hf_incr import ConfigError
 from hf_incr.layers import encoder_layer_paths
-from tiny_models import ARCHITECTURES, tiny_batch, tiny_model
 
 EXPECTED_LAYER_LISTS = {
     "albert": ["albert.encoder.albert_layer_groups"],

@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 import transformers as T
+from tiny_models import ARCHITECTURES, LABELS, TINY_CONFIGS, tiny_batch, tiny_model
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 import hf_incr
 from hf_incr import HeadConfigMismatchError, HeadNotFoundError, LabelError
-from tiny_models import ARCHITECTURES, LABELS, TINY_CONFIGS, tiny_batch, tiny_model
 
 NEW = ["delta", "epsilon"]
 

@@ -14,20 +14,19 @@ import torch
 import yaml
 from datasets import Dataset
 from huggingface_hub import ModelCard
+from script_modules import load_script
+from text_models import tiny_bert, tokenizer, training_args
+from tiny_models import ARCHITECTURES, tiny_model
 from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import hf_incr
 import hf_incr.recipe
 from hf_incr import IncrementConfig, train_increment
-from hf_incr.replay import ReplayMemory
 from hf_incr.head import INIT_METHODS
 from hf_incr.lineage import LINEAGE_FILENAME, get_lineage
 from hf_incr.model_card import PLOT_FILENAME, card_has_lineage
-from script_modules import load_script
-from text_models import tiny_bert, tokenizer, training_args
-from tiny_models import ARCHITECTURES, tiny_model
-
+from hf_incr.replay import ReplayMemory
 
 
 def _load_script():
@@ -195,7 +194,7 @@ def test_twenty_increments_chained_through_saved_folders(tmp_path, tok, monkeypa
 
     # Replay memory bounded by its budget: exactly 3 rows of each of the 42 labels, each row once.
     memory = ReplayMemory.load(final)
-    assert Counter(name for row in memory.rows for name in row["labels"]) == {name: 3 for name in labels}
+    assert Counter(name for row in memory.rows for name in row["labels"]) == {name: 3 for name in labels}  # noqa: C420
     assert len({row["text"] for row in memory.rows}) == len(memory) == 126
     # 12 training rows, the memory of the 40 old labels mixed in (repeated at most 4x to balance the labels): the
     # rows an increment trains on grow with the labels, not with the number of increments.

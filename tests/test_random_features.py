@@ -6,12 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from text_models import text_dataset, tiny_bert, tokenizer, training_args
 from transformers import AutoModelForSequenceClassification
 
 import hf_incr
 from hf_incr import ConfigError, HeadConfigMismatchError, IncrementConfig, train_base_classifier, train_increment
-from hf_incr.features import extract_head_inputs
 from hf_incr.closed_form import RIDGE_FILENAME, RidgeStatistics
+from hf_incr.features import extract_head_inputs
 from hf_incr.loading import load_statistics
 from hf_incr.random_features import (
     RANDOM_FEATURES_FILENAME,
@@ -20,7 +21,6 @@ from hf_incr.random_features import (
     attached_random_feature_head,
     detach_random_feature_head,
 )
-from text_models import text_dataset, tiny_bert, tokenizer, training_args
 
 
 def test_random_feature_head_incremental_equals_joint():

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from text_models import tiny_bert, tokenizer
 from transformers import AutoModelForSequenceClassification
 
 from hf_incr import add_labels
 from hf_incr.lineage import append_record, get_lineage, make_record
 from hf_incr.saving import save_increment
-from text_models import tiny_bert, tokenizer
 
 
 def test_failed_save_keeps_the_previous_folder(tmp_path, monkeypatch):

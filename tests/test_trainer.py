@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 from datasets import Dataset
+from text_models import text_dataset, tiny_bert, tokenizer, training_args
 from transformers import AutoModelForSequenceClassification
 
 from hf_incr import DataError, IncrementConfig, train_increment
 from hf_incr.freezing import head_parameter_names
 from hf_incr.layers import parameter_depths
 from hf_incr.lineage import LINEAGE_FILENAME, get_lineage
-from text_models import text_dataset, tiny_bert, tokenizer, training_args
 
 OLD = ["refund", "delivery", "login"]
 

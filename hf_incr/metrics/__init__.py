@@ -71,4 +71,4 @@ def make_compute_metrics(
     return compute_metrics
 
 
-__all__ = ["IncrementalAccuracy", "IncrementalMultilabelF1", "make_compute_metrics", "metric_path", "METRIC_NAMES"]
+__all__ = ["METRIC_NAMES", "IncrementalAccuracy", "IncrementalMultilabelF1", "make_compute_metrics", "metric_path"]
