@@ -8,9 +8,9 @@ folder stays complete and a :class:`~hf_incr.errors.HubPushError` says where it 
 uploads the same files again: the lineage lives in ``config.json``, so nothing is appended twice, and files the Hub
 already holds (including large files uploaded before the failure) are skipped.
 
-A push mirrors the folder for hf_incr's own files: the replay memory (``replay_memory/``), the closed-form heads
-(``hf_incr_ridge.safetensors``, ``hf_incr_random_features.safetensors``), ``lineage.json`` and the card's plot are
-deleted on the Hub, in the same commit, when the saved folder no longer has them, so the Hub never serves a stale
+A push mirrors the folder for hf_incr's own files: the replay memory (``replay_memory/``), the closed-form head's
+files (``hf_incr_ridge.safetensors``, ``hf_incr_random_features.safetensors``), ``lineage.json`` and the card's plot
+are deleted on the Hub, in the same commit, when the saved folder no longer has them, so the Hub never serves a stale
 replay memory or head beside a new model. No other file on the Hub is ever deleted (see :data:`MIRRORED_PATTERNS`).
 
 :func:`hf_incr.load_model` reads the random-feature file with the same ``revision`` argument as the model, so a
@@ -18,6 +18,7 @@ commit of this module's push (which carries model and head together, or removes 
 is read as a whole. With a branch name, each of the two downloads resolves the branch on its own: pass a commit id
 as ``revision`` to pin both to one commit while others may push to that branch.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,6 +50,9 @@ MIRRORED_PATTERNS = [f"{REPLAY_DIRNAME}/*", RIDGE_FILENAME, RANDOM_FEATURES_FILE
 RETRY_CLI = "hf-incr push --model_name_or_path {folder} --repo_id {repo_id}"
 _TOKEN_LIKE = re.compile(r"hf_[A-Za-z0-9]{8,}")
 _BEARER = re.compile(r"(?i)(bearer\s+)\S+")
+# huggingface_hub wraps a failed LFS upload: RuntimeError("Error while uploading '<path>' to the Hub.") from the cause.
+_LARGE_FILE = re.compile(r"Error while uploading '([^']+)' to the Hub")
+_NETWORK = re.compile("Connect|Timeout|Protocol|Read|Write|Network")  # names of httpx2's network errors
 
 
 def push_to_hub(
@@ -253,7 +257,7 @@ def _make_private(api: HfApi, repo_id: str) -> None:
 
 
 def _causes(error: BaseException):
-    """``error`` and the exceptions it was raised from (huggingface_hub wraps a failed LFS upload in a RuntimeError)."""
+    """``error`` and the exceptions it was raised from (huggingface_hub wraps a failed LFS upload)."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
@@ -272,13 +276,10 @@ def _status(error: BaseException) -> int | None:
 def _describe(error: BaseException, endpoint: str) -> str:
     """A short reason for a failed push (no request objects, headers or token)."""
     reason = _describe_one(_innermost(error), endpoint)
-    large = _LARGE_FILE.search(str(error))
+    large = next((found for cause in _causes(error) if (found := _LARGE_FILE.search(str(cause)))), None)
     if large:
         reason += f", while uploading the large file {large.group(1)!r} (LFS)"
     return reason
-
-
-_LARGE_FILE = re.compile(r"Error while uploading '([^']+)' to the Hub")
 
 
 def _innermost(error: BaseException) -> BaseException:
@@ -289,9 +290,6 @@ def _innermost(error: BaseException) -> BaseException:
         if isinstance(cause, (LocalTokenNotFoundError, OfflineModeIsEnabled)) or _NETWORK.search(type(cause).__name__):
             return cause
     return error
-
-
-_NETWORK = re.compile("Connect|Timeout|Protocol|Read|Write|Network")
 
 
 def _describe_one(error: BaseException, endpoint: str) -> str:

@@ -242,7 +242,7 @@ class FakeHub:
                 elif key == "lfsFile":
                     content = repo.objects.get(value.get("oid"))
                     if value.get("algo") != "sha256" or content is None or len(content) != value.get("size"):
-                        raise ValueError(f"LFS pointer for {value['path']} points to an object this repo does not hold")
+                        raise ValueError(f"the LFS pointer of {value['path']} names an object this repo does not hold")
                     added[value["path"]] = content
                     lfs_paths.add(value["path"])
                 elif key in ("deletedFile", "deletedFolder"):
@@ -555,8 +555,9 @@ def _make_handler(hub: FakeHub, storage: bool):
                     continue
                 if path in known.lfs_paths[oid]:
                     pointer = lfs_pointer(content)
+                    lfs = {"oid": sha256(content), "size": len(content), "pointerSize": len(pointer)}
                     entries.append({"type": "file", "path": path, "size": len(content), "oid": git_blob_sha(pointer),
-                                    "lfs": {"oid": sha256(content), "size": len(content), "pointerSize": len(pointer)}})
+                                    "lfs": lfs})
                 else:
                     entries.append({"type": "file", "path": path, "size": len(content), "oid": git_blob_sha(content)})
             return self._json(200, entries)
