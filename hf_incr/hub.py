@@ -3,9 +3,20 @@
 :func:`push_to_hub` saves first (or takes a folder that :func:`~hf_incr.saving.save_increment` wrote), rewrites the
 card with the repo id, checks that the card and ``lineage.json`` describe the lineage in ``config.json``, and only
 then uploads the folder in one commit (``HfApi.upload_folder``). Whatever goes wrong on the way to the Hub (no token,
-no network, an HTTP error, a broken connection), the folder stays complete and a :class:`~hf_incr.errors.HubPushError`
-says where it is and how to retry. Retrying uploads the same files again: the lineage lives in ``config.json``, so
-nothing is appended twice, and files the Hub already holds are skipped.
+no network, an HTTP error, a broken connection, in the regular upload or in the LFS/Xet upload of the weights), the
+folder stays complete and a :class:`~hf_incr.errors.HubPushError` says where it is and how to retry. Retrying
+uploads the same files again: the lineage lives in ``config.json``, so nothing is appended twice, and files the Hub
+already holds (including large files uploaded before the failure) are skipped.
+
+A push mirrors the folder for hf_incr's own files: the replay memory (``replay_memory/``), the closed-form head's
+files (``hf_incr_ridge.safetensors``, ``hf_incr_random_features.safetensors``), ``lineage.json`` and the card's plot
+are deleted on the Hub, in the same commit, when the saved folder no longer has them, so the Hub never serves a stale
+replay memory or head beside a new model. No other file on the Hub is ever deleted (see :data:`MIRRORED_PATTERNS`).
+
+:func:`hf_incr.load_model` reads the random-feature file with the same ``revision`` argument as the model, so a
+commit of this module's push (which carries model and head together, or removes a stale head in the same commit)
+is read as a whole. With a branch name, each of the two downloads resolves the branch on its own: pass a commit id
+as ``revision`` to pin both to one commit while others may push to that branch.
 """
 
 from __future__ import annotations
@@ -23,17 +34,25 @@ from huggingface_hub.utils import get_token
 from transformers.utils import logging
 
 from .errors import HubPushError
+from .forgetting import REPLAY_DIRNAME, RIDGE_FILENAME
 from .lineage import LINEAGE_FILENAME, get_lineage, write_lineage_file
-from .model_card import CARD_FILENAME, card_has_lineage, write_model_card
+from .model_card import CARD_FILENAME, PLOT_FILENAME, card_has_lineage, write_model_card
+from .random_features import RANDOM_FEATURES_FILENAME
 from .saving import KEPT_ENTRIES, save_increment
 
 logger = logging.get_logger(__name__)
 
 # Trainer checkpoints and logs kept in the output folder are not part of the shared model.
 IGNORE_PATTERNS = [f"{name}/*" for name in KEPT_ENTRIES]
+# hf_incr's own files: deleted on the Hub when the pushed folder no longer has them. Matched from the repo root;
+# a user's other files (and these names in subfolders) are never deleted.
+MIRRORED_PATTERNS = [f"{REPLAY_DIRNAME}/*", RIDGE_FILENAME, RANDOM_FEATURES_FILENAME, LINEAGE_FILENAME, PLOT_FILENAME]
 RETRY_CLI = "hf-incr push --model_name_or_path {folder} --repo_id {repo_id}"
 _TOKEN_LIKE = re.compile(r"hf_[A-Za-z0-9]{8,}")
 _BEARER = re.compile(r"(?i)(bearer\s+)\S+")
+# huggingface_hub wraps a failed LFS upload: RuntimeError("Error while uploading '<path>' to the Hub.") from the cause.
+_LARGE_FILE = re.compile(r"Error while uploading '([^']+)' to the Hub")
+_NETWORK = re.compile("Connect|Timeout|Protocol|Read|Write|Network")  # names of httpx2's network errors
 
 
 def push_to_hub(
@@ -60,7 +79,10 @@ def push_to_hub(
         repo_id: ``"namespace/name"`` (a bare name goes to the token owner's namespace).
         token: A Hub token with write access. Default: ``HF_TOKEN`` or the one saved by ``hf auth login``. It is
             never written to a file, a log or an exception.
-        private: Create the repository as private (an existing repository keeps its visibility).
+        private: ``True`` makes the repository private: a new one is created private, and an existing public one
+            is switched to private (with a warning). ``False`` (the default) creates a public repository but never
+            makes an existing private one public: that stays private (change it on the Hub or with
+            ``HfApi.update_repo_settings(repo_id, private=False)``).
         revision: Branch to commit to; created from ``main`` when it does not exist.
         commit_message: Default: names the labels the last increment added.
         tokenizer, replay, ridge: Saved with a model (ignored for a folder).
@@ -94,6 +116,8 @@ def push_to_hub(
         if repo_url.repo_id != repo_id:  # a bare name resolved to the token owner's namespace
             repo_id = repo_url.repo_id
             _prepare_folder(folder, config, repo_id, card_data_kwargs)
+        if private:
+            _make_private(api, repo_id)
         if revision and revision != constants.DEFAULT_REVISION and not revision.startswith("refs/"):
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         with warnings.catch_warnings():
@@ -106,6 +130,7 @@ def push_to_hub(
                 commit_description=_commit_description(lineage),
                 revision=revision,
                 ignore_patterns=IGNORE_PATTERNS,
+                delete_patterns=MIRRORED_PATTERNS,
             )
     except KeyboardInterrupt:
         logger.warning(_retry_hint(folder, repo_id, "The push was interrupted.", revision))
@@ -221,14 +246,54 @@ def _commit_description(lineage: list[dict[str, Any]]) -> str:
     return " ".join(parts)
 
 
+def _make_private(api: HfApi, repo_id: str) -> None:
+    """``private=True`` on an existing public repository: switch it to private, and say so."""
+    if api.repo_info(repo_id).private:
+        return
+    api.update_repo_settings(repo_id, private=True)
+    message = f"The Hub repository {repo_id!r} was public; it was made private because `private=True` was passed."
+    logger.warning(message)
+    warnings.warn(message, UserWarning, stacklevel=3)
+
+
+def _causes(error: BaseException):
+    """``error`` and the exceptions it was raised from (huggingface_hub wraps a failed LFS upload)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+
+
 def _status(error: BaseException) -> int | None:
-    response = getattr(error, "response", None)
-    return getattr(response, "status_code", None)
+    for cause in _causes(error):
+        status = getattr(getattr(cause, "response", None), "status_code", None)
+        if status is not None:
+            return status
+    return None
 
 
 def _describe(error: BaseException, endpoint: str) -> str:
     """A short reason for a failed push (no request objects, headers or token)."""
-    status = _status(error)
+    reason = _describe_one(_innermost(error), endpoint)
+    large = next((found for cause in _causes(error) if (found := _LARGE_FILE.search(str(cause)))), None)
+    if large:
+        reason += f", while uploading the large file {large.group(1)!r} (LFS)"
+    return reason
+
+
+def _innermost(error: BaseException) -> BaseException:
+    """The HTTP or network error under huggingface_hub's wrappers, else ``error`` itself."""
+    for cause in _causes(error):
+        if getattr(getattr(cause, "response", None), "status_code", None) is not None:
+            return cause
+        if isinstance(cause, (LocalTokenNotFoundError, OfflineModeIsEnabled)) or _NETWORK.search(type(cause).__name__):
+            return cause
+    return error
+
+
+def _describe_one(error: BaseException, endpoint: str) -> str:
+    status = getattr(getattr(error, "response", None), "status_code", None)
     server = ""
     if isinstance(error, HfHubHTTPError):
         server = getattr(error, "server_message", None) or ""

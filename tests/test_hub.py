@@ -1,7 +1,12 @@
 """Pushing to the Hub over real HTTP: the real huggingface_hub client against a fake Hub on 127.0.0.1.
 
-Asserts what arrives (files, the ndjson commit), the round trip through ``snapshot_download`` + plain transformers,
-and that every failure leaves the local save complete and raises a HubPushError that shows no token.
+Asserts what arrives (files, the ndjson commit, LFS objects), the round trip through ``snapshot_download`` + plain
+transformers, that a push mirrors hf_incr's own files and changes visibility only towards private, and that every
+failure (regular or LFS upload) leaves the local save complete and raises a HubPushError that shows no token.
+
+The ``hub`` fixture decides upload modes as the Hub does (binary files such as ``model.safetensors`` go through LFS)
+with Xet turned off in the client, so the plain LFS protocol runs; ``regular_hub`` answers ``regular`` for every file
+and leaves the client as installed (with ``hf_xet``: its streamed upload pipeline).
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ import traceback
 from pathlib import Path
 
 import pytest
-from huggingface_hub import constants, snapshot_download
+import torch
+from hub_server import LFS_THRESHOLD, FakeHub, is_binary, sha256
+from huggingface_hub import CommitOperationAdd, HfApi, constants, snapshot_download
+from tiny_models import tiny_model
 from transformers import AutoModelForSequenceClassification, BertTokenizer, pipeline
 
 from hf_incr.errors import HfIncrError, HubPushError
@@ -23,8 +31,6 @@ from hf_incr.replay import ReplayMemory
 from hf_incr.hub import default_commit_message, push_saved_model, push_to_hub
 from hf_incr.lineage import LINEAGE_ATTRIBUTE, get_lineage
 from hf_incr.saving import save_increment
-from hub_server import FakeHub
-from tiny_models import tiny_model
 
 TOKEN = "hf_TestTokenThatMustNeverLeak0123456789"
 REPO = "test-user/tiny-grown"
@@ -64,10 +70,14 @@ def saved(tmp_path):
     return folder
 
 
-@pytest.fixture
-def hub(monkeypatch, tmp_path):
-    """A fake Hub; huggingface_hub pointed at it (env and the constants it read at import), no stored token."""
-    server = FakeHub(token=TOKEN, lifetime=60).start()
+def _serve(server: FakeHub, monkeypatch, tmp_path) -> FakeHub:
+    """Point huggingface_hub at ``server`` (env and the constants it read at import), with no stored token."""
+    import transformers.utils.hub
+
+    server.start()
+    # transformers keeps one HfApi for the process, made with the endpoint of its first use: a later test's
+    # from_pretrained(repo_id) would resolve revisions on an earlier test's server.
+    monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     monkeypatch.setattr(constants, "ENDPOINT", server.url)
     # hf_hub_download builds file URLs from this template (made from ENDPOINT at import) and only swaps in
@@ -80,6 +90,26 @@ def hub(monkeypatch, tmp_path):
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-stored-tokens"))
+    return server
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """A fake Hub that sends binary and large files through LFS, and a client that uses plain LFS for them.
+
+    huggingface_hub uploads LFS files through Xet whenever ``hf_xet`` is installed (a dependency of it), whatever the
+    server says; this fake has no Xet storage, so the client's switch ``HF_HUB_DISABLE_XET`` is turned on.
+    """
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    server = _serve(FakeHub(token=TOKEN, lifetime=60), monkeypatch, tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def regular_hub(monkeypatch, tmp_path):
+    """A fake Hub that takes every file as a regular one: the client as installed (Xet pipeline) never needs Xet."""
+    server = _serve(FakeHub(token=TOKEN, lifetime=60, lfs=False), monkeypatch, tmp_path)
     yield server
     server.stop()
 
@@ -124,10 +154,18 @@ def test_push_uploads_the_folder_in_one_commit(hub, saved, caplog):
     [arrived] = hub.commits
     assert arrived.header["summary"] == "hf_incr increment 1: add label gamma"
     assert arrived.header["summary"] == default_commit_message(_lineage())
-    # The ndjson payload: a header, then one regular (base64) file per line.
+    # The ndjson payload: a header, then one file per line: text as base64, binary files as LFS pointers (sha256).
     assert arrived.payload[0]["key"] == "header"
-    assert {line["key"] for line in arrived.payload[1:]} == {"file"}
-    assert {line["value"]["encoding"] for line in arrived.payload[1:]} == {"base64"}
+    assert {line["key"] for line in arrived.payload[1:]} == {"file", "lfsFile"}
+    assert arrived.lfs_files == {"model.safetensors", "increments.png", "replay_memory/memory.parquet"}
+    for line in arrived.payload[1:]:
+        content = (saved / line["value"]["path"]).read_bytes()
+        if line["key"] == "file":
+            assert line["value"]["encoding"] == "base64" and not is_binary(content[:512])
+        else:
+            assert line["value"] == {"path": line["value"]["path"], "algo": "sha256", "oid": sha256(content),
+                                     "size": len(content)}
+    assert sorted(hub.lfs_uploads) == sorted((REPO, sha256((saved / name).read_bytes())) for name in arrived.lfs_files)
     names = set(arrived.files)
     assert {"config.json", "model.safetensors", "lineage.json", "README.md", "increments.png",
             "replay_memory/memory.parquet", "tokenizer_config.json"} <= names
@@ -190,17 +228,21 @@ def _closed_port_url() -> str:
 
 
 @pytest.mark.parametrize(
-    "case, expected",
+    "case, expected, server",
     [
-        ("wrong token", "HTTP 401"),
-        ("server error", "HTTP 500"),
-        ("interrupted upload", "connection"),
-        ("connection refused", "could not reach"),
-        ("no token", "no Hugging Face token"),
+        ("wrong token", "HTTP 401", "regular_hub"),
+        ("server error", "HTTP 500", "regular_hub"),
+        ("server error", "HTTP 500", "hub"),
+        ("interrupted upload", "connection", "regular_hub"),
+        ("interrupted upload", "connection", "hub"),
+        ("connection refused", "could not reach", "regular_hub"),
+        ("no token", "no Hugging Face token", "regular_hub"),
     ],
 )
-def test_failures_keep_the_local_save_and_say_how_to_retry(hub, saved, no_backoff, case, expected):
-    """upload_folder retries a commit 5 times on 5xx and broken connections: the failures persist past that."""
+def test_failures_keep_the_local_save_and_say_how_to_retry(request, saved, no_backoff, case, expected, server):
+    """With hf_xet (``regular_hub``), upload_folder retries a commit 5 times on 5xx and broken connections; without
+    it (``hub``: plain LFS), the commit is sent once. The failures persist past the retries."""
+    hub = request.getfixturevalue(server)
     before = _folder_state(saved)
     kwargs = {"token": TOKEN}
     if case == "wrong token":
@@ -228,7 +270,8 @@ def test_failures_keep_the_local_save_and_say_how_to_retry(hub, saved, no_backof
         assert not hub.requests  # refused before touching the network
     if case == "server error":
         assert error.status_code == 500
-        assert sum(r.path.endswith("/commit/main") for r in hub.requests) == 6  # the client's own 5 retries
+        attempts = 6 if server == "regular_hub" else 1  # the Xet pipeline's own 5 retries; none without it
+        assert sum(r.path.endswith("/commit/main") for r in hub.requests) == attempts
 
 
 def test_retry_after_a_failure_uploads_once_and_does_not_duplicate_the_lineage(hub, saved, no_backoff):
@@ -240,9 +283,11 @@ def test_retry_after_a_failure_uploads_once_and_does_not_duplicate_the_lineage(h
     assert len(hub.commits) == 1
     stored = json.loads(hub.files(REPO)["config.json"])[LINEAGE_ATTRIBUTE]
     assert stored == _lineage() == get_lineage(AutoModelForSequenceClassification.from_pretrained(saved))
+    # The LFS files reached storage before the commits failed: the retry uploaded none of them again.
+    assert len(hub.lfs_uploads) == len(set(hub.lfs_uploads)) == 3
     # Pushing the same folder again changes nothing on the Hub: every file is already there.
     push_to_hub(saved, REPO, token=TOKEN)
-    assert len(hub.commits) == 1
+    assert len(hub.commits) == 1 and len(hub.lfs_uploads) == 3
 
 
 def test_push_saved_model_follows_training_arguments(hub, saved):
@@ -293,3 +338,207 @@ def test_load_model_brings_the_random_feature_head_from_the_hub_and_nothing_else
     assert attached is not None and torch.equal(attached.linear.weight, head.linear.weight)
     features = torch.randn(2, linear.in_features)
     torch.testing.assert_close(hf_incr.find_classifier_head(model).linear(features), head(features))
+
+
+# -- LFS -------------------------------------------------------------------------------------------------------------
+
+
+def _logits(model, ids=((2, 7, 8, 9, 3), (2, 11, 3, 0, 0))):
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=torch.tensor(ids), attention_mask=(torch.tensor(ids) != 0).long()).logits
+
+
+def test_weights_go_through_lfs_and_come_back_for_transformers_and_load_model(hub, saved, tmp_path):
+    import hf_incr
+
+    push_to_hub(saved, REPO, token=TOKEN)
+    assert "model.safetensors" in hub.lfs_files(REPO)
+    routes = hub.routes_called()
+    assert f"POST /{REPO}.git/info/lfs/objects/batch" in routes
+    weights_oid = sha256((saved / "model.safetensors").read_bytes())
+    assert f"PUT /lfs/{REPO}/{weights_oid}" in routes and f"POST /{REPO}.git/info/lfs/objects/verify" in routes
+    # Uploads to storage carry no Hub token (pre-signed URL), as on the real Hub.
+    assert all(r.authorization is None for r in hub.requests if r.path.startswith("/lfs/"))
+
+    path = snapshot_download(REPO, endpoint=hub.url, token=TOKEN, cache_dir=tmp_path / "cache")
+    assert f"GET /lfs/{REPO}/{weights_oid}" in hub.routes_called()  # followed the resolve redirect to storage
+    for name in ("model.safetensors", "increments.png", "replay_memory/memory.parquet", "config.json"):
+        assert (Path(path) / name).read_bytes() == (saved / name).read_bytes(), name
+    expected = _logits(AutoModelForSequenceClassification.from_pretrained(saved))
+    torch.testing.assert_close(_logits(AutoModelForSequenceClassification.from_pretrained(path)), expected)
+    loaded = hf_incr.load_model(REPO, token=TOKEN, cache_dir=tmp_path / "cache2")
+    torch.testing.assert_close(_logits(loaded), expected)
+
+
+def test_server_decides_upload_modes_as_the_hub_does(hub, tmp_path):
+    """The real decision: a gitattributes LFS pattern, 10 MiB or more, or a binary sample (a NUL byte) means LFS."""
+    from huggingface_hub._commit_api import _fetch_upload_modes  # what upload_folder / create_commit call
+
+    HfApi(endpoint=hub.url, token=TOKEN).create_repo(REPO)
+    files = {
+        "config.json": b'{"a": 1}',
+        "big.txt": b"a" * LFS_THRESHOLD,
+        "just_under.txt": b"a" * (LFS_THRESHOLD - 1),
+        "increments.png": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+        "notes.md": "héllo, wörld\n".encode(),
+        "weights.safetensors": b"text but matched by .gitattributes",
+        "deep/dir/data.parquet": b"PAR1 text-looking",
+    }
+    additions = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=content) for name, content in files.items()]
+    _fetch_upload_modes(additions=additions, repo_type="model", repo_id=REPO, headers={"authorization": f"Bearer {TOKEN}"},
+                        revision="main", endpoint=hub.url)
+    modes = {op.path_in_repo: op._upload_mode for op in additions}
+    assert modes == {"config.json": "regular", "big.txt": "lfs", "just_under.txt": "regular", "increments.png": "lfs",
+                     "notes.md": "regular", "weights.safetensors": "lfs", "deep/dir/data.parquet": "lfs"}
+    # Only the sample (512 bytes) and the size went to preupload, never the 10 MiB.
+    assert all(len(r.body) < 4096 for r in hub.requests if "/preupload/" in r.path)
+
+    # A commit that sends a binary file as a regular one is refused, as the Hub refuses it.
+    import urllib.error
+    import urllib.request
+
+    line = {"key": "file", "value": {"path": "w.bin", "encoding": "base64",
+                                     "content": base64.b64encode(b"\x00\x01").decode()}}
+    body = "\n".join(json.dumps(x) for x in ({"key": "header", "value": {"summary": "x"}}, line)).encode()
+    commit = urllib.request.Request(f"{hub.url}/api/models/{REPO}/commit/main", data=body, method="POST",
+                                    headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/x-ndjson"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(commit, timeout=10)
+    assert refused.value.code == 422 and "binary" in json.loads(refused.value.read())["error"] and not hub.commits
+
+
+def test_the_lfs_threshold_is_configurable_and_a_large_text_file_goes_through_lfs(monkeypatch, saved, tmp_path):
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    hub = _serve(FakeHub(token=TOKEN, lifetime=60, lfs_threshold=1024), monkeypatch, tmp_path)
+    try:
+        assert (saved / "config.json").stat().st_size >= 1024
+        push_to_hub(saved, REPO, token=TOKEN)
+        [arrived] = hub.commits
+        assert {"config.json", "model.safetensors"} <= arrived.lfs_files and "lineage.json" not in arrived.lfs_files
+        assert hub.files(REPO)["config.json"] == (saved / "config.json").read_bytes()
+        path = snapshot_download(REPO, endpoint=hub.url, token=TOKEN, cache_dir=tmp_path / "cache")
+        assert get_lineage(AutoModelForSequenceClassification.from_pretrained(path)) == _lineage()
+    finally:
+        hub.stop()
+
+
+@pytest.mark.parametrize(
+    "route, status, expected",
+    [
+        ("lfs_batch", 401, "HTTP 401"),
+        ("lfs_upload", 500, "HTTP 500"),
+        ("lfs_upload", "drop", "connection"),
+        ("lfs_verify", 500, "HTTP 500"),
+    ],
+)
+def test_lfs_failures_keep_the_local_save_and_a_retry_uploads_each_file_once(hub, saved, no_backoff, route, status,
+                                                                             expected):
+    before = _folder_state(saved)
+    # Enough failures to outlast the client's 5 retries of each of the 3 LFS files (uploaded in parallel).
+    hub.fail(route, status, times=1 if status == 401 else 18, message=f"refused {TOKEN}")
+    with pytest.raises(HubPushError, match=expected) as info:
+        push_to_hub(saved, REPO, token=TOKEN)
+    error = info.value
+    assert str(saved) in str(error) and "hf_incr.push_to_hub(" in str(error) and error.repo_id == REPO
+    if route != "lfs_batch":
+        assert "while uploading the large file" in str(error) and "(LFS)" in str(error)
+        assert error.status_code == (None if status == "drop" else status)
+    else:
+        assert error.status_code == 401
+    _assert_no_token(error)
+    assert _folder_state(saved) == before and not hub.commits
+    if status == "drop":  # the uploads really were cut off mid-body
+        assert any(r.method == "PUT" and 0 < len(r.body) < (saved / "model.safetensors").stat().st_size
+                   for r in hub.requests if r.path.endswith(sha256((saved / "model.safetensors").read_bytes())))
+
+    hub.clear_failures()
+    uploaded_before_retry = list(hub.lfs_uploads)
+    push_to_hub(saved, REPO, token=TOKEN)
+    [arrived] = hub.commits
+    assert len(hub.lfs_uploads) == len(set(hub.lfs_uploads)) == 3  # each LFS object stored once, failed or not
+    assert set(hub.lfs_uploads) == {(REPO, line["value"]["oid"]) for line in arrived.payload if line["key"] == "lfsFile"}
+    if route == "lfs_verify":  # the objects had arrived; only the verification failed: nothing is uploaded again
+        assert len(uploaded_before_retry) == 3
+    paths = [line["value"]["path"] for line in arrived.payload[1:]]
+    assert len(paths) == len(set(paths))
+    assert {name: hub.files(REPO)[name] for name in before if not name.startswith("checkpoints/")} == {
+        name: content for name, content in before.items() if not name.startswith("checkpoints/")}
+
+
+# -- mirroring hf_incr's own files -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("server", ["hub", "regular_hub"])
+def test_a_push_deletes_hf_incr_files_the_folder_no_longer_has_and_keeps_the_users(request, saved, tmp_path, server):
+    hub = request.getfixturevalue(server)
+    push_to_hub(saved, REPO, token=TOKEN)
+    api = HfApi(endpoint=hub.url, token=TOKEN)
+    api.upload_file(path_or_fileobj=b"my notes", path_in_repo="notes.txt", repo_id=REPO)
+    api.upload_file(path_or_fileobj=b"mine", path_in_repo="docs/lineage.json", repo_id=REPO)
+    api.upload_file(path_or_fileobj=b"mine too", path_in_repo="replay_memory_notes.txt", repo_id=REPO)
+    assert "replay_memory/memory.parquet" in hub.files(REPO)
+
+    save_increment(_grown_model(), saved, _tokenizer(tmp_path / "tok"))  # saved again, without a replay memory
+    assert not (saved / "replay_memory").exists()
+    push_to_hub(saved, REPO, token=TOKEN)
+    last = hub.commits[-1]
+    assert len(hub.commits) == 5  # 1 push + 3 user uploads + 1 push: one commit did both: the upload and the deletions
+    assert last.deleted == ["replay_memory/memory.parquet"]
+    assert {line["key"] for line in last.payload if line["key"].startswith("deleted")} == {"deletedFile"}
+    files = hub.files(REPO)
+    assert not any(name.startswith("replay_memory/") for name in files)
+    assert files["notes.txt"] == b"my notes" and files["docs/lineage.json"] == b"mine"
+    assert files["replay_memory_notes.txt"] == b"mine too"
+    assert files["config.json"] == (saved / "config.json").read_bytes() and "increments.png" in files
+    path = snapshot_download(REPO, endpoint=hub.url, token=TOKEN, cache_dir=tmp_path / "cache")
+    assert not (Path(path) / "replay_memory").exists() and (Path(path) / "notes.txt").read_bytes() == b"my notes"
+
+
+def test_a_stale_random_feature_head_is_removed_and_the_older_commit_still_has_it(hub, saved, tmp_path):
+    import hf_incr
+    from hf_incr.random_features import RANDOM_FEATURES_FILENAME, RandomFeatureHead, attached_random_feature_head
+
+    linear = hf_incr.find_classifier_head(AutoModelForSequenceClassification.from_pretrained(saved)).linear
+    RandomFeatureHead.new(linear.in_features, 16, linear.out_features, seed=3).save(saved)
+    with_head = push_to_hub(saved, REPO, token=TOKEN).oid
+    (saved / RANDOM_FEATURES_FILENAME).unlink()
+    without_head = push_to_hub(saved, REPO, token=TOKEN).oid
+    assert RANDOM_FEATURES_FILENAME not in hub.files(REPO)
+    latest = hf_incr.load_model(REPO, token=TOKEN, cache_dir=tmp_path / "c1")
+    assert attached_random_feature_head(latest) is None
+    pinned = hf_incr.load_model(REPO, token=TOKEN, revision=with_head, cache_dir=tmp_path / "c2")
+    assert attached_random_feature_head(pinned) is not None
+    assert with_head != without_head
+
+
+# -- visibility ------------------------------------------------------------------------------------------------------
+
+
+def test_private_true_makes_an_existing_public_repo_private_and_warns(hub, saved):
+    push_to_hub(saved, REPO, token=TOKEN)
+    api = HfApi(endpoint=hub.url, token=TOKEN)
+    assert api.repo_info(REPO).private is False
+    with pytest.warns(UserWarning, match="was public; it was made private"):
+        push_to_hub(saved, REPO, token=TOKEN, private=True)
+    assert hub.repos[REPO].private and api.repo_info(REPO).private is True
+    [settings] = [r for r in hub.requests if r.method == "PUT" and r.path.endswith("/settings")]
+    assert json.loads(settings.body) == {"visibility": "private"}
+
+
+def test_private_false_never_makes_a_private_repo_public(hub, saved, recwarn):
+    push_to_hub(saved, REPO, token=TOKEN, private=True)
+    assert hub.repos[REPO].private
+    push_to_hub(saved, REPO, token=TOKEN)  # private=False, the default
+    push_to_hub(saved, REPO, token=TOKEN, private=True)  # already private: nothing to change, no warning
+    assert hub.repos[REPO].private and HfApi(endpoint=hub.url, token=TOKEN).repo_info(REPO).private is True
+    assert not any(r.path.endswith("/settings") for r in hub.requests)
+    assert not [w for w in recwarn if "private" in str(w.message)]
+
+
+def test_a_failed_visibility_change_is_a_hub_push_error(hub, saved, no_backoff):
+    push_to_hub(saved, REPO, token=TOKEN)
+    hub.fail("settings", 403, message="You cannot change the visibility of this repo")
+    with pytest.raises(HubPushError, match="HTTP 403"):
+        push_to_hub(saved, REPO, token=TOKEN, private=True)
+    assert not hub.repos[REPO].private and len(hub.commits) == 1
