@@ -13,10 +13,10 @@ files (``hf_incr_ridge.safetensors``, ``hf_incr_random_features.safetensors``), 
 are deleted on the Hub, in the same commit, when the saved folder no longer has them, so the Hub never serves a stale
 replay memory or head beside a new model. No other file on the Hub is ever deleted (see :data:`MIRRORED_PATTERNS`).
 
-:func:`hf_incr.load_model` reads the random-feature file with the same ``revision`` argument as the model, so a
-commit of this module's push (which carries model and head together, or removes a stale head in the same commit)
-is read as a whole. With a branch name, each of the two downloads resolves the branch on its own: pass a commit id
-as ``revision`` to pin both to one commit while others may push to that branch.
+:func:`hf_incr.load_model` reads the random-feature file from the commit the model's weights came from (transformers
+resolves ``revision`` once and records it as ``config._commit_hash``), so a commit of this module's push (which
+carries model and head together, or removes a stale head in the same commit) is read as a whole, even while others
+push to that branch.
 """
 
 from __future__ import annotations
@@ -30,14 +30,16 @@ from typing import Any
 
 from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
-from huggingface_hub.utils import get_token
+from huggingface_hub.utils import HFValidationError, get_token, validate_repo_id
+from transformers import PretrainedConfig
 from transformers.utils import logging
 
 from .errors import HubPushError
-from .forgetting import REPLAY_DIRNAME, RIDGE_FILENAME
+from .closed_form import RIDGE_FILENAME
 from .lineage import LINEAGE_FILENAME, get_lineage, write_lineage_file
 from .model_card import CARD_FILENAME, PLOT_FILENAME, card_has_lineage, write_model_card
 from .random_features import RANDOM_FEATURES_FILENAME
+from .replay import REPLAY_DIRNAME
 from .saving import KEPT_ENTRIES, save_increment
 
 logger = logging.get_logger(__name__)
@@ -195,8 +197,6 @@ def _save_locally(folder_or_model, repo_id, tokenizer, save_dir, replay, ridge) 
             )
         return folder
     if save_dir is None:
-        from huggingface_hub.utils import HFValidationError, validate_repo_id
-
         try:  # the repo's name becomes a local folder: `org/..` must not name the working folder's parent
             validate_repo_id(repo_id)
         except HFValidationError as error:
@@ -213,8 +213,6 @@ def _save_locally(folder_or_model, repo_id, tokenizer, save_dir, replay, ridge) 
 
 
 def _read_config(folder: Path):
-    from transformers import PretrainedConfig
-
     return PretrainedConfig.from_json_file(str(folder / "config.json"))
 
 

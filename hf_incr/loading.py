@@ -30,7 +30,10 @@ def load_model(model_name_or_path: str, **kwargs):
     if not folder.is_dir():
         try:
             folder = Path(hf_hub_download(
-                str(model_name_or_path), RANDOM_FEATURES_FILENAME, revision=kwargs.get("revision"),
+                # The commit the weights came from (transformers resolves the revision once): a push landing in
+                # between cannot pair these weights with another version's random-feature head.
+                str(model_name_or_path), RANDOM_FEATURES_FILENAME,
+                revision=getattr(model.config, "_commit_hash", None) or kwargs.get("revision"),
                 token=kwargs.get("token"), cache_dir=kwargs.get("cache_dir"),
             )).parent
         except EntryNotFoundError:
