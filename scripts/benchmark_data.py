@@ -37,7 +37,9 @@ def load_shared_split(data_dir: str | os.PathLike | None, name: str, split: str)
         )
     path = root / name / f"{split}.jsonl"
     if not path.is_file():
-        raise DataError(f"{path} does not exist; {name} has the splits {sorted(p.stem for p in (root / name).glob('*.jsonl'))}.")
+        raise DataError(
+            f"{path} does not exist; {name} has the splits {sorted(p.stem for p in (root / name).glob('*.jsonl'))}."
+        )
     dataset = load_dataset("json", data_files=str(path), split="train")
     if name == "clinc150":
         dataset = dataset.filter(lambda row: row["label"] != "oos")

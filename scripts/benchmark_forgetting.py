@@ -32,7 +32,8 @@ bound per increment); ``joint_ridge`` is the closed-form joint head, fitted once
 ``--quick`` keeps 8 training and 4 test rows per label (4 per label for ``naive``), cuts the replay budget to 2 per
 label (a quarter of the rows: 10 would replay every old row), uses 1,000 random features instead of 5,000, runs only
 the first 5 increments of each data set, leaves out ``finetune_replay`` (unless named in ``--methods``), and runs
-``joint`` once on all the data; every cut is written under the data set's table. A full run keeps all rows except GoEmotions' (600 per label of its 43k).
+``joint`` once on all the data; every cut is written under the data set's table. A full run keeps all rows except
+GoEmotions' (600 per label of its 43k).
 
 Methods (``--methods``; default all). "Frozen" = the pretrained encoder is never trained; "adapted" = the top 2
 layers are fine-tuned when training the base (increment 0) only, and frozen afterwards (first-session adaptation):
@@ -646,12 +647,16 @@ def markdown(report: dict) -> str:
                 f"| {label} | {r['setting']} | {per} | {_pct(r['average_accuracy'])} | {_pct(r['final_accuracy'])} | "
                 f"{_pct(r['final_old_accuracy'])} | {_pct(r['final_new_accuracy'])} | "
                 f"{_pct(r['first_labels_final_accuracy'])} | {forgetting} | {r['train_s']:.1f} | "
-                f"{'—' if ratio is None else f'{ratio:.2f}x'} | {'—' if last_ratio is None else f'{last_ratio:.2f}x'} |"
+                f"{'—' if ratio is None else f'{ratio:.2f}x'} | "
+                f"{'—' if last_ratio is None else f'{last_ratio:.2f}x'} |"
             )
         joint_s = data.get("joint_final_s")
         if joint_s is not None:
-            lines += ["", f"`vs joint`: the method's training time over all increments / one joint retraining on all "
-                          f"the data ({joint_s:.1f} s); `last increment vs joint`: its last increment alone / the same."]
+            lines += [
+                "",
+                f"`vs joint`: the method's training time over all increments / one joint retraining on all "
+                f"the data ({joint_s:.1f} s); `last increment vs joint`: its last increment alone / the same.",
+            ]
         lines.append("")
     lines.append(f"Total wall time {report['wall_s']:.0f} s; {report['threads']} torch threads; {report['device']}.")
     return "\n".join(lines)

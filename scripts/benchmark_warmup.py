@@ -48,15 +48,16 @@ def main(bench: WarmupBenchmarkArguments) -> None:
         train = train.shuffle(seed=0).select(range(min(bench.train_rows, len(train))))
     runs = {
         "cached (output Linear, features cached)": IncrementConfig(
-            warmup_epochs=bench.cached_epochs, warmup_learning_rate=bench.cached_lr, warmup_scope="output", finetune_layers=0, replay_per_label=0,
+            warmup_epochs=bench.cached_epochs, warmup_learning_rate=bench.cached_lr, warmup_scope="output",
+            finetune_layers=0, replay_per_label=0,
         ),
         "plain Trainer (output Linear)": IncrementConfig(
-            warmup_epochs=bench.plain_epochs, warmup_learning_rate=bench.cached_lr, warmup_scope="output", finetune_layers=0, replay_per_label=0,
-            cache_features=False,
+            warmup_epochs=bench.plain_epochs, warmup_learning_rate=bench.cached_lr, warmup_scope="output",
+            finetune_layers=0, replay_per_label=0, cache_features=False,
         ),
         "plain Trainer (pooler + Linear)": IncrementConfig(
-            warmup_epochs=bench.plain_epochs, warmup_learning_rate=bench.pooler_lr, warmup_scope="head", finetune_layers=0, replay_per_label=0,
-            cache_features=False,
+            warmup_epochs=bench.plain_epochs, warmup_learning_rate=bench.pooler_lr, warmup_scope="head",
+            finetune_layers=0, replay_per_label=0, cache_features=False,
         ),
     }
     results = {}
@@ -89,8 +90,8 @@ def main(bench: WarmupBenchmarkArguments) -> None:
     for name, r in results.items():
         print(f"| {name} | {r['epochs']:g} | {100 * r['accuracy']:.1f} % | {r['feature_cache_s']:.1f} | "
               f"{r['warmup_train_s']:.1f} | {r['s_per_epoch']:.2f} |")
-    print(f"\nPer epoch, cached vs plain Trainer: {speedup_epoch:.0f}x faster; for {cached['epochs']:g} epochs including "
-          f"the one caching pass: {same_epochs:.0f}x faster.")
+    print(f"\nPer epoch, cached vs plain Trainer: {speedup_epoch:.0f}x faster; for {cached['epochs']:g} epochs "
+          f"including the one caching pass: {same_epochs:.0f}x faster.")
     os.makedirs(os.path.dirname(bench.output_json) or ".", exist_ok=True)
     with open(bench.output_json, "w") as f:
         json.dump({"train_rows": len(train), "results": results, "speedup_per_epoch": speedup_epoch,

@@ -24,7 +24,7 @@ def _snapshot(model: torch.nn.Module) -> dict:
     return {
         "state": {name: tensor.detach().clone() for name, tensor in model.state_dict().items()},
         "requires_grad": {name: p.requires_grad for name, p in model.named_parameters()},
-        "modules": {name: module for name, module in model.named_modules()},
+        "modules": dict(model.named_modules()),
         "config": None if config is None else config.to_dict(),
         "num_labels": getattr(model, "num_labels", None),
     }

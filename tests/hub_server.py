@@ -344,7 +344,7 @@ def _make_handler(hub: FakeHub, storage: bool):
             parts = urlsplit(self.path)
             path = unquote(parts.path)
             query = parse_qs(parts.query)
-            for route_method, name, pattern in routes:
+            for route_method, name, pattern in routes:  # noqa: B007 (`name` is read after the loop: the matched route)
                 match = pattern.match(path)
                 if route_method == method and match:
                     break
@@ -371,7 +371,9 @@ def _make_handler(hub: FakeHub, storage: bool):
                 if query.get("sig") != [hub._signature]:
                     return self._json(403, {"error": "Request has expired or its signature does not match"})
             elif hub.token is not None and self.headers.get("Authorization") != f"Bearer {hub.token}":
-                return self._json(401, {"error": "Invalid credentials in Authorization header"}, {"X-Error-Code": "Unauthorized"})
+                return self._json(
+                    401, {"error": "Invalid credentials in Authorization header"}, {"X-Error-Code": "Unauthorized"}
+                )
             groups = {k: v for k, v in match.groupdict().items() if v is not None}
             return getattr(self, f"_route_{name}")(method, body, **groups)
 
@@ -525,7 +527,12 @@ def _make_handler(hub: FakeHub, storage: bool):
             except ValueError as error:
                 return self._json(422, {"error": str(error)})
             return self._json(
-                200, {"commitUrl": f"{hub.url}/{repo}/commit/{commit.oid}", "commitOid": commit.oid, "pullRequestUrl": None}
+                200,
+                {
+                    "commitUrl": f"{hub.url}/{repo}/commit/{commit.oid}",
+                    "commitOid": commit.oid,
+                    "pullRequestUrl": None,
+                },
             )
 
         def _route_info(self, method, body, repo, rev="main"):
@@ -568,7 +575,9 @@ def _make_handler(hub: FakeHub, storage: bool):
             known = hub.repos[repo]
             tree = known.trees[oid]
             if file not in tree:
-                return self._json(404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": oid})
+                return self._json(
+                    404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": oid}
+                )
             content = tree[file]
             if file in known.lfs_paths[oid]:
                 # As the Hub does for an LFS file: a redirect to storage, the file's metadata on the redirect itself.

@@ -18,7 +18,8 @@ from hf_incr import ConfigError
 from hf_incr.cli import main, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
-FLAGS = ["--warmup_epochs", "2", "--init", "zeros", "--finetune_layers", "0", "--distill_weight", "0", "--use_cpu", "--report_to", "none", "--save_strategy", "no",
+FLAGS = ["--warmup_epochs", "2", "--init", "zeros", "--finetune_layers", "0", "--distill_weight", "0", "--use_cpu",
+         "--report_to", "none", "--save_strategy", "no",
          "--per_device_train_batch_size", "4", "--disable_tqdm", "true", "--seed", "0"]
 
 
@@ -34,7 +35,9 @@ def base_dir(tmp_path):
 def data_files(tmp_path):
     train, test = tmp_path / "new.jsonl", tmp_path / "test.jsonl"
     train.write_text("\n".join(json.dumps(r) for r in text_dataset(["repair"], 8).to_list()))
-    test.write_text("\n".join(json.dumps(r) for r in text_dataset(["refund", "delivery", "login", "repair"], 2, 30).to_list()))
+    test.write_text(
+        "\n".join(json.dumps(r) for r in text_dataset(["refund", "delivery", "login", "repair"], 2, 30).to_list())
+    )
     return train, test
 
 
@@ -42,7 +45,8 @@ def test_help_lists_every_recipe_field(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--help"])
     text = capsys.readouterr().out
-    for flag in ("--replay_per_label", "--layer_lr_decay", "--closed_form_head", "--train_file", "--per_device_train_batch_size"):
+    for flag in ("--replay_per_label", "--layer_lr_decay", "--closed_form_head", "--train_file",
+                 "--per_device_train_batch_size"):
         assert flag in text
     assert "Examples stored per label" in text  # the dataclass help, not just the name
 
@@ -52,8 +56,8 @@ def test_config_file_sets_defaults_flags_override_and_save_config_round_trips(tm
     config.write_text(yaml.safe_dump({"replay_per_label": 7, "warmup_epochs": 3, "train_file": "x.jsonl",
                                       "output_dir": str(tmp_path / "o")}))
     saved = tmp_path / "saved.yaml"
-    script, recipe, training = parse_args(["--config", str(config), "--warmup_epochs", "5", "--save_config", str(saved),
-                                           "--hub_token", "hf_secret_value"])
+    script, recipe, _training = parse_args(["--config", str(config), "--warmup_epochs", "5",
+                                            "--save_config", str(saved), "--hub_token", "hf_secret_value"])
     assert recipe.replay_per_label == 7 and recipe.warmup_epochs == 5 and script.train_file == "x.jsonl"
     text = saved.read_text()
     assert "hf_secret_value" not in text
@@ -132,7 +136,8 @@ def test_script_under_accelerate_launch_two_processes(tmp_path, base_dir, data_f
     common = ["--model_name_or_path", str(base_dir), "--train_file", str(train), "--eval_file", str(test), *FLAGS]
     common[common.index("--per_device_train_batch_size") + 1] = "2"
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29519"]
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+              "29519"]
     script = str(ROOT / "scripts" / "train_increment.py")
     two = subprocess.run(launch + [script, *common, "--output_dir", str(tmp_path / "two")], env=env,
                          capture_output=True, text=True, timeout=600)

@@ -38,7 +38,8 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NU
 
 
 def _start(*args: str, log: Path) -> subprocess.Popen:
-    """Start crash_child.py. Its output goes to ``log``: a pipe nobody reads could block it before its stopping point."""
+    """Start crash_child.py. Its output goes to ``log``: a pipe nobody reads could block it before its stopping point.
+    """
     with open(log, "w") as out:
         child = subprocess.Popen([sys.executable, str(CHILD), *args], env=ENV, stdout=out, stderr=subprocess.STDOUT)
     child.log = log
@@ -54,7 +55,9 @@ def _kill_when_stopped(child: subprocess.Popen, marker: Path, delay: float = 0.0
     deadline = time.monotonic() + 180
     while not marker.exists():
         if child.poll() is not None:
-            pytest.fail(f"the child ended (code {child.returncode}) before it was killed:\n{child.log.read_text()[-3000:]}")
+            pytest.fail(
+                f"the child ended (code {child.returncode}) before it was killed:\n{child.log.read_text()[-3000:]}"
+            )
         assert time.monotonic() < deadline, "the child never reached its stopping point"
         time.sleep(0.02)
     time.sleep(delay)
@@ -238,7 +241,10 @@ def test_kill_in_a_training_phase_resumes_to_the_uninterrupted_result(
     resume_state = checkpoints / resumed_from / "trainer_state.json"
     assert resume_state.is_file()
     if stop.startswith("warmup"):
-        assert sorted(p.name for p in (checkpoints / "warmup").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+        assert sorted(p.name for p in (checkpoints / "warmup").glob("checkpoint-*")) == [
+            "checkpoint-3",
+            "checkpoint-6",
+        ]
         assert not (checkpoints / "finetune").exists()
     else:
         assert (checkpoints / "warmup" / "checkpoint-16" / "trainer_state.json").is_file()

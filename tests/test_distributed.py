@@ -26,9 +26,9 @@ def _run(out: Path, batch: int, accumulation: int, phase: str, processes: int = 
     if processes == 1:
         command = [sys.executable, str(SCRIPT)]
     else:
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-                   "29517", str(SCRIPT)]
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                   str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                   "--main_process_port", "29517", str(SCRIPT)]
     done = subprocess.run(command + [str(out), str(batch), str(accumulation), phase], env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -118,7 +118,9 @@ def test_distillation_loss_values():
     t = 2.0
     p, q = F.softmax(teacher / t, -1), F.softmax(student / t, -1)
     expected = (p * (p.log() - q.log())).sum() * t * t
-    assert distillation_loss(student, teacher, multi_label=False, temperature=t).item() == pytest.approx(expected.item())
+    assert distillation_loss(student, teacher, multi_label=False, temperature=t).item() == pytest.approx(
+        expected.item()
+    )
     multi = distillation_loss(torch.zeros(1, 2), torch.zeros(1, 2), multi_label=True).item()
     assert multi == pytest.approx(math.log(2))
 
@@ -135,7 +137,8 @@ def test_distillation_keeps_old_outputs_closer(tmp_path):
         config = IncrementConfig(warmup_epochs=0, finetune_layers=-1, finetune_epochs=3, finetune_learning_rate=3e-3,
                                  closed_form_head=False, finetune_increments=True,
                                  distill_weight=weight, init="zeros", replay_per_label=0, weight_align=False)
-        train_increment(model, tok, text_dataset(["login"], 8), config=config, args=training_args(tmp_path), save=False)
+        train_increment(model, tok, text_dataset(["login"], 8), config=config, args=training_args(tmp_path),
+                        save=False)
         with torch.no_grad():
             after = model(**probe).logits[:, :2]
         drifts[weight] = (F.softmax(after, -1) - F.softmax(before, -1)).abs().mean().item()
@@ -176,7 +179,9 @@ def test_lda_from_accumulated_statistics_matches_a_direct_fit():
     covariance = centered.T @ centered / (60 - 3)
     expected_w = torch.linalg.solve(covariance, mu.T).T
     torch.testing.assert_close(weight, expected_w, rtol=1e-6, atol=1e-8)
-    torch.testing.assert_close(bias, -0.5 * (expected_w * mu).sum(1) + torch.log(torch.full((3,), 1 / 3.0, dtype=torch.float64)),
+    torch.testing.assert_close(bias,
+                               -0.5 * (expected_w * mu).sum(1)
+                               + torch.log(torch.full((3,), 1 / 3.0, dtype=torch.float64)),
                                rtol=1e-6, atol=1e-8)
     assert ((x @ weight.T + bias).argmax(1) == ids).double().mean() > 0.9
 

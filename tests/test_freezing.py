@@ -225,7 +225,7 @@ def test_layer_lr_groups(arch):
 
     seen = [id(p) for group in groups for p in group["params"]]
     assert len(seen) == len(set(seen)), "a parameter appears in two groups"
-    params = {name: p for name, p in model.named_parameters()}
+    params = dict(model.named_parameters())
     assert set(seen) == {id(p) for p in params.values() if p.requires_grad}
     assert len({(group["depth"], group["weight_decay"]) for group in groups}) == len(groups)
     for group in groups:

@@ -458,7 +458,7 @@ def test_mismatch_with_hidden_sized_label_count_does_not_grow_another_linear(arc
     model.config.id2label = dict(enumerate(labels))
     model.config.label2id = {name: i for i, name in enumerate(labels)}
     before = snapshot(model)
-    with pytest.raises(HeadConfigMismatchError, match="has 3 outputs but `config.id2label` has 32 labels"):
+    with pytest.raises(HeadConfigMismatchError, match=r"has 3 outputs but `config.id2label` has 32 labels"):
         hf_incr.add_labels(model, ["new"])
     assert_unchanged(model, before)
 
@@ -502,7 +502,7 @@ def test_base_model_without_head_is_refused(snapshot, assert_unchanged):
 def test_plain_module_is_refused(snapshot, assert_unchanged):
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
     before = snapshot(model)
-    with pytest.raises(HeadNotFoundError, match="Sequential has no `config.id2label`"):
+    with pytest.raises(HeadNotFoundError, match=r"Sequential has no `config.id2label`"):
         hf_incr.add_labels(model, NEW)
     assert_unchanged(model, before)
     with pytest.raises(HeadNotFoundError, match="No classification head found in Sequential"):

@@ -27,9 +27,9 @@ from tiny_models import tiny_model
 from transformers import AutoModelForSequenceClassification, BertTokenizer, pipeline
 
 from hf_incr.errors import HfIncrError, HubPushError
-from hf_incr.replay import ReplayMemory
 from hf_incr.hub import default_commit_message, push_saved_model, push_to_hub
 from hf_incr.lineage import LINEAGE_ATTRIBUTE, get_lineage
+from hf_incr.replay import ReplayMemory
 from hf_incr.saving import save_increment
 
 TOKEN = "hf_TestTokenThatMustNeverLeak0123456789"
@@ -40,7 +40,8 @@ def _lineage():
     def record(k, kind, added, ids, after, forgetting=None):
         return {"increment": k, "kind": kind, "labels_added": added, "label_ids": ids, "num_labels": ids[-1] + 1,
                 "base_model": "org/tiny-bert" if k == 0 else "/tmp/step0", "recipe": {"init": "imprint"},
-                "metrics": {"before": {}, "after": after, "forgetting": forgetting}, "date": "2026-11-22T10:00:00+00:00"}
+                "metrics": {"before": {}, "after": after, "forgetting": forgetting},
+                "date": "2026-11-22T10:00:00+00:00"}
 
     return [
         record(0, "base", ["alpha", "beta"], [0, 1], {"accuracy": 0.9, "new_accuracy": 0.9}),
@@ -50,7 +51,9 @@ def _lineage():
 
 def _tokenizer(directory: Path):
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(94)]))
+    (directory / "vocab.txt").write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(94)])
+    )
     return BertTokenizer.from_pretrained(directory)
 
 
@@ -82,7 +85,9 @@ def _serve(server: FakeHub, monkeypatch, tmp_path) -> FakeHub:
     monkeypatch.setattr(constants, "ENDPOINT", server.url)
     # hf_hub_download builds file URLs from this template (made from ENDPOINT at import) and only swaps in
     # `endpoint=` when the URL starts with constants.ENDPOINT: patching ENDPOINT alone sends downloads to the internet.
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}"
+    )
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
@@ -259,7 +264,11 @@ def test_failures_keep_the_local_save_and_say_how_to_retry(request, saved, no_ba
         push_to_hub(saved, REPO, **kwargs)
     error = info.value
     assert not isinstance(error, ValueError)
-    assert str(saved) in str(error) and "hf_incr.push_to_hub(" in str(error) and f"hf-incr push --model_name_or_path {saved} --repo_id {REPO}" in str(error)
+    assert (
+        str(saved) in str(error)
+        and "hf_incr.push_to_hub(" in str(error)
+        and f"hf-incr push --model_name_or_path {saved} --repo_id {REPO}" in str(error)
+    )
     assert error.folder == saved and error.repo_id == REPO
     _assert_no_token(error)
     assert "hf_WrongToken" not in str(error)
@@ -386,8 +395,8 @@ def test_server_decides_upload_modes_as_the_hub_does(hub, tmp_path):
         "deep/dir/data.parquet": b"PAR1 text-looking",
     }
     additions = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=content) for name, content in files.items()]
-    _fetch_upload_modes(additions=additions, repo_type="model", repo_id=REPO, headers={"authorization": f"Bearer {TOKEN}"},
-                        revision="main", endpoint=hub.url)
+    _fetch_upload_modes(additions=additions, repo_type="model", repo_id=REPO,
+                        headers={"authorization": f"Bearer {TOKEN}"}, revision="main", endpoint=hub.url)
     modes = {op.path_in_repo: op._upload_mode for op in additions}
     assert modes == {"config.json": "regular", "big.txt": "lfs", "just_under.txt": "regular", "increments.png": "lfs",
                      "notes.md": "regular", "weights.safetensors": "lfs", "deep/dir/data.parquet": "lfs"}
@@ -402,7 +411,8 @@ def test_server_decides_upload_modes_as_the_hub_does(hub, tmp_path):
                                      "content": base64.b64encode(b"\x00\x01").decode()}}
     body = "\n".join(json.dumps(x) for x in ({"key": "header", "value": {"summary": "x"}}, line)).encode()
     commit = urllib.request.Request(f"{hub.url}/api/models/{REPO}/commit/main", data=body, method="POST",
-                                    headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/x-ndjson"})
+                                    headers={"Authorization": f"Bearer {TOKEN}",
+                                             "Content-Type": "application/x-ndjson"})
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(commit, timeout=10)
     assert refused.value.code == 422 and "binary" in json.loads(refused.value.read())["error"] and not hub.commits
@@ -457,7 +467,9 @@ def test_lfs_failures_keep_the_local_save_and_a_retry_uploads_each_file_once(hub
     push_to_hub(saved, REPO, token=TOKEN)
     [arrived] = hub.commits
     assert len(hub.lfs_uploads) == len(set(hub.lfs_uploads)) == 3  # each LFS object stored once, failed or not
-    assert set(hub.lfs_uploads) == {(REPO, line["value"]["oid"]) for line in arrived.payload if line["key"] == "lfsFile"}
+    assert set(hub.lfs_uploads) == {
+        (REPO, line["value"]["oid"]) for line in arrived.payload if line["key"] == "lfsFile"
+    }
     if route == "lfs_verify":  # the objects had arrived; only the verification failed: nothing is uploaded again
         assert len(uploaded_before_retry) == 3
     paths = [line["value"]["path"] for line in arrived.payload[1:]]

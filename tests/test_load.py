@@ -120,7 +120,9 @@ def test_increment_adds_50_labels_to_1000_with_the_default_recipe(tmp_path, tok,
     assert result.metrics_after["num_old"] == 100 and result.metrics_after["num_new"] == 100
     for key in ("accuracy", "old_accuracy", "new_accuracy", "macro_f1"):
         assert 0.0 <= result.metrics_after[key] <= 1.0
-    assert result.forgetting == pytest.approx(result.metrics_before["old_accuracy"] - result.metrics_after["old_accuracy"])
+    assert result.forgetting == pytest.approx(
+        result.metrics_before["old_accuracy"] - result.metrics_after["old_accuracy"]
+    )
     assert {"feature_cache_s", "warmup_s"} <= set(result.timings) and "finetune_s" not in result.timings
 
     # Reloads with plain transformers, bit for bit, labels in order.
@@ -211,7 +213,9 @@ def test_twenty_increments_chained_through_saved_folders(tmp_path, tok, monkeypa
         assert {p.name for p in folder.iterdir()} == expected
         # Trainer's phase folders (kept by save_increment, skipped by the push) hold nothing with save_strategy="no".
         assert not [p for p in (folder / "checkpoints").rglob("*") if p.is_file()]
-    grown_bytes = (final / "model.safetensors").stat().st_size - (tmp_path / "s00" / "model.safetensors").stat().st_size
+    grown_bytes = (
+        (final / "model.safetensors").stat().st_size - (tmp_path / "s00" / "model.safetensors").stat().st_size
+    )
     assert 40 * 33 * 4 <= grown_bytes < 40 * 33 * 4 + 64
     assert (final / LINEAGE_FILENAME).stat().st_size < 21 * 4000
     assert (final / "config.json").stat().st_size < 21 * 4000
@@ -340,7 +344,8 @@ def test_tracker_counts_peak_of_live_allocations():
 
 def test_benchmark_script_runs_and_writes_its_figures(tmp_path, capsys):
     out = tmp_path / "add_labels.json"
-    args = bench.AddLabelsBenchmarkArguments(models=["bert-tiny"], label_counts=[10, 100], runs=2, output_json=str(out))
+    args = bench.AddLabelsBenchmarkArguments(models=["bert-tiny"], label_counts=[10, 100], runs=2,
+                                             output_json=str(out))
     result = bench.main(args)
     printed = capsys.readouterr().out
     assert "| bert-tiny | 4.4 | 10 + 50 |" in printed and "find_classifier_head, table" in printed

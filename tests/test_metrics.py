@@ -13,7 +13,8 @@ from hf_incr.metrics import IncrementalAccuracy, IncrementalMultilabelF1, make_c
 
 
 def test_single_label_figures_by_hand():
-    result = IncrementalAccuracy().compute(predictions=[0, 1, 2, 2, 0], references=[0, 1, 1, 2, 2], old_label_ids=[0, 1])
+    result = IncrementalAccuracy().compute(predictions=[0, 1, 2, 2, 0], references=[0, 1, 1, 2, 2],
+                                           old_label_ids=[0, 1])
     assert result["accuracy"] == pytest.approx(3 / 5)
     assert result["num_old"] == 3 and result["num_new"] == 2
     assert result["old_accuracy"] == pytest.approx(2 / 3)

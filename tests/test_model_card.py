@@ -1,7 +1,7 @@
 """The model card: rendered through huggingface_hub's ModelCard, with lineage, metrics, model-index and the plot.
 
-``model_cards/example_README.md`` (and its plot) is a golden file rendered from ``example_config()``; regenerate it with
-``HF_INCR_UPDATE_GOLDEN=1 pytest tests/test_model_card.py``.
+``model_cards/example_README.md`` (and its plot) is a golden file rendered from ``example_config()``; regenerate it
+with ``HF_INCR_UPDATE_GOLDEN=1 pytest tests/test_model_card.py``.
 """
 
 from __future__ import annotations
@@ -256,7 +256,8 @@ def _config_with_labels(num_labels: int, added_last: int, **extra) -> BertConfig
     config = BertConfig(id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
                         architectures=["BertForSequenceClassification"], **extra)
     added = labels[-added_last:]
-    setattr(config, LINEAGE_ATTRIBUTE, [_record(0, "increment", added, list(range(num_labels - added_last, num_labels)),
+    setattr(config, LINEAGE_ATTRIBUTE, [_record(0, "increment", added,
+                                                list(range(num_labels - added_last, num_labels)),
                                                 num_labels, "org/base", {"accuracy": 0.5, "old_accuracy": 0.5,
                                                                          "new_accuracy": 0.5})])
     return config
@@ -271,7 +272,9 @@ def test_card_groups_labels_past_the_table_limit_and_its_size_does_not_grow_with
         assert [row[0] for row in groups] == [f"0–{count - 51}", f"{count - 50}–{count - 1}"]
         assert [row[2] for row in groups] == [str(count - 50), "50"]
         assert [row[3] for row in groups] == ["before hf_incr", "0"]
-        assert groups[0][1].startswith("`intent_00000`, `intent_00001`,") and groups[0][1].endswith(f"… and {count - 60} more")
+        assert groups[0][1].startswith("`intent_00000`, `intent_00001`,") and groups[0][1].endswith(
+            f"… and {count - 60} more"
+        )
         # The lineage table names the 50 labels added by their first 10.
         assert _body_table(text, "| Increment | Kind |")[0][2].endswith("… and 40 more")
     assert max(sizes.values()) - min(sizes.values()) < 100, sizes
@@ -307,7 +310,9 @@ def test_long_lineage_card_summarises_and_groups_but_tabulates_every_increment(t
     assert "grown class by class with hf_incr from [org/base](https://huggingface.co/org/base): a base classifier " \
            "with 2 labels, then 20 increments added 40 labels." in text
     assert [row[0] for row in _body_table(text, "| Increment | Kind |")] == [str(k) for k in range(21)]
-    assert [row[0] for row in _body_table(text, "| Increment | Labels added | All labels |")] == [str(k) for k in range(21)]
+    assert [row[0] for row in _body_table(text, "| Increment | Labels added | All labels |")] == [
+        str(k) for k in range(21)
+    ]
     assert card_has_lineage(text, config)
     # One recipe column per run of identical recipes.
     assert "| Setting | Increment 0 | Increments 1–20 |" in text

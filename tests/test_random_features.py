@@ -142,7 +142,7 @@ def test_first_session_adaptation_closed_form_statistics_describe_the_adapted_en
     # The statistics are those of the fine-tuned encoder's features, and the head is their LDA solution.
     features = extract_head_inputs(model, tok, train["text"], show_progress=False).double()
     torch.testing.assert_close(base.ridge_statistics.gram[:-1, :-1], features.T @ features, rtol=1e-5, atol=1e-5)
-    weight, bias = base.ridge_statistics.solve_lda()
+    weight, _bias = base.ridge_statistics.solve_lda()
     torch.testing.assert_close(model.classifier.weight.double(), weight, rtol=1e-4, atol=1e-4)
 
     # A later increment keeps the encoder frozen (no fine-tuning) and solves the head in closed form.
@@ -164,7 +164,8 @@ def test_closed_form_without_statistics_falls_back_and_inconsistent_statistics_a
     # warning naming the labels at risk and the fix; no statistics are kept (they would lack the old labels).
     config = IncrementConfig(closed_form_head=True, finetune_layers=0, warmup_epochs=1)
     fallback = tiny_bert(["refund", "delivery"])
-    with pytest.warns(UserWarning, match=r"lacks its label\(s\) \['refund', 'delivery'\].*add a few training examples"):
+    with pytest.warns(UserWarning,
+                      match=r"lacks its label\(s\) \['refund', 'delivery'\].*add a few training examples"):
         result = train_increment(fallback, tokenizer(), text_dataset(["login"], 4), config=config,
                                  args=training_args(tmp_path), save=False)
     assert "warmup" in result.train_metrics and "closed_form_s" not in result.timings

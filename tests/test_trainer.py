@@ -52,7 +52,9 @@ def test_cached_warmup_trains_only_the_output_linear(tmp_path, tok):
     for key in ("accuracy", "old_accuracy", "new_accuracy", "macro_f1"):
         assert 0.0 <= result.metrics_after[key] <= 1.0
     assert result.metrics_before["num_old"] == 12 and result.metrics_after["num_new"] == 4
-    assert result.forgetting == pytest.approx(result.metrics_before["old_accuracy"] - result.metrics_after["old_accuracy"])
+    assert result.forgetting == pytest.approx(
+        result.metrics_before["old_accuracy"] - result.metrics_after["old_accuracy"]
+    )
 
 
 def test_cached_and_plain_warmup_reach_the_same_head(tmp_path, tok):

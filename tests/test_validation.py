@@ -415,7 +415,8 @@ def test_add_labels_refuses_a_peft_wrapper_instead_of_growing_the_wrong_module(s
 
 
 def test_adapters_added_through_transformers_are_refused(tmp_path, tok, fails_cleanly):
-    """`model.add_adapter` / `load_adapter`: `save_pretrained` would then write the adapter only, not the grown head."""
+    """`model.add_adapter` / `load_adapter`: `save_pretrained` would then write the adapter only, not the grown head.
+    """
     peft = pytest.importorskip("peft")
     model = peft.inject_adapter_in_model(peft.LoraConfig(r=2, target_modules=["query", "value"]), tiny_bert(OLD))
     # What `load_adapter` / `add_adapter` set on the model (transformers 5.24 needs peft >= 0.22 to call them).
