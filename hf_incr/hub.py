@@ -34,8 +34,8 @@ from huggingface_hub.utils import HFValidationError, get_token, validate_repo_id
 from transformers import PretrainedConfig
 from transformers.utils import logging
 
-from .errors import HubPushError
 from .closed_form import RIDGE_FILENAME
+from .errors import HubPushError
 from .lineage import LINEAGE_FILENAME, get_lineage, write_lineage_file
 from .model_card import CARD_FILENAME, PLOT_FILENAME, card_has_lineage, write_model_card
 from .random_features import RANDOM_FEATURES_FILENAME
@@ -137,7 +137,7 @@ def push_to_hub(
     except KeyboardInterrupt:
         logger.warning(_retry_hint(folder, repo_id, "The push was interrupted.", revision))
         raise
-    except Exception as error:  # noqa: BLE001 - every failure becomes one error type that keeps the retry path
+    except Exception as error:
         raise _push_error(
             folder, repo_id, _describe(error, endpoint), token=token, status_code=_status(error), revision=revision
         ) from None
