@@ -12,6 +12,7 @@ from .errors import (
     HfIncrError,
     HubPushError,
     LabelError,
+    SavedStateError,
     TokenizerError,
     UnsupportedModelError,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "RandomFeatureHead",
     "ReplayMemory",
     "RidgeStatistics",
+    "SavedStateError",
     "TokenizerError",
     "UnsupportedModelError",
     "add_labels",

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers.utils import logging
 
-from .errors import DataError
+from .errors import DataError, SavedStateError, damaged_file_error
 
 logger = logging.get_logger(__name__)
 
@@ -135,9 +135,9 @@ class RidgeStatistics:
         if multi_label:
             weight, bias = ridge_to_multi_label_logits(weight, bias)
         if weight.shape != linear.weight.shape:
-            raise DataError(
-                f"The ridge statistics have {weight.shape[0]} labels x {weight.shape[1]} features but the head is "
-                f"{tuple(linear.weight.shape)}. Were they saved with another model?"
+            raise SavedStateError(
+                f"The closed-form statistics describe {weight.shape[0]} labels x {weight.shape[1]} head inputs but "
+                f"the head is {tuple(linear.weight.shape)}: they belong to another model. {STATISTICS_FIX}"
             )
         with torch.no_grad():
             linear.weight.copy_(weight.to(linear.weight.dtype))
@@ -159,11 +159,52 @@ class RidgeStatistics:
 
     @classmethod
     def load(cls, directory: str | Path) -> RidgeStatistics | None:
-        """The statistics saved in a model folder (without a random-feature head), or ``None`` if it has none."""
+        """The statistics saved in a model folder (without a random-feature head), or ``None`` if it has none.
+
+        Raises:
+            SavedStateError: the file is damaged (cut short, not safetensors, tensors missing or of the wrong shape).
+        """
         path = Path(directory) / RIDGE_FILENAME
         if not path.is_file():
             return None
+        tensors, count = read_statistics_file(path, ("gram", "cross"), STATISTICS_LOST, STATISTICS_FIX)
+        gram, cross = tensors["gram"], tensors["cross"]
+        if gram.dim() != 2 or gram.shape[0] != gram.shape[1] or cross.dim() != 2 or cross.shape[0] != gram.shape[0]:
+            raise damaged_file_error(
+                path, f"holds tensors of inconsistent shapes (gram {tuple(gram.shape)}, cross {tuple(cross.shape)}; "
+                "expected (d+1, d+1) and (d+1, labels))", STATISTICS_LOST, STATISTICS_FIX,
+            )
+        return cls(gram, cross, count)
+
+
+# What a user loses without the statistics file, and what to do: said by every error about it.
+STATISTICS_LOST = (
+    "the next increment cannot solve the old labels' rows of the head exactly (they are kept as trained instead)"
+)
+STATISTICS_FIX = (
+    f"Restore {RIDGE_FILENAME} from where the model came from (a copy, or the Hub); or delete it, and add a few rows "
+    "of every old label to the next increment's data so that their statistics are collected again."
+)
+
+
+def read_statistics_file(
+    path: Path, names: tuple[str, ...], lost: str, fix: str
+) -> tuple[dict[str, torch.Tensor], int]:
+    """The named float tensors and the row count of a statistics file hf_incr saved, checked: a file that is cut
+    short, not safetensors, lacks a tensor, or holds non-finite numbers raises a
+    :class:`~hf_incr.errors.SavedStateError` naming it, what is ``lost`` without it, and the ``fix``."""
+    try:
         with safe_open(str(path), framework="pt") as f:  # one read for the tensors and the row count
-            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (a safe_open handle)
-            count = int(f.metadata().get("count", 0))
-        return cls(tensors["gram"], tensors["cross"], count)
+            keys = set(f.keys())
+            missing = [name for name in names if name not in keys]
+            if missing:
+                raise damaged_file_error(path, f"lacks the tensor(s) {missing}", lost, fix)
+            tensors = {name: f.get_tensor(name) for name in names}
+            count = int((f.metadata() or {}).get("count", 0))
+    except SavedStateError:
+        raise
+    except Exception as error:  # safetensors raises its own error type for a damaged header or a short file
+        raise damaged_file_error(path, f"could not be read ({type(error).__name__}: {error})", lost, fix) from error
+    if count < 0 or any(not torch.isfinite(t).all() for t in tensors.values()):
+        raise damaged_file_error(path, "holds a negative row count or non-finite numbers", lost, fix)
+    return tensors, count

@@ -41,6 +41,24 @@ class UnsupportedModelError(HfIncrError, ValueError):
     """The model is of a kind whose head hf_incr cannot grow safely as it is (e.g. wrapped by a PEFT adapter)."""
 
 
+class SavedStateError(HfIncrError, ValueError):
+    """A file hf_incr saved beside a model (closed-form statistics, random-feature head, replay memory, lineage) is
+    damaged, or belongs to another model. The message names the file, what is lost without it, and the way forward.
+
+    Attributes:
+        path: The file.
+    """
+
+    def __init__(self, message: str, *, path=None):
+        super().__init__(message)
+        self.path = path
+
+
+def damaged_file_error(path, problem: str, lost: str, fix: str) -> SavedStateError:
+    """A :class:`SavedStateError` for ``path``: what is wrong with it, what is lost without it, and what to do."""
+    return SavedStateError(f"{str(path)!r} {problem}. Without it, {lost}. {fix}", path=path)
+
+
 class HubPushError(HfIncrError):
     """Uploading a saved model to the Hugging Face Hub failed (no token, no network, an HTTP error, an interrupted
     upload). The model folder on disk is complete: the message names it and how to retry the push.

@@ -11,6 +11,8 @@ from typing import Any
 
 from transformers.utils import logging
 
+from .errors import SavedStateError
+
 logger = logging.get_logger(__name__)
 
 LINEAGE_ATTRIBUTE = "hf_incr_lineage"
@@ -20,7 +22,16 @@ LINEAGE_FILENAME = "lineage.json"
 def get_lineage(model_or_config) -> list[dict[str, Any]]:
     """A copy of the increment records of a model (or config); empty for a model hf_incr never touched."""
     config = getattr(model_or_config, "config", model_or_config)
-    return copy.deepcopy(list(getattr(config, LINEAGE_ATTRIBUTE, None) or []))
+    lineage = getattr(config, LINEAGE_ATTRIBUTE, None) or []
+    if not isinstance(lineage, list) or not all(isinstance(record, dict) for record in lineage):
+        raise SavedStateError(
+            f"`config.{LINEAGE_ATTRIBUTE}` (in the model's config.json) should be a list of increment records "
+            f"(JSON objects), found {type(lineage).__name__} {str(lineage)[:80]!r}. Without it, the card and the next "
+            "increment cannot tell which increment added which label. Restore config.json from where the model came "
+            f"from, or remove the `{LINEAGE_ATTRIBUTE}` key to start a new lineage.",
+            path="config.json",
+        )
+    return copy.deepcopy(lineage)
 
 
 def make_record(

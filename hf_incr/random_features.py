@@ -17,15 +17,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .closed_form import RidgeStatistics, ridge_to_multi_label_logits
-from .errors import HeadConfigMismatchError
+from .closed_form import RidgeStatistics, read_statistics_file, ridge_to_multi_label_logits
+from .errors import HeadConfigMismatchError, damaged_file_error
 from .head import ClassifierHead, find_classifier_head
 
 RANDOM_FEATURES_FILENAME = "hf_incr_random_features.safetensors"
+
+
+RANDOM_FEATURES_LOST = (
+    "the model gives the logits of its linear head instead of its random-feature head, and the next increment "
+    "cannot refit the random-feature head"
+)
+RANDOM_FEATURES_FIX = (
+    f"Restore {RANDOM_FEATURES_FILENAME} from where the model came from (a copy, or the Hub), or delete it to use "
+    "the model's linear head (plain `from_pretrained` loads that one anyway)."
+)
 
 
 class RandomFeatureHead(nn.Module):
@@ -126,9 +135,21 @@ class RandomFeatureHead(nn.Module):
         path = Path(directory) / RANDOM_FEATURES_FILENAME
         if not path.is_file():
             return None
-        with safe_open(str(path), framework="pt") as f:
-            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (a safe_open handle)
-            count = int(f.metadata().get("count", 0))
+        names = ("projection", "weight", "bias", "gram", "cross")
+        tensors, count = read_statistics_file(path, names, RANDOM_FEATURES_LOST, RANDOM_FEATURES_FIX)
+        size = tensors["projection"].shape[-1] + 1
+        labels = tensors["weight"].shape[0]
+        expected = {"projection": 2, "weight": (labels, size - 1), "bias": (labels,), "gram": (size, size),
+                    "cross": (size, labels)}
+        wrong = [
+            name for name, shape in expected.items()
+            if (tensors[name].dim() != shape if isinstance(shape, int) else tuple(tensors[name].shape) != shape)
+        ]
+        if wrong:
+            shapes = ", ".join(f"{name} {tuple(tensors[name].shape)}" for name in names)
+            raise damaged_file_error(
+                path, f"holds tensors of inconsistent shapes ({shapes})", RANDOM_FEATURES_LOST, RANDOM_FEATURES_FIX
+            )
         head = cls(tensors["projection"], tensors["weight"].shape[0])
         with torch.no_grad():
             head.linear.weight.copy_(tensors["weight"])

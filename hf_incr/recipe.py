@@ -56,7 +56,13 @@ from .random_features import RandomFeatureHead, attach_random_feature_head, deta
 from .replay import ReplayMemory
 from .saving import save_increment
 from .trainer import evaluate_model, train_phase, warm_up_on_cached_features
-from .validation import check_increment_inputs, check_output_dir, check_resume_from_checkpoint, closed_form_usable
+from .validation import (
+    check_increment_inputs,
+    check_output_dir,
+    check_resume_from_checkpoint,
+    check_saved_state,
+    closed_form_usable,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -210,6 +216,7 @@ def load_saved_state(run: IncrementRun) -> None:
     run.controls = active_controls(run.config)
     for control in run.controls:
         control.load(run)
+    check_saved_state(run.model, run.statistics, run.replay_memory, run.source_dir)
 
 
 def find_rerun_record(run: IncrementRun) -> dict | None:

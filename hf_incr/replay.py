@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset, concatenate_datasets
 
-from .errors import DataError
+from .errors import DataError, damaged_file_error
 
 REPLAY_DIRNAME = "replay_memory"
 REPLAY_FILENAME = "memory.parquet"
@@ -107,8 +107,29 @@ class ReplayMemory:
         path = Path(directory) / REPLAY_DIRNAME / REPLAY_FILENAME
         if not path.is_file():
             return None
-        # Read directly: Dataset.from_parquet would also write a copy into the datasets cache on every load.
-        return cls(pq.read_table(str(path)).to_pylist())
+        lost = "the next increment replays no stored example of the old labels, and they will be partly forgotten"
+        fix = (
+            f"Restore {REPLAY_DIRNAME}/{REPLAY_FILENAME} from where the model came from (a copy, or the Hub); or "
+            f"delete the folder {REPLAY_DIRNAME} and add a few rows of every old label to the next increment's data."
+        )
+        try:
+            # Read directly: Dataset.from_parquet would also write a copy into the datasets cache on every load.
+            rows = pq.read_table(str(path)).to_pylist()
+        except Exception as error:  # pyarrow raises several error types for a damaged or foreign file
+            raise damaged_file_error(
+                path, f"could not be read as Parquet ({type(error).__name__}: {error})", lost, fix
+            ) from error
+        bad = [
+            i for i, row in enumerate(rows)
+            if not isinstance(row.get("text"), str) or not isinstance(row.get("labels"), list)
+            or not all(isinstance(name, str) for name in row["labels"])
+        ]
+        if bad:
+            raise damaged_file_error(
+                path, f"has {len(bad)} row(s) that are not {{'text': str, 'labels': [str, ...]}}, e.g. row {bad[0]}",
+                lost, fix,
+            )
+        return cls(rows)
 
 
 def mix_replay(

@@ -23,7 +23,7 @@ from torch import nn
 from transformers.utils import logging
 
 from .checkpoints import parse_resume
-from .closed_form import RIDGE_FILENAME, RidgeStatistics
+from .closed_form import RIDGE_FILENAME, STATISTICS_FIX, STATISTICS_LOST, RidgeStatistics
 from .config import IncrementConfig
 from .data import check_texts, find_new_labels, is_multi_label_model, label_names_in
 from .errors import (
@@ -32,6 +32,7 @@ from .errors import (
     HeadConfigMismatchError,
     HeadNotFoundError,
     TokenizerError,
+    damaged_file_error,
 )
 from .head import (
     KNOWN_HEAD_PATHS,
@@ -40,6 +41,7 @@ from .head import (
     check_not_peft,
     find_classifier_head,
 )
+from .replay import REPLAY_DIRNAME, REPLAY_FILENAME
 from .saving import CHECKPOINTS_DIRNAME, KEPT_ENTRIES
 
 logger = logging.get_logger(__name__)
@@ -435,7 +437,35 @@ def check_checkpoint(model_name_or_path: str | os.PathLike) -> None:
             return
 
 
-# -- the closed-form head ---------------------------------------------------------------------------------------------
+# -- the state saved beside the model and the closed-form head --------------------------------------------------------
+
+
+def check_saved_state(model, statistics: RidgeStatistics | None, replay_memory, folder=None) -> None:
+    """The statistics and replay memory read from beside the model belong to it: as many labels and head inputs as
+    the model's head, memory rows only of the model's labels. Raises :class:`~hf_incr.errors.SavedStateError` naming
+    the file (in ``folder``), what is lost without it, and the way forward."""
+    head = find_classifier_head(model).linear
+    where = Path(folder) if folder is not None else Path(".")
+    if statistics is not None:
+        dims = (statistics.num_labels, statistics.gram.shape[0] - 1)
+        if dims != (head.out_features, head.in_features):
+            raise damaged_file_error(
+                where / RIDGE_FILENAME,
+                f"describes {dims[0]} labels x {dims[1]} head inputs, but the model's head has "
+                f"{head.out_features} x {head.in_features}: it belongs to another model (or another version of it)",
+                STATISTICS_LOST, STATISTICS_FIX,
+            )
+    if replay_memory is not None and len(replay_memory):
+        foreign = [name for name in replay_memory.labels() if name not in model.config.label2id]
+        if foreign:
+            raise damaged_file_error(
+                where / REPLAY_DIRNAME / REPLAY_FILENAME,
+                f"holds examples of label(s) {foreign[:5]} that the model does not have: it belongs to another model",
+                "the next increment replays no stored example of the old labels",
+                f"Restore the model's own memory, or delete the folder {REPLAY_DIRNAME}.",
+            )
+
+
 
 
 def closed_form_usable(
@@ -444,8 +474,7 @@ def closed_form_usable(
     """Whether a closed-form increment can keep the old labels: their statistics are there, or (a first closed-form
     run) every old label is in the data. If not, e.g. a classifier trained without hf_incr given only new labels,
     the increment falls back to the gradient warm-up (with distillation), with a warning that says how to switch.
-    Statistics that do not fit the model are an error."""
-    num_old = len(model.config.id2label)
+    Statistics that do not fit the model are an error (:func:`check_saved_state`, run before)."""
     if statistics is None:
         absent = [name for name in model.config.label2id if name not in set(labels_in_data)]
         if not absent:
@@ -461,11 +490,6 @@ def closed_form_usable(
         logger.warning(message)
         warnings.warn(message, UserWarning, stacklevel=4)
         return False
-    if statistics.num_labels != num_old:
-        raise ConfigError(
-            f"The closed-form statistics cover {statistics.num_labels} labels but the model has {num_old}. Were they "
-            "saved with another model (or another version of it)?"
-        )
     features = statistics.random_features
     if config.random_features and features is None:
         raise ConfigError(
