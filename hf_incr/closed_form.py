@@ -86,6 +86,14 @@ class RidgeStatistics:
             self.cross = torch.cat([self.cross, self.cross.new_zeros(self.cross.shape[0], extra)], dim=1)
         return self
 
+    def add(self, other: RidgeStatistics) -> RidgeStatistics:
+        """Add the rows another accumulator saw (same features; its labels a prefix of these)."""
+        self.grow(other.num_labels)
+        self.gram += other.gram
+        self.cross[:, : other.num_labels] += other.cross
+        self.count += other.count
+        return self
+
     def update(self, features: torch.Tensor, targets: torch.Tensor) -> RidgeStatistics:
         """Add rows: ``features`` (n, d) and ``targets`` (n, num_labels) one-/multi-hot."""
         x = torch.cat([features.double(), features.new_ones(len(features), 1).double()], dim=1)

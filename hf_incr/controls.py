@@ -134,9 +134,6 @@ class ClosedFormHead(ForgettingControl):
         if run.statistics is None and run.source_dir is not None:
             run.statistics = load_statistics(run.source_dir)
 
-    def needs_features(self, run) -> bool:
-        return run.closed_form
-
 
 # Every control, in the order their hooks run.
 CONTROLS: tuple[type[ForgettingControl], ...] = (ClosedFormHead, Distillation, WeightAlign, Replay)

@@ -95,15 +95,27 @@ class RandomFeatureHead(nn.Module):
                 self.linear.bias[: old.out_features] = old.bias
         return self
 
-    def update(self, features: torch.Tensor, targets: torch.Tensor, batch_size: int = 4096) -> RandomFeatureHead:
-        """Add rows: head inputs ``features`` (n, in_features) and one-/multi-hot ``targets`` (n, num_labels)."""
+    def update(
+        self,
+        features: torch.Tensor,
+        targets: torch.Tensor,
+        batch_size: int = 4096,
+        into: RidgeStatistics | None = None,
+    ) -> RandomFeatureHead:
+        """Add rows: head inputs ``features`` (n, in_features) and one-/multi-hot ``targets`` (n, num_labels), to this
+        head's statistics or to ``into`` (statistics over the same expansion, e.g. one process's share)."""
+        statistics = self.statistics if into is None else into
         projection = self.projection.double().cpu()
         for start in range(0, len(features), batch_size):
             # Batched so the (n, N) expansion never has to exist for all rows at once; in float64 so that the
             # statistics do not depend on how rows were batched into increments.
             expanded = torch.relu(features[start : start + batch_size].double().cpu() @ projection)
-            self.statistics.update(expanded, targets[start : start + batch_size])
+            statistics.update(expanded, targets[start : start + batch_size])
         return self
+
+    def accumulator(self) -> RandomFeatureStatistics:
+        """Empty statistics over this head's expansion, for one pass's rows (see :class:`RandomFeatureStatistics`)."""
+        return RandomFeatureStatistics(self)
 
     def solve(self, relative_lambda: float, multi_label: bool = False) -> None:
         """Write the ridge solution into ``linear``; the penalty is ``relative_lambda`` times the mean of the Gram
@@ -156,6 +168,20 @@ class RandomFeatureHead(nn.Module):
             head.linear.bias.copy_(tensors["bias"])
         head.statistics = RidgeStatistics(tensors["gram"], tensors["cross"], count)
         return head
+
+
+class RandomFeatureStatistics:
+    """Statistics over a random-feature head's expansion for the rows of one pass: ``update(features, targets)``
+    takes head inputs like :class:`~hf_incr.closed_form.RidgeStatistics` does, and :attr:`statistics` are then added
+    to the head's own."""
+
+    def __init__(self, head: RandomFeatureHead):
+        self.head = head
+        self.statistics = RidgeStatistics.empty(head.num_features, head.num_labels)
+
+    def update(self, features: torch.Tensor, targets: torch.Tensor) -> RandomFeatureStatistics:
+        self.head.update(features, targets, into=self.statistics)
+        return self
 
 
 class _RandomFeatureHook:

@@ -45,8 +45,9 @@ from .data import (
     row_label_names,
     tokenize,
 )
+from .distributed import sum_over_processes
 from .errors import DataError
-from .features import extract_head_inputs
+from .features import accumulate_head_statistics, extract_head_inputs
 from .freezing import freeze_all_but_head, unfreeze_top_layers
 from .head import ClassifierHead, add_labels, find_classifier_head
 from .hub import push_saved_model
@@ -85,6 +86,8 @@ class IncrementResult:
     replay_memory: ReplayMemory | None = None
     ridge_statistics: RidgeStatistics | None = None
     record: dict[str, Any] = field(default_factory=dict)
+    # Rows this process encoded in the streamed closed-form pass (its share under `accelerate launch`).
+    rows_encoded: int | None = None
 
 
 @dataclass
@@ -126,6 +129,7 @@ class IncrementRun:
     train_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     metrics_before: dict[str, float] = field(default_factory=dict)
     metrics_after: dict[str, float] = field(default_factory=dict)
+    rows_encoded: int | None = None  # by this process in the last streamed closed-form pass
 
     @property
     def show_progress(self) -> bool:
@@ -281,11 +285,14 @@ def grow_head(run: IncrementRun) -> None:
         run.features = _encode(run, run.train_rows)
         run.timed("feature_cache_s", started)
     examples = None
-    if config.init == "imprint" and run.new_labels:
+    init = config.init
+    if init == "imprint" and run.new_labels and run.features is None:
+        init = "zeros"  # the closed-form solve writes every row (see needs_features)
+    elif init == "imprint" and run.new_labels:
         row_names = row_label_names(run.train_rows, config.label_column)
         examples = {n: run.features[[i for i, names in enumerate(row_names) if n in names]] for n in run.new_labels}
     if run.new_labels:
-        run.new_ids = add_labels(model, run.new_labels, init=config.init, examples=examples, head=run.head)
+        run.new_ids = add_labels(model, run.new_labels, init=init, examples=examples, head=run.head)
         run.head = run.head.refreshed()
     if run.is_base:
         run.new_labels, run.new_ids = list(model.config.id2label.values()), list(model.config.id2label)
@@ -301,9 +308,19 @@ def grow_head(run: IncrementRun) -> None:
 def needs_features(run: IncrementRun) -> bool:
     """Whether any step needs the frozen encoder's head inputs of the training rows."""
     config = run.config
-    cached_warm_up = config.warmup_epochs > 0 and config.cache_features and config.warmup_scope == "output"
-    imprint = config.init == "imprint" and bool(run.new_labels)
+    # A head solved in closed form (no warm-up) overwrites every row: no cached warm-up, nothing to imprint; its
+    # statistics stream over the rows instead (see solve_closed_form_head).
+    solved = solves_head(run)
+    cached_warm_up = (
+        not solved and config.warmup_epochs > 0 and config.cache_features and config.warmup_scope == "output"
+    )
+    imprint = config.init == "imprint" and bool(run.new_labels) and not solved
     return cached_warm_up or imprint or any(control.needs_features(run) for control in run.controls)
+
+
+def solves_head(run: IncrementRun) -> bool:
+    """Whether this increment solves the head in closed form instead of warming it up (no fine-tuning after it)."""
+    return run.closed_form and not run.fine_tune
 
 
 def _encode(run: IncrementRun, rows: Dataset) -> torch.Tensor:
@@ -349,10 +366,12 @@ def warm_up_or_solve(run: IncrementRun) -> None:
     config, model = run.config, run.model
     run.trainable_before = {n: p.requires_grad for n, p in model.named_parameters()}
     started = time.perf_counter()
-    if run.closed_form and not run.fine_tune:
+    if solves_head(run):
         # Closed-form rows: only this increment's own rows (replayed rows are already in the statistics).
         own = len(run.train_dataset)
-        solve_closed_form_head(run, run.features[:own], run.train_encoded["labels"][:own])
+        solve_closed_form_head(
+            run, run.train_encoded.select(range(own)), None if run.features is None else run.features[:own]
+        )
         run.timed("closed_form_s", started)
         return
     if config.warmup_epochs <= 0:
@@ -388,8 +407,7 @@ def fine_tune(run: IncrementRun) -> None:
         # this increment's rows again with the fine-tuned encoder.
         started = time.perf_counter()
         run.model.eval()
-        features = _encode(run, run.train_dataset)
-        solve_closed_form_head(run, features, run.train_encoded["labels"][: len(run.train_dataset)])
+        solve_closed_form_head(run, run.train_encoded.select(range(len(run.train_dataset))))
         run.timed("closed_form_s", started)
 
 
@@ -403,27 +421,60 @@ def _train_phase(run: IncrementRun, phase: str, epochs: float, learning_rate: fl
     )
 
 
-def solve_closed_form_head(run: IncrementRun, features: torch.Tensor, labels) -> None:
-    """Add ``features`` (head inputs) and their labels to the statistics and write the closed-form solution into the
-    model's own Linear; with ``random_features``, also refit the random-feature head and attach it."""
+def solve_closed_form_head(run: IncrementRun, rows: Dataset, features: torch.Tensor | None = None) -> None:
+    """Add ``rows`` (this increment's own rows, labels encoded) to the statistics and write the closed-form solution
+    into the model's own Linear; with ``random_features``, also refit the random-feature head and attach it.
+
+    With ``features`` (their head inputs, cached for another step) they are added at once; otherwise the frozen
+    encoder streams over the rows, each process encodes its share, and the shares are added up across processes:
+    memory stays independent of the number of rows, and every process solves the same head."""
     config, linear = run.config, run.head.linear
     num_labels = linear.out_features
-    targets = torch.tensor(labels, dtype=torch.float64)
-    if not run.multi_label:
-        targets = torch.nn.functional.one_hot(targets.long(), num_labels).double()
+    labels = rows["labels"]
+
+    def targets(index) -> torch.Tensor:
+        values = torch.tensor([labels[i] for i in index], dtype=torch.float64)
+        return values if run.multi_label else torch.nn.functional.one_hot(values.long(), num_labels).double()
+
     statistics = run.statistics if run.statistics is not None else RidgeStatistics.empty(linear.in_features, 0)
-    statistics.grow(num_labels).update(features, targets)
+    statistics.grow(num_labels)
+    random_head = None
+    if config.random_features:
+        random_head = statistics.random_features or RandomFeatureHead.new(
+            linear.in_features, config.random_features, num_labels, run.args.seed
+        )
+        random_head.grow(num_labels)
+    if features is not None:
+        every_row = targets(range(len(rows)))
+        statistics.update(features, every_row)
+        if random_head is not None:
+            random_head.update(features, every_row)
+    else:
+        share = RidgeStatistics.empty(linear.in_features, num_labels)
+        random_share = random_head.accumulator() if random_head is not None else None
+        count = accumulate_head_statistics(
+            run.model, run.tokenizer, rows[config.text_column], targets,
+            [share] + ([random_share] if random_share is not None else []),
+            batch_size=config.feature_batch_size, max_length=config.max_length, device=run.args.device,
+            show_progress=run.show_progress, head=run.head,
+        )
+        run.rows_encoded = count
+        shares = [share] + ([random_share.statistics] if random_share is not None else [])
+        for part in shares:
+            total = torch.tensor([float(part.count)], dtype=torch.float64)
+            sum_over_processes(part.gram, part.cross, total)
+            part.count = int(total.item())
+        statistics.add(share)
+        if random_head is not None:
+            random_head.statistics.add(random_share.statistics)
     solver = config.closed_form_solver
     if solver == "auto":
         solver = "ridge" if run.multi_label else "lda"
     statistics.write_into(linear, config.ridge_lambda, solver, run.multi_label)
-    if config.random_features:
-        head = statistics.random_features or RandomFeatureHead.new(
-            linear.in_features, config.random_features, num_labels, run.args.seed
-        )
-        head.grow(num_labels).update(features, targets).solve(config.random_features_lambda, run.multi_label)
-        statistics.random_features = head
-        attach_random_feature_head(run.model, head.to(linear.weight.device), run.head)
+    if random_head is not None:
+        random_head.solve(config.random_features_lambda, run.multi_label)
+        statistics.random_features = random_head
+        attach_random_feature_head(run.model, random_head.to(linear.weight.device), run.head)
     run.statistics = statistics
 
 
@@ -477,6 +528,7 @@ def save_and_push(run: IncrementRun, record: dict[str, Any]) -> IncrementResult:
         new_label_ids=run.new_ids, old_label_ids=run.old_ids, metrics_before=run.metrics_before,
         metrics_after=run.metrics_after, forgetting=_forgetting(run), timings=run.timings, record=record,
         train_metrics=run.train_metrics, replay_memory=run.replay_memory, ridge_statistics=run.statistics,
+        rows_encoded=run.rows_encoded,
     )
     if run.save and run.args.process_index == 0:
         result.output_dir = str(

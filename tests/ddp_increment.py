@@ -17,8 +17,35 @@ from text_models import text_dataset, tiny_bert, tokenizer, training_args
 from hf_incr import IncrementConfig, train_increment
 
 
+def closed_form(out_dir: Path) -> None:
+    """A closed-form increment on top of statistics of the old labels: the frozen pass is sharded over the processes
+    and the statistics summed; writes the statistics, the head and the rows this process encoded."""
+    labels = ["refund", "delivery", "login"]
+    model = tiny_bert(labels, dropout=0.0)
+    # One text per encoder batch: a text's features then do not depend on which texts share its batch (padding to
+    # another length changes float32 results in the last bits), so the test sees the summation alone.
+    base = IncrementConfig(closed_form_head=True, finetune_layers=0, distill_weight=0.0, random_features=24,
+                           feature_batch_size=1)
+    args = training_args(out_dir, per_device_eval_batch_size=4)
+    first = train_increment(model, tokenizer(), text_dataset(labels, 5), config=base, args=args, save=False,
+                            kind="base")
+    result = train_increment(model, tokenizer(), text_dataset(["repair", "colour"], 7), config=base, args=args,
+                             save=False, ridge_statistics=first.ridge_statistics)
+    stats = result.ridge_statistics
+    rank = args.process_index
+    save_file({"gram": stats.gram, "cross": stats.cross, "rf_gram": stats.random_features.gram,
+               "weight": model.classifier.weight.detach().contiguous()}, str(out_dir / f"rank{rank}.safetensors"))
+    (out_dir / f"rank{rank}.json").write_text(json.dumps({
+        "world_size": args.world_size, "count": stats.count, "rows_encoded": result.rows_encoded,
+        "num_labels": model.config.num_labels,
+    }))
+
+
 def main(out: str, batch_size: int, accumulation: int, phase: str) -> None:
     out_dir = Path(out)
+    if phase == "closed_form":
+        closed_form(out_dir)
+        return
     model = tiny_bert(["refund", "delivery", "login"], dropout=0.0)
     if phase == "warmup":
         config = IncrementConfig(warmup_epochs=2, init="zeros", cached_batch_size=batch_size, closed_form_head=False)

@@ -69,3 +69,22 @@ def test_gradient_accumulation_matches_a_larger_batch(tmp_path):
     accum, accum_info = _load(tmp_path / "accum", 0)
     assert accum_info["train_loss"] == pytest.approx(big_info["train_loss"], rel=1e-4)
     _assert_close_states(accum, big, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_closed_form_pass_and_solve_the_same_head(tmp_path):
+    _run(tmp_path / "single", 8, 1, "closed_form")
+    _run(tmp_path / "ddp", 8, 1, "closed_form", processes=2)
+    single, single_info = _load(tmp_path / "single", 0)
+    ranks = [_load(tmp_path / "ddp", rank) for rank in (0, 1)]
+    rows = 14  # 7 rows of each of the 2 new labels
+    assert single_info["rows_encoded"] == rows and single_info["count"] == 15 + rows
+    for tensors, info in ranks:
+        assert info["world_size"] == 2 and info["count"] == single_info["count"]
+        assert info["rows_encoded"] <= -(-rows // 2)  # each process encodes its share, ceil(N / 2) rows at most
+        for name in ("gram", "cross", "rf_gram"):
+            error = (tensors[name] - single[name]).abs().max() / single[name].abs().max()
+            assert error <= 1e-10, f"{name}: relative error {error:.1e}"
+        torch.testing.assert_close(tensors["weight"], single["weight"], rtol=1e-5, atol=1e-6)
+    assert sum(info["rows_encoded"] for _, info in ranks) == rows
+    assert torch.equal(ranks[0][0]["weight"], ranks[1][0]["weight"])

@@ -1,0 +1,56 @@
+"""The frozen pass across processes: which rows this process encodes, and how the results come together.
+
+Under ``accelerate launch --num_processes N`` each process encodes about ``1/N`` of an increment's rows
+(:func:`rows_of_this_process`, accelerate's ``split_between_processes``). Closed-form statistics are sums, so each
+process accumulates its rows' share in float64 and :func:`sum_over_processes` adds the shares up (an all-reduce):
+every process ends with the same statistics and solves the same head. Row-wise results that a later step needs in
+full (the cached warm-up's features, herding) are put back together in row order by :func:`gather_rows`.
+Without a distributed launch every function is the identity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+from accelerate import PartialState
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rows_of_this_process(num_rows: int) -> list[int]:
+    """The row indices this process encodes: a contiguous share of ``range(num_rows)``, at most ``ceil(n / N)``."""
+    if not _distributed():
+        return list(range(num_rows))
+    with PartialState().split_between_processes(list(range(num_rows))) as share:
+        return list(share)
+
+
+def sum_over_processes(*tensors: torch.Tensor) -> None:
+    """Add each tensor up over the processes, in place (every process ends with the sums)."""
+    if not _distributed():
+        return
+    backend_device = _communication_device()
+    for tensor in tensors:
+        moved = tensor.to(backend_device)
+        dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+        tensor.copy_(moved.to(tensor.device))
+
+
+def gather_rows(local: torch.Tensor, index: Sequence[int], num_rows: int) -> torch.Tensor:
+    """The full ``(num_rows, ...)`` tensor from each process's rows ``local`` at positions ``index``."""
+    if not _distributed():
+        return local
+    full = torch.zeros((num_rows, *local.shape[1:]), dtype=local.dtype)
+    full[list(index)] = local.cpu()
+    # Each row is filled by exactly one process and zero elsewhere, so a sum puts every row in place.
+    sum_over_processes(full)
+    return full
+
+
+def _communication_device() -> torch.device:
+    # NCCL communicates GPU tensors, gloo CPU ones.
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
