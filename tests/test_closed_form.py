@@ -1,8 +1,6 @@
-"""Forgetting controls: the exact closed-form head, the replay memory, distillation, weight aligning."""
+"""Closed-form heads from accumulated statistics: ridge and LDA, exact over increments, saved and continued."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
@@ -10,10 +8,8 @@ import torch.nn.functional as F
 from text_models import text_dataset, tiny_bert, tokenizer, training_args
 from torch import nn
 
-from hf_incr import IncrementConfig, align_weights, train_increment
+from hf_incr import IncrementConfig, train_increment
 from hf_incr.closed_form import RIDGE_FILENAME, RidgeStatistics
-from hf_incr.losses import distillation_loss
-from hf_incr.replay import ReplayMemory
 
 
 def _joint_ridge(x, y, lam):
@@ -69,100 +65,6 @@ def test_closed_form_head_over_increments_saved_and_continued(tmp_path):
     weight, bias = stats.solve(1.0)
     torch.testing.assert_close(reloaded.classifier.weight.double(), weight, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(reloaded.classifier.bias.double(), bias, atol=1e-5, rtol=1e-4)
-
-
-def test_replay_memory_budget_selection_and_parquet_round_trip(tmp_path):
-    texts = [f"text {i}" for i in range(30)]
-    labels = [["a"]] * 10 + [["b"]] * 10 + [["a", "b"]] * 10
-    features = torch.randn(30, 8, generator=torch.Generator().manual_seed(0))
-    memory = ReplayMemory().update(texts, labels, budget=3, features=features, selection="herding")
-    assert memory.labels() == ["a", "b"]
-    counts = {name: sum(name in row["labels"] for row in memory.rows) for name in ("a", "b")}
-    assert 3 <= counts["a"] <= 6 and 3 <= counts["b"] <= 6 and len(memory) <= 6
-    # Labels already held are not re-sampled by a later increment.
-    memory.update(["x1", "x2", "more a"], [["c"], ["c"], ["a"]], budget=3, selection="random")
-    assert sum("c" in row["labels"] for row in memory.rows) == 2
-    assert not any(row["text"] == "more a" for row in memory.rows)
-    memory.save(tmp_path)
-    assert (tmp_path / "replay_memory" / "memory.parquet").is_file()
-    assert ReplayMemory.load(tmp_path).rows == memory.rows
-
-
-def test_herding_picks_the_example_closest_to_the_mean_first():
-    features = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7]])
-    memory = ReplayMemory().update(["left", "up", "middle"], [["a"]] * 3, budget=1, features=features)
-    assert [row["text"] for row in memory.rows] == ["middle"]
-
-
-def test_replay_memory_is_saved_and_mixed_into_the_next_increment(tmp_path):
-    tok = tokenizer()
-    model = tiny_bert(["refund", "delivery"])
-    config = IncrementConfig(warmup_epochs=1, replay_per_label=2, replay_selection="random")
-    train_increment(model, tok, text_dataset(["refund", "delivery"], 6), config=config,
-                    args=training_args(tmp_path, output_dir=str(tmp_path / "a")))
-    assert len(ReplayMemory.load(tmp_path / "a")) == 4
-    from transformers import AutoModelForSequenceClassification
-
-    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "a")
-    result = train_increment(reloaded, tok, text_dataset(["login"], 6), config=config,
-                             args=training_args(tmp_path, output_dir=str(tmp_path / "b")))
-    # Class-balanced replay: 2 stored rows per old label beside 6 rows of the new label -> the memory 3 times.
-    assert result.record["metrics"]["replayed_examples"] == 12
-    assert ReplayMemory.load(tmp_path / "b").labels() == ["delivery", "login", "refund"]
-
-
-def test_distillation_loss_values():
-    teacher = torch.tensor([[2.0, 0.0]])
-    assert distillation_loss(teacher.clone(), teacher, multi_label=False).item() == pytest.approx(0.0, abs=1e-7)
-    student = torch.tensor([[0.0, 2.0]])
-    t = 2.0
-    p, q = F.softmax(teacher / t, -1), F.softmax(student / t, -1)
-    expected = (p * (p.log() - q.log())).sum() * t * t
-    assert distillation_loss(student, teacher, multi_label=False, temperature=t).item() == pytest.approx(
-        expected.item()
-    )
-    multi = distillation_loss(torch.zeros(1, 2), torch.zeros(1, 2), multi_label=True).item()
-    assert multi == pytest.approx(math.log(2))
-
-
-def test_distillation_keeps_old_outputs_closer(tmp_path):
-    """Training on new data only, the old labels' logits drift less with distillation than without."""
-    tok = tokenizer()
-    probe = tok(list(text_dataset(["refund", "delivery"], 4, offset=20)["text"]), padding=True, return_tensors="pt")
-    drifts = {}
-    for weight in (0.0, 5.0):
-        model = tiny_bert(["refund", "delivery"], dropout=0.0)
-        with torch.no_grad():
-            before = model(**probe).logits
-        config = IncrementConfig(warmup_epochs=0, finetune_layers=-1, finetune_epochs=3, finetune_learning_rate=3e-3,
-                                 closed_form_head=False, finetune_increments=True,
-                                 distill_weight=weight, init="zeros", replay_per_label=0, weight_align=False)
-        train_increment(model, tok, text_dataset(["login"], 8), config=config, args=training_args(tmp_path),
-                        save=False)
-        with torch.no_grad():
-            after = model(**probe).logits[:, :2]
-        drifts[weight] = (F.softmax(after, -1) - F.softmax(before, -1)).abs().mean().item()
-    assert drifts[5.0] < drifts[0.0]
-
-
-def test_align_weights_rescales_new_rows_to_the_old_mean_norm():
-    model = tiny_bert(["a", "b", "c"])
-    with torch.no_grad():
-        model.classifier.weight[2] *= 10
-    factor = align_weights(model, [2])
-    norms = model.classifier.weight.detach().norm(dim=1)
-    assert norms[2].item() == pytest.approx(norms[:2].mean().item(), rel=1e-5)
-    assert factor < 1
-
-
-def test_balanced_repeat_evens_label_frequencies_up_to_a_cap():
-    from hf_incr.replay import MAX_REPLAY_REPEAT, balanced_repeat
-
-    memory = ReplayMemory([{"text": f"t{i}", "labels": [str(i % 7)]} for i in range(70)])  # 10 per old label
-    assert balanced_repeat(memory, new_rows=30, num_new_labels=1) == 3
-    assert balanced_repeat(memory, new_rows=400, num_new_labels=1) == MAX_REPLAY_REPEAT
-    assert balanced_repeat(memory, new_rows=40, num_new_labels=8) == 1
-    assert balanced_repeat(ReplayMemory(), new_rows=40, num_new_labels=1) == 1
 
 
 def test_lda_from_accumulated_statistics_matches_a_direct_fit():
