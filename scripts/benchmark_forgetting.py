@@ -95,7 +95,6 @@ from transformers import AutoTokenizer, EvalPrediction, HfArgumentParser, Traini
 from transformers.utils import logging as hf_logging
 
 from hf_incr import IncrementConfig, find_classifier_head, train_base_classifier, train_increment
-from hf_incr.closed_form import RidgeStatistics
 from hf_incr.features import extract_head_inputs
 from hf_incr.metrics import make_compute_metrics
 from hf_incr.replay import ReplayMemory
@@ -498,7 +497,7 @@ def run_method(task: Task, method: str, args: ForgettingBenchmarkArguments, mode
             )
             if needs_state:
                 memory = ReplayMemory.load(save_dir) if config.replay_per_label > 0 else None
-                ridge = RidgeStatistics.load(save_dir) if config.closed_form_head else None
+                ridge = load_statistics(save_dir) if config.closed_form_head else None
                 shutil.rmtree(save_dir, ignore_errors=True)
         else:
             count_before = (len(memory) if memory is not None else None, ridge.count if ridge is not None else None)
