@@ -96,6 +96,7 @@ from transformers.utils import logging as hf_logging
 
 from hf_incr import IncrementConfig, find_classifier_head, train_base_classifier, train_increment
 from hf_incr.features import extract_head_inputs
+from hf_incr.loading import load_statistics
 from hf_incr.metrics import make_compute_metrics
 from hf_incr.replay import ReplayMemory
 
