@@ -14,6 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from .console import heading
 from .head import ClassifierHead, find_classifier_head
 from .losses import increment_loss
 
@@ -41,7 +42,9 @@ def extract_head_inputs(
     lengths = [len(ids) for ids in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]]
     order = sorted(range(len(texts)), key=lengths.__getitem__)
     out = torch.empty(len(texts), head.linear.in_features, dtype=torch.float32)
-    progress = tqdm(total=len(texts), desc="Caching frozen features", unit="text", disable=not show_progress)
+    if show_progress:
+        heading(f"Encoding: {len(texts)} texts through the frozen encoder")
+    progress = tqdm(total=len(texts), desc="encoding", unit="text", disable=not show_progress)
     for start in range(0, len(order), batch_size):
         index = order[start : start + batch_size]
         batch = tokenizer(
