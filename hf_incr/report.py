@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# IncrementResult.timings keys, in the order the phases run, with the names a reader sees.
+# IncrementResult.timings keys, with the names a reader sees.
 PHASE_TIMINGS = {
     "feature_cache_s": "encoding",
     "warmup_s": "warm-up",
@@ -49,11 +49,11 @@ def format_forgetting(forgetting: float | None, metric: str = "accuracy") -> str
 
 
 def format_timings(timings: dict[str, float] | None) -> str | None:
-    """``Time: encoding 1.2 s, warm-up 0.4 s, total 3.0 s`` from ``IncrementResult.timings`` (phases that ran)."""
+    """``Time: encoding 1.2 s, warm-up 0.4 s, total 3.0 s`` from ``IncrementResult.timings`` (the phases that ran, in
+    their order)."""
     if not timings:
         return None
-    parts = [f"{name} {timings[key]:.1f} s" for key, name in PHASE_TIMINGS.items() if key in timings]
-    parts += [f"{key.removesuffix('_s')} {value:.1f} s" for key, value in timings.items() if key not in PHASE_TIMINGS]
+    parts = [f"{PHASE_TIMINGS.get(key, key.removesuffix('_s'))} {value:.1f} s" for key, value in timings.items()]
     return "Time: " + ", ".join(parts)
 
 
