@@ -20,6 +20,11 @@ PHASE_TIMINGS = {
 }
 
 
+# The order of a lineage record's metrics in `hf-incr info` (config.json stores them sorted by name).
+METRIC_ORDER = ("accuracy", "old_accuracy", "new_accuracy", "macro_f1", "old_macro_f1", "new_macro_f1", "micro_f1",
+                "old_micro_f1", "new_micro_f1")
+
+
 def metric_name(multi_label: bool) -> str:
     """The metric that ``accuracy`` / ``old_accuracy`` / ``new_accuracy`` hold: micro-F1 for a multi-label model."""
     return "micro-F1" if multi_label else "accuracy"
@@ -172,8 +177,9 @@ def format_info(info: dict[str, Any]) -> str:
         lines += ["Lineage:", format_lineage_table(lineage, metric)]
         after = ((lineage[-1].get("metrics") or {}).get("after")) or {}
         shown = {k: v for k, v in after.items() if isinstance(v, (int, float)) and v == v}
-        if shown:
-            lines.append("Last metrics: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
+        order = [k for k in METRIC_ORDER if k in shown] + sorted(k for k in shown if k not in METRIC_ORDER)
+        if order:
+            lines.append("Last metrics: " + ", ".join(f"{k} {shown[k]:.4g}" for k in order))
     else:
         lines.append("Lineage: none (a model hf_incr has not trained)")
     lines += [
