@@ -298,6 +298,15 @@ COMMANDS = {
 }
 
 
+def run_command(command: str, script_args: ScriptArguments, recipe: IncrementConfig, training_args):
+    """Run one subcommand quietly (one heading and bar per phase; ``--verbose`` or ``--log_level info``: Trainer's
+    logs and the data-processing bars)."""
+    if script_args.verbose:
+        training_args.log_level = "info"
+    with quiet_run(verbose=is_verbose(training_args)):
+        return COMMANDS[command](script_args, recipe, training_args)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
@@ -323,11 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         if command == "info":
             run_info(rest)
             return 0
-        script_args, recipe, training_args = parse_args(rest)
-        if script_args.verbose:
-            training_args.log_level = "info"
-        with quiet_run(verbose=is_verbose(training_args)):
-            COMMANDS[command](script_args, recipe, training_args)
+        run_command(command, *parse_args(rest))
     except HfIncrError as error:
         print(f"hf-incr {command}: error: {error}", file=sys.stderr)
         return 1
