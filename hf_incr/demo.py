@@ -103,7 +103,7 @@ def run_demo(demo: DemoArguments) -> dict:
     grown_dir = os.path.join(demo.output_dir, "grown")
     start = time.perf_counter()
 
-    name = os.path.basename(encoder)
+    name = os.path.basename(encoder) if demo.model_name_or_path else "all-MiniLM-L6-v2"
     heading(f"[1/3] Base classifier on 7 labels ({len(base_train)} training rows), encoder {name}")
     # The library's defaults, except that this small data set's base fine-tunes every layer: the encoder is
     # adapted once here, and its closed-form statistics are saved with the base for the increment.
