@@ -167,7 +167,7 @@ def _load(folder: str):
 def plot_comparison(rows: dict[str, dict], path: str, *, metric: str = "accuracy") -> str:
     """A bar chart of old / new / all labels per row of ``rows`` (matplotlib's object API, Agg canvas)."""
     groups = [("old labels", "old_accuracy"), ("new label", "new_accuracy"), ("all labels", "accuracy")]
-    fig = Figure(figsize=(7, 3.6), dpi=110)
+    fig = Figure(figsize=(7, 3.9), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     width = 0.8 / max(len(rows), 1)
@@ -181,7 +181,7 @@ def plot_comparison(rows: dict[str, dict], path: str, *, metric: str = "accuracy
     ax.set_ylim(0, 112)
     ax.set_ylabel(f"test {metric} (%)")
     ax.set_title(f"Adding {NEW_LABEL!r}: the classic way vs hf_incr")
-    ax.legend(loc="lower left", fontsize=8, framealpha=0.9)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(rows), fontsize=8, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

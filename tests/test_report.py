@@ -195,3 +195,11 @@ def test_verbose_brings_trainers_logs_back(tmp_path, increment_inputs, capfd):
     out, err = capfd.readouterr()
     assert "'loss':" in out + err
     assert transformers_logging.get_verbosity() == verbosity
+
+
+def test_demo_comparison_chart_is_written(tmp_path):
+    from hf_incr.demo import CLASSIC, HF_INCR, plot_comparison
+
+    rows = {CLASSIC: {"old_accuracy": 0.2, "new_accuracy": 1.0, "accuracy": 0.3}, HF_INCR: AFTER}
+    path = plot_comparison(rows, str(tmp_path / "out" / "comparison.png"), metric="micro-F1")
+    assert (tmp_path / "out" / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.endswith(".png")
