@@ -8,6 +8,7 @@ same functions as the Python API, and ``scripts/*.py`` wrap them for ``accelerat
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from dataclasses import dataclass, field
@@ -17,18 +18,21 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from .config import IncrementConfig
+from .console import is_verbose, quiet_run
 from .data import encode_labels, is_multi_label_model, load_text_data, model_columns, tokenize
 from .demo import main as demo_main
 from .errors import ConfigError, HfIncrError
 from .hub import push_to_hub
+from .info import model_info
 from .lineage import get_lineage
 from .loading import default_encoder, load_classifier
+from .model_card import CARD_FILENAME, PLOT_FILENAME
 from .recipe import train_base_classifier, train_increment
-from .report import format_metrics_table
+from .report import format_info, format_summary
 from .trainer import evaluate_model
 from .validation import check_checkpoint, check_output_dir, check_resume_from_checkpoint
 
-SUBCOMMANDS = ("train-base", "increment", "evaluate", "push", "demo")
+SUBCOMMANDS = ("train-base", "increment", "evaluate", "info", "push", "demo")
 
 
 @dataclass
@@ -67,6 +71,11 @@ class ScriptArguments:
     )
     save_config: str | None = field(
         default=None, metadata={"help": "Write the merged settings of this run to this YAML file, for a re-run."}
+    )
+    verbose: bool = field(
+        default=False,
+        metadata={"help": "Show Trainer's logs (the per-step loss dicts, info messages) and the data-processing bars; "
+                  "same as `--log_level info`. Default: one heading and one progress bar per phase."},
     )
 
 
@@ -191,7 +200,7 @@ def run_train_base(script_args: ScriptArguments, recipe: IncrementConfig, traini
         model_path, train, evaluation, config=recipe, args=training_args,
         trust_remote_code=script_args.trust_remote_code,
     )
-    _finish(result, training_args, model)
+    _finish(result, training_args, model, "train-base")
     return result
 
 
@@ -226,7 +235,7 @@ def run_evaluate(script_args: ScriptArguments, recipe: IncrementConfig, training
     tokenized = model_columns(tokenize(encoded, tokenizer, recipe.text_column, recipe.max_length), tokenizer)
     metrics = evaluate_model(model, tokenized, training_args, old_ids, multi_label=multi_label,
                              threshold=recipe.threshold, tokenizer=tokenizer)
-    print(format_metrics_table({"model": metrics}))
+    print(format_summary("evaluate", {"model": metrics}, multi_label=multi_label))
     return metrics
 
 
@@ -240,25 +249,45 @@ def run_push(script_args: ScriptArguments, recipe: IncrementConfig, training_arg
     )
 
 
-def _finish(result, training_args, model) -> None:
-    """Print where things were written and the old / new / all table; push if TrainingArguments asks for it."""
+def _finish(result, training_args, model, title: str = "increment") -> None:
+    """Print the summary: old / new / all table, labels added, time per phase, where things were written."""
     if training_args.process_index != 0:
         return
-    rows = {}
-    if result.metrics_before:
-        rows["before"] = result.metrics_before
-    if result.metrics_after:
-        rows["after"] = result.metrics_after
-    if rows:
-        print(format_metrics_table(rows))
-    if result.forgetting is not None:
-        print(f"Forgetting (drop of old-label accuracy): {100 * result.forgetting:+.1f} points")
-    print(f"Labels added: {result.new_labels}")
-    if result.output_dir:
-        print(f"Model, tokenizer, card and lineage written to: {result.output_dir}")
-        print(f"Lineage: {Path(result.output_dir) / 'lineage.json'}")
+    print()
+    print(summary_of(result, title, multi_label=is_multi_label_model(model)))
+
+
+def summary_of(result, title: str, *, multi_label: bool, rows: dict | None = None) -> str:
+    """:func:`~hf_incr.report.format_summary` of an :class:`~hf_incr.IncrementResult` (``rows``: the table's rows,
+    default before / after)."""
+    output = Path(result.output_dir) if result.output_dir else None
+
+    def written(name: str) -> str | None:
+        return str(output / name) if output is not None and (output / name).is_file() else None
+
+    hub_id = None
     if result.hub_url:
-        print(f"Pushed to: {result.hub_url}")
+        hub_id = "/".join(str(result.hub_url).rstrip("/").split("/")[-2:])
+    return format_summary(
+        title, rows if rows is not None else {"before": result.metrics_before, "after": result.metrics_after},
+        multi_label=multi_label, labels_added=result.new_labels, forgetting=result.forgetting,
+        timings=result.timings, output_dir=result.output_dir, card=written(CARD_FILENAME),
+        lineage=written("lineage.json"), plot=written(PLOT_FILENAME), hub_url=result.hub_url, model=hub_id,
+    )
+
+
+def run_info(argv: list[str]) -> dict:
+    """``hf-incr info MODEL``: labels, lineage, last metrics, saved state and what the next increment does."""
+    parser = argparse.ArgumentParser(
+        prog="hf-incr info", description="Describe a classifier (a folder or a Hub id) without loading its weights."
+    )
+    parser.add_argument("model", help="A saved model folder or a Hub repo id.")
+    parser.add_argument("--revision", default=None, help="Branch, tag or commit of a Hub repo.")
+    parser.add_argument("--token", default=None, help="Hub token for a private repo (default: the stored one).")
+    args = parser.parse_args(argv)
+    info = model_info(args.model, revision=args.revision, token=args.token)
+    print(format_info(info))
+    return info
 
 
 COMMANDS = {
@@ -269,17 +298,29 @@ COMMANDS = {
 }
 
 
+def run_command(command: str, script_args: ScriptArguments, recipe: IncrementConfig, training_args):
+    """Run one subcommand quietly (one heading and bar per phase; ``--verbose`` or ``--log_level info``: Trainer's
+    logs and the data-processing bars)."""
+    if script_args.verbose:
+        training_args.log_level = "info"
+    with quiet_run(verbose=is_verbose(training_args)):
+        return COMMANDS[command](script_args, recipe, training_args)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
         print(
-            "usage: hf-incr {train-base,increment,evaluate,push,demo} [--help] [flags]\n\n"
+            "usage: hf-incr {train-base,increment,evaluate,info,push,demo} [--help] [flags]\n\n"
             "  train-base  train a first classifier on a data set's labels\n"
             "  increment   add the data's new labels to a trained classifier and train the increment\n"
             "  evaluate    old / new / all metrics of a saved classifier on data\n"
+            "  info        a saved classifier's labels, lineage, metrics and what its next increment does\n"
+            "              (`hf-incr info FOLDER_OR_HUB_ID`; reads config.json and the file list only)\n"
             "  push        upload a saved folder (model, card, lineage, plot) to the Hub\n"
             "  demo        offline demo: 7 labels, then an 8th, on the embedded data set "
             "(--multi_label for sigmoid)\n\n"
+            "Runs are quiet (one heading and one bar per phase, then a summary); `--verbose` shows Trainer's logs.\n"
             "`hf-incr COMMAND --help` lists every flag."
         )
         return 0 if argv and argv[0] in ("-h", "--help") else 2
@@ -288,8 +329,10 @@ def main(argv: list[str] | None = None) -> int:
         if command == "demo":
             demo_main(rest)
             return 0
-        script_args, recipe, training_args = parse_args(rest)
-        COMMANDS[command](script_args, recipe, training_args)
+        if command == "info":
+            run_info(rest)
+            return 0
+        run_command(command, *parse_args(rest))
     except HfIncrError as error:
         print(f"hf-incr {command}: error: {error}", file=sys.stderr)
         return 1

@@ -14,6 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from .console import heading
 from .distributed import gather_rows, rows_of_this_process
 from .head import ClassifierHead, find_classifier_head
 from .losses import increment_loss
@@ -50,7 +51,9 @@ def head_input_batches(
         encoded = tokenizer([texts[i] for i in chunk], truncation=True, max_length=max_length)["input_ids"]
         lengths.update(zip(chunk, map(len, encoded)))
     order = sorted(rows, key=lengths.__getitem__)
-    progress = tqdm(total=len(order), desc=desc, unit="text", disable=not show_progress)
+    if show_progress:
+        heading(f"{desc}: {len(order)} texts through the frozen encoder")
+    progress = tqdm(total=len(order), desc=desc.lower(), unit="text", disable=not show_progress)
     try:
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
@@ -87,7 +90,7 @@ def extract_head_inputs(
     local = torch.empty(len(rows), head.linear.in_features, dtype=torch.float32)
     for index, inputs in head_input_batches(
         model, tokenizer, texts, batch_size=batch_size, max_length=max_length, device=device,
-        show_progress=show_progress, head=head, rows=rows, desc="Caching frozen features",
+        show_progress=show_progress, head=head, rows=rows, desc="Encoding",
     ):
         local[[position[i] for i in index]] = inputs.float().cpu()
     return gather_rows(local, rows, len(texts))
@@ -117,7 +120,7 @@ def accumulate_head_statistics(
     rows = rows_of_this_process(len(texts))
     for index, inputs in head_input_batches(
         model, tokenizer, texts, batch_size=batch_size, max_length=max_length, device=device,
-        show_progress=show_progress, head=head, rows=rows, desc="Encoding for the closed-form head",
+        show_progress=show_progress, head=head, rows=rows, desc="Encoding",
     ):
         features = inputs.float().cpu()
         batch_targets = targets(index)

@@ -506,9 +506,12 @@ def record_lineage(run: IncrementRun) -> dict[str, Any]:
             getattr(run.model.config, "_name_or_path", None) or getattr(run.model, "name_or_path", None)
         ),
         recipe=run.config.to_dict(),
+        # What a reader needs: the cleaned metrics (see trainer.clean_metrics), forgetting, rows and seconds.
         metrics={"before": run.metrics_before, "after": run.metrics_after, "forgetting": forgetting,
                  "train_examples": len(run.train_dataset),
-                 "replayed_examples": len(run.train_rows) - len(run.train_dataset)},
+                 "replayed_examples": len(run.train_rows) - len(run.train_dataset),
+                 "eval_examples": None if run.eval_dataset is None else len(run.eval_dataset),
+                 "seconds": round(run.timings.get("total_s", 0.0), 1)},
         num_labels=len(run.model.config.label2id),
         data_fingerprint=getattr(run.train_dataset, "_fingerprint", None),
     )

@@ -1,18 +1,198 @@
-"""What a person reads at the end of a run: the old / new / all labels table."""
+"""What a person reads at the end of a run, and from ``hf-incr info``: pure functions that return strings.
+
+- :func:`format_metrics_table`: the old / new / all labels table, under the right metric name.
+- :func:`format_summary`: the table, the labels added, the time per phase, where the model, card and lineage are, and
+  the line that loads the model.
+- :func:`format_info`: a saved model's labels, lineage, last metrics, saved state and what its next increment does.
+"""
 
 from __future__ import annotations
+
+from typing import Any
+
+# IncrementResult.timings keys, with the names a reader sees.
+PHASE_TIMINGS = {
+    "feature_cache_s": "encoding",
+    "warmup_s": "warm-up",
+    "finetune_s": "fine-tuning",
+    "closed_form_s": "closed-form head",
+    "total_s": "total",
+}
+
+
+# The order of a lineage record's metrics in `hf-incr info` (config.json stores them sorted by name).
+METRIC_ORDER = ("accuracy", "old_accuracy", "new_accuracy", "macro_f1", "old_macro_f1", "new_macro_f1", "micro_f1",
+                "old_micro_f1", "new_micro_f1")
+
+
+def metric_name(multi_label: bool) -> str:
+    """The metric that ``accuracy`` / ``old_accuracy`` / ``new_accuracy`` hold: micro-F1 for a multi-label model."""
+    return "micro-F1" if multi_label else "accuracy"
 
 
 def _pct(value) -> str:
     return "-" if value is None or value != value else f"{100 * value:.1f} %"
 
 
-def format_metrics_table(rows: dict[str, dict]) -> str:
-    """A small Markdown table of old / new / all accuracy (micro-F1 for multi-label)."""
-    lines = ["| | old labels | new labels | all labels |", "|---|---|---|---|"]
+def format_metrics_table(rows: dict[str, dict], metric: str = "accuracy") -> str:
+    """A small Markdown table of old / new / all labels, one row per entry of ``rows``; ``metric`` heads the first
+    column (``accuracy``, or ``micro-F1`` for multi-label: see :func:`metric_name`)."""
+    lines = [f"| {metric} | old labels | new labels | all labels |", "|---|---|---|---|"]
     for name, metrics in rows.items():
         lines.append(
             f"| {name} | {_pct(metrics.get('old_accuracy'))} | {_pct(metrics.get('new_accuracy'))} | "
             f"{_pct(metrics.get('accuracy'))} |"
         )
+    return "\n".join(lines)
+
+
+def format_forgetting(forgetting: float | None, metric: str = "accuracy") -> str | None:
+    """``Forgetting (drop of old-label accuracy): +1.2 points``; ``None`` when nothing was measured."""
+    if forgetting is None or forgetting != forgetting:
+        return None
+    return f"Forgetting (drop of old-label {metric}): {100 * forgetting:+.1f} points"
+
+
+def format_timings(timings: dict[str, float] | None) -> str | None:
+    """``Time: encoding 1.2 s, warm-up 0.4 s, total 3.0 s`` from ``IncrementResult.timings`` (the phases that ran, in
+    their order)."""
+    if not timings:
+        return None
+    parts = [f"{PHASE_TIMINGS.get(key, key.removesuffix('_s'))} {value:.1f} s" for key, value in timings.items()]
+    return "Time: " + ", ".join(parts)
+
+
+def format_usage(model: str) -> str:
+    """The one line that uses the model with plain transformers."""
+    return f'pipeline("text-classification", model="{model}")'
+
+
+def format_summary(
+    title: str,
+    rows: dict[str, dict],
+    *,
+    multi_label: bool = False,
+    labels_added: list[str] | None = None,
+    forgetting: float | None = None,
+    timings: dict[str, float] | None = None,
+    output_dir: str | None = None,
+    card: str | None = None,
+    lineage: str | None = None,
+    plot: str | None = None,
+    hub_url: str | None = None,
+    model: str | None = None,
+) -> str:
+    """The block printed at the end of every command.
+
+    Args:
+        title: What ran (``increment``, ``train-base``, ``evaluate``, ``demo``).
+        rows: Metrics per table row (``{"before": {...}, "after": {...}}``); rows without metrics are left out.
+        multi_label: Names the metric micro-F1 instead of accuracy.
+        labels_added, forgetting, timings: From :class:`~hf_incr.IncrementResult`.
+        output_dir, card, lineage, plot, hub_url: Where things were written (``None``: not written).
+        model: What the usage line loads; default: ``hub_url``'s repo or ``output_dir``.
+    """
+    metric = metric_name(multi_label)
+    lines = [f"== hf-incr {title}: summary =="]
+    rows = {name: metrics for name, metrics in rows.items() if metrics}
+    if rows:
+        lines += [format_metrics_table(rows, metric)]
+    for line in (format_forgetting(forgetting, metric),):
+        if line:
+            lines.append(line)
+    if labels_added is not None:
+        lines.append(f"Labels added: {', '.join(labels_added) if labels_added else 'none'}")
+    timing = format_timings(timings)
+    if timing:
+        lines.append(timing)
+    places = [("Model", output_dir), ("Card", card), ("Plot", plot), ("Lineage", lineage), ("Pushed to", hub_url)]
+    lines += [f"{name + ':':<10} {value}" for name, value in places if value]
+    model = model or output_dir
+    if model:
+        lines.append(f"{'Use it:':<10} {format_usage(model)}")
+    return "\n".join(lines)
+
+
+# hf-incr info ---------------------------------------------------------------------------------------------------
+
+
+def next_increment(info: dict[str, Any]) -> str:
+    """What the next ``hf-incr increment`` on this model does, from what is saved with it."""
+    if info.get("statistics"):
+        text = (
+            "closed-form exact path: the head is solved from the saved statistics, so the new data needs only the new "
+            "labels and the old labels' head rows stay exact"
+        )
+        if info.get("random_features"):
+            text += " (the random-feature head is refitted too)"
+    else:
+        text = (
+            "the path for a model trained elsewhere: no saved statistics, so add a few examples of every old label to "
+            "the data once (they are then collected and saved), or the head is trained by gradient with distillation "
+            "and partly forgets the old labels"
+        )
+    if info.get("replay"):
+        text += "; the replay memory's stored examples are mixed into the training rows (with replay_per_label > 0)"
+    return text
+
+
+def _metrics_cells(record: dict[str, Any]) -> list[str]:
+    metrics = record.get("metrics") or {}
+    after = metrics.get("after") or {}
+    forgetting = metrics.get("forgetting")
+    return [
+        _pct(after.get("accuracy")), _pct(after.get("old_accuracy")), _pct(after.get("new_accuracy")),
+        "-" if forgetting is None else f"{100 * forgetting:+.1f} pp",
+    ]
+
+
+def format_lineage_table(lineage: list[dict[str, Any]], metric: str = "accuracy") -> str:
+    """One row per increment: what it added, how many labels the model had after it, and its metrics."""
+    lines = [
+        f"| increment | kind | labels added | labels | {metric} all | old | new | forgetting | date |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for record in lineage:
+        added = record.get("labels_added") or []
+        shown = ", ".join(added[:5]) + (f" … and {len(added) - 5} more" if len(added) > 5 else "")
+        cells = [
+            str(record.get("increment", "?")), str(record.get("kind", "?")), shown, str(record.get("num_labels", "?")),
+            *_metrics_cells(record), str(record.get("date") or "-")[:10],
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_info(info: dict[str, Any]) -> str:
+    """``hf-incr info``'s text, from :func:`hf_incr.info.model_info`'s dict."""
+    metric = metric_name(info.get("multi_label", False))
+    lines = [f"== {info['source']} ==", f"Kind: {'multi-label' if info.get('multi_label') else 'single-label'} "
+             f"classifier, {len(info['labels'])} labels ({info.get('model_type') or 'unknown model type'})"]
+    lines += ["", "Labels (id, name, added by increment):"]
+    for label_id, name, increment in info["labels"]:
+        lines.append(f"  {label_id:>3}  {name}  ({'-' if increment is None else increment})")
+    lineage = info.get("lineage") or []
+    lines.append("")
+    if lineage:
+        lines += ["Lineage:", format_lineage_table(lineage, metric)]
+        after = ((lineage[-1].get("metrics") or {}).get("after")) or {}
+        shown = {k: v for k, v in after.items() if isinstance(v, (int, float)) and v == v}
+        order = [k for k in METRIC_ORDER if k in shown] + sorted(k for k in shown if k not in METRIC_ORDER)
+        if order:
+            lines.append("Last metrics: " + ", ".join(f"{k} {shown[k]:.4g}" for k in order))
+    else:
+        lines.append("Lineage: none (a model hf_incr has not trained)")
+    lines += [
+        "",
+        "Saved with it:",
+        f"  closed-form statistics (hf_incr_ridge.safetensors): {'yes' if info.get('statistics') else 'no'}",
+        f"  random-feature head: {'yes' if info.get('random_features') else 'no'}",
+        f"  replay memory: {'yes' if info.get('replay') else 'no'}",
+        "",
+        f"Next increment: {next_increment(info)}.",
+    ]
+    for name, key in (("Card", "card"), ("Plot", "plot")):
+        if info.get(key):
+            lines.append(f"{name}: {info[key]}")
+    lines.append(f"Use it: {format_usage(info['source'])}")
     return "\n".join(lines)

@@ -18,6 +18,7 @@ from datasets import Dataset
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
 from .checkpoints import phase_checkpoint_dir, phase_run, resume_from
+from .console import quiet_trainer
 from .data import is_multi_label_model, model_columns, tokenize
 from .features import CachedFeatureDataset, CachedFeatureHead
 from .freezing import param_groups_layer_lr
@@ -92,6 +93,9 @@ class IncrementalTrainer(Trainer):
 
 def phase_args(args: TrainingArguments, phase: str, **overrides) -> TrainingArguments:
     """The user's TrainingArguments for one phase: own checkpoint folder, phase epochs and learning rate."""
+    if args.device.type != "cuda":
+        # Pinned memory only helps copies to a GPU; elsewhere torch warns about it on every DataLoader.
+        overrides.setdefault("dataloader_pin_memory", False)
     return dataclasses.replace(
         args,
         output_dir=str(phase_checkpoint_dir(args.output_dir, phase)),
@@ -99,6 +103,18 @@ def phase_args(args: TrainingArguments, phase: str, **overrides) -> TrainingArgu
         load_best_model_at_end=False,
         **overrides,
     )
+
+
+# Trainer's bookkeeping in evaluate()'s metrics: nothing a reader of the lineage or the card needs.
+BOOKKEEPING_METRICS = ("runtime", "samples_per_second", "steps_per_second", "epoch", "model_preparation_time")
+
+
+def clean_metrics(metrics: dict[str, float], *, only_old: bool = False) -> dict[str, float]:
+    """``evaluate()``'s metrics without the ``eval_`` prefix and Trainer's bookkeeping; with ``only_old`` also without
+    the loss (that of the grown model with the new labels' logits masked: no number a reader can use)."""
+    dropped = BOOKKEEPING_METRICS + (("loss",) if only_old else ())
+    cleaned = {k.removeprefix("eval_"): float(v) for k, v in metrics.items()}
+    return {k: v for k, v in cleaned.items() if k not in dropped}
 
 
 def evaluate_model(
@@ -113,7 +129,9 @@ def evaluate_model(
     tokenizer=None,
 ) -> dict[str, float]:
     """Evaluate with Trainer; metrics split into old / new labels. ``only_old`` scores as the model before the
-    increment would (new labels' logits ignored), which the old rows being kept bit for bit makes exact."""
+    increment would (new labels' logits ignored), which the old rows being kept bit for bit makes exact. Only the
+    metrics a reader needs come back (see :func:`clean_metrics`)."""
+    describe = "the model before the increment, on its old labels" if only_old else "old / new / all labels"
     trainer = Trainer(
         model=model,
         args=phase_args(args, "eval"),
@@ -123,8 +141,8 @@ def evaluate_model(
             old_label_ids, multi_label, threshold, restrict_to=old_label_ids if only_old else None
         ),
     )
-    metrics = trainer.evaluate(metric_key_prefix="eval")
-    return {k.removeprefix("eval_"): float(v) for k, v in metrics.items()}
+    quiet_trainer(trainer, "evaluation", f"Evaluation: {describe} ({len(tokenized_eval)} rows)")
+    return clean_metrics(trainer.evaluate(metric_key_prefix="eval"), only_old=only_old)
 
 
 def train_phase(
@@ -157,8 +175,17 @@ def train_phase(
         distill_temperature=distill_temperature,
     )
     trainable = [name for name, param in model.named_parameters() if param.requires_grad]
+    quiet_trainer(trainer, PHASE_NAMES.get(phase, phase), _phase_heading(phase, epochs, len(train_encoded), trainable))
     run = phase_run(model.config.id2label, train_encoded[text_column], train_encoded["labels"], trainable)
     return trainer.train(resume_from_checkpoint=resume_from(args, phase, run)).metrics
+
+
+PHASE_NAMES = {"warmup": "warm-up", "finetune": "fine-tuning"}
+
+
+def _phase_heading(phase: str, epochs: float, rows: int, trainable: list[str]) -> str:
+    name = PHASE_NAMES.get(phase, phase).capitalize()
+    return f"{name}: {rows} rows, {epochs:g} epochs, {len(trainable)} trainable tensors"
 
 
 def warm_up_on_cached_features(
@@ -198,6 +225,9 @@ def warm_up_on_cached_features(
         train_dataset=CachedFeatureDataset(**columns),
     )
     trainable = [f"cached:{name}" for name, param in head_model.named_parameters() if param.requires_grad]
+    quiet_trainer(
+        trainer, "warm-up", f"Warm-up: the output layer on cached features of {len(features)} rows, {epochs:g} epochs"
+    )
     run = phase_run(model.config.id2label, train_encoded[text_column], train_encoded["labels"], trainable)
     metrics = trainer.train(resume_from_checkpoint=resume_from(args, "warmup", run)).metrics
     # Trainer may have moved the Linear (shared with the model) to its device; the model follows it.

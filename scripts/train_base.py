@@ -10,11 +10,11 @@
         --train_file train.jsonl --output_dir outputs/base --finetune_layers -1
 """
 
-from hf_incr.cli import parse_args, run_train_base
+from hf_incr.cli import parse_args, run_command
 
 
 def main(script_args, recipe_args, training_args):
-    return run_train_base(script_args, recipe_args, training_args)
+    return run_command("train-base", script_args, recipe_args, training_args)
 
 
 if __name__ == "__main__":

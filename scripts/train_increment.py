@@ -15,11 +15,11 @@
     python scripts/train_increment.py --config increment.yaml
 """
 
-from hf_incr.cli import parse_args, run_increment
+from hf_incr.cli import parse_args, run_command
 
 
 def main(script_args, recipe_args, training_args):
-    return run_increment(script_args, recipe_args, training_args)
+    return run_command("increment", script_args, recipe_args, training_args)
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ def test_cli_increment_equals_python_api(tmp_path, base_dir, data_files, capsys)
                  str(test), "--output_dir", str(out_cli), *FLAGS])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "| after |" in printed and str(out_cli) in printed and "['repair']" in printed
+    assert "| after |" in printed and str(out_cli) in printed and "Labels added: repair" in printed
 
     from text_models import training_args
     from transformers import AutoModelForSequenceClassification
