@@ -20,7 +20,6 @@ from datasets import ClassLabel, Dataset, List, Value
 from datasets import Sequence as HFSequence
 from safetensors import safe_open
 from torch import nn
-from transformers.utils import logging
 
 from .checkpoints import parse_resume
 from .closed_form import RIDGE_FILENAME, STATISTICS_FIX, STATISTICS_LOST, RidgeStatistics
@@ -44,7 +43,6 @@ from .head import (
 from .replay import REPLAY_DIRNAME, REPLAY_FILENAME
 from .saving import CHECKPOINTS_DIRNAME, KEPT_ENTRIES
 
-logger = logging.get_logger(__name__)
 _TOKENIZE_CHUNK = 1024  # texts tokenized at once when the tokenizer's ids must be checked against the embeddings
 
 
@@ -487,7 +485,6 @@ def closed_form_usable(
             "training examples of every old label to this data once: their statistics are then collected and saved, "
             "and later increments need only new labels."
         )
-        logger.warning(message)
         warnings.warn(message, UserWarning, stacklevel=4)
         return False
     features = statistics.random_features
