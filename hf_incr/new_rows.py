@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from hf_incr.errors import DataError
 
 # L2 strengths tried by cross-validation, relative to the class-balanced mean loss (scale-free in n).
-L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
+L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2)
 
 
 # --------------------------------------------------------------------------------------------------- checks
@@ -164,8 +164,8 @@ def fit_new_rows(
     _check_labels(labels, features.shape[0], num_old + num_new)
     if num_new < 1:
         raise DataError(f"num_new must be >= 1; found {num_new}. Pass the number of labels added to the head.")
-    if scale not in ("aligned", "free"):
-        raise DataError(f"scale must be 'aligned' or 'free'; found {scale!r}.")
+    if scale not in ("aligned", "tied", "free"):
+        raise DataError(f"scale must be 'aligned', 'tied' or 'free'; found {scale!r}. Pick one of those.")
     new_ids = torch.arange(num_old, num_old + num_new)
     missing = [int(i) for i in new_ids if not (labels == i).any()]
     if missing:
@@ -191,6 +191,8 @@ def fit_new_rows(
         if scale == "aligned":
             w = radius * direction / direction.norm(dim=1, keepdim=True).clamp_min(1e-12)
             b = bias_mean + offset - offset.mean()
+        elif scale == "tied":
+            w, b = direction, bias_mean + offset - offset.mean()
         else:
             w, b = direction, bias_mean + offset
         if old_bias is None:
@@ -201,18 +203,18 @@ def fit_new_rows(
         w, b = rows()
         logits = torch.cat([old_logits, x @ w.T + b], dim=1)
         value = (F.cross_entropy(logits, labels, reduction="none") * weights).sum()
-        if scale == "free":
+        if scale != "aligned":
             value = value + 0.5 * l2 * (w * w).sum()
         return value
 
-    if scale == "free":
+    if scale != "aligned":
         # Free rows start at the old rows' scale too, which keeps L-BFGS' first steps sane.
         with torch.no_grad():
             direction.mul_(radius / direction.norm(dim=1, keepdim=True).clamp_min(1e-12))
     _minimize([direction, offset], loss, max_iter)
     with torch.no_grad():
         w, b = rows()
-    return w.to(torch.float32), b.to(torch.float32)
+    return w.detach().to(torch.float32), b.detach().to(torch.float32)
 
 
 def fit_logit_calibration(
@@ -277,6 +279,40 @@ def grow_head(
     return weight, torch.cat([old_bias.detach(), new_bias.detach().to(old_bias.dtype)])
 
 
+def old_label_anchors(features: torch.Tensor, old_weight: torch.Tensor) -> torch.Tensor:
+    """One stand-in feature per old label, from the trained rows alone: ``m + r_k * u_k``.
+
+    Why this: a softmax head trained to convergence has its centred rows aligned with its labels' centred feature
+    means (neural collapse, Papyan et al. 2020), so ``u_k = (w_k - mean w) / ||w_k - mean w||`` points from the
+    feature centre towards label k. ``m`` is the centre of the increment's features (same encoder) and ``r_k``
+    puts the anchor at their mean norm (the encoder's features have a typical norm; LayerNorm/tanh outputs barely
+    vary). Used as the old labels' rows when the increment has none, so the new rows learn where not to fire.
+    Returns ``(num_old, d)``.
+    """
+    _, dim = _check_head(old_weight, None)
+    _check_features(features, dim)
+    x = features.to(torch.float64)
+    centre = x.mean(0)
+    directions = old_weight.detach().to(torch.float64)
+    directions = directions - directions.mean(0)
+    directions = directions / directions.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    target = x.norm(dim=1).mean()
+    # ||m + r u||^2 = t^2  ->  r = -(u.m) + sqrt((u.m)^2 - |m|^2 + t^2), the positive root (0 if t < |m|).
+    along = directions @ centre
+    radius = -along + torch.sqrt((along**2 - centre.dot(centre) + target**2).clamp_min(0.0))
+    return (centre + radius.unsqueeze(1) * directions).to(torch.float32)
+
+
+def _old_logits(features: torch.Tensor, old_weight: torch.Tensor, old_bias: torch.Tensor | None) -> torch.Tensor:
+    logits = features.float() @ old_weight.detach().float().T
+    return logits + old_bias.detach().float() if old_bias is not None else logits
+
+
+def _balanced_ce(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    weights = balanced_weights(labels, logits.shape[1])
+    return float((F.cross_entropy(logits.double(), labels, reduction="none") * weights).sum())
+
+
 def cross_fitted_new_logits(
     features: torch.Tensor,
     labels: torch.Tensor,
@@ -303,6 +339,36 @@ def cross_fitted_new_logits(
     return out
 
 
+def refit_all_rows(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    *,
+    l2: float = 1e-3,
+    max_iter: int = 100,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Refit every row (old ones too) by class-balanced cross-entropy, starting from ``(weight, bias)``.
+
+    Only for increments that hold rows of every old label, and only kept where a held-out check prefers it
+    (:func:`add_new_rows`): a trained row summarises data the increment may not hold.
+    """
+    _, dim = _check_head(weight, bias)
+    _check_features(features, dim)
+    _check_labels(labels, features.shape[0], weight.shape[0])
+    x = features.to(torch.float64)
+    w = weight.detach().to(torch.float64).clone().requires_grad_(True)
+    b = bias.detach().to(torch.float64).clone().requires_grad_(True)
+    weights = balanced_weights(labels, weight.shape[0])
+
+    def loss():
+        value = (F.cross_entropy(x @ w.T + b, labels, reduction="none") * weights).sum()
+        return value + 0.5 * l2 * (w * w).sum()
+
+    _minimize([w, b], loss, max_iter)
+    return w.detach().to(weight.dtype), b.detach().to(bias.dtype)
+
+
 def add_new_rows(
     features: torch.Tensor,
     labels: torch.Tensor,
@@ -310,41 +376,84 @@ def add_new_rows(
     old_bias: torch.Tensor | None,
     num_new: int,
     *,
+    l2_grid: tuple[float, ...] = L2_GRID,
     folds: int = 3,
     seed: int = 0,
-    max_iter: int = 200,
+    max_iter: int = 100,
+    allow_refit: bool = True,
 ) -> dict:
-    """The whole single-label recipe: old rows kept bit for bit, new rows fitted, calibrated where data allows.
+    """The whole single-label recipe: old rows kept (bit for bit unless a held-out check prefers a refit), new rows
+    fitted, new logits calibrated against the old ones where the data allow.
 
-    - No old label has rows: new rows on the old rows' scale (``scale="aligned"``), no calibration (nothing to
-      calibrate on).
-    - Some old labels have rows: the same fit, then BiC's ``(a, c)`` fitted on cross-fitted held-out logits of all
-      rows and folded into the new rows.
+    - No old label has rows (``"new_only"``): new rows on the old rows' scale (``scale="aligned"``), fitted against
+      one :func:`old_label_anchors` per old label; no calibration (no held-out old rows to fit it on).
+    - Some old labels have rows (``"with_old"``): free new rows, L2 chosen from ``l2_grid`` and BiC's ``(a, c)``
+      fitted, both on ``folds``-fold cross-fitted held-out logits (class-balanced cross-entropy), then folded in.
+    - Every old label has rows and ``allow_refit``: also refit all rows (:func:`refit_all_rows`) on the same folds;
+      the refit replaces the kept head only if its held-out accuracy is higher on the old labels' rows AND on all.
 
     Returns:
-        ``{"weight", "bias"}`` of the grown head (old rows first, untouched), the new rows alone
-        (``"new_weight"``, ``"new_bias"``), the calibration ``"a"``, ``"c"`` and ``"case"``
-        (``"new_only"`` / ``"with_old"``).
+        ``{"weight", "bias"}`` of the grown head, the new rows alone (``"new_weight"``, ``"new_bias"``; before any
+        refit), ``"a"``, ``"c"``, ``"l2"``, ``"case"`` and ``"refit"`` (bool), plus the held-out figures checked
+        and (case ``"with_old"``) the head before any refit (``"kept_weight"``, ``"kept_bias"``).
     """
     num_old, _ = _check_head(old_weight, old_bias)
-    fit_kwargs = {"scale": "aligned", "max_iter": max_iter}
-    a, c = 1.0, 0.0
-    has_old = bool((labels < num_old).any())
-    if has_old:
-        held_out = cross_fitted_new_logits(
-            features, labels, old_weight, old_bias, num_new, folds=folds, seed=seed, **fit_kwargs
-        )
-        old_logits = features.float() @ old_weight.detach().float().T
-        if old_bias is not None:
-            old_logits = old_logits + old_bias.detach().float()
-        a, c = fit_logit_calibration(old_logits, held_out, labels)
-    new_weight, new_bias = fit_new_rows(features, labels, old_weight, old_bias, num_new, **fit_kwargs)
+    _check_features(features, old_weight.shape[1])
+    _check_labels(labels, features.shape[0], num_old + num_new)
+    present_old = torch.unique(labels[labels < num_old])
+    info: dict = {"a": 1.0, "c": 0.0, "l2": None, "refit": False}
+    if present_old.numel() == 0:
+        anchors = old_label_anchors(features, old_weight)
+        x = torch.cat([features.float(), anchors])
+        y = torch.cat([labels, torch.arange(num_old)])
+        new_weight, new_bias = fit_new_rows(x, y, old_weight, old_bias, num_new, scale="aligned", max_iter=max_iter)
+        weight, bias = grow_head(old_weight, old_bias, new_weight, new_bias)
+        return {"weight": weight, "bias": bias, "new_weight": new_weight, "new_bias": new_bias, "case": "new_only",
+                **info}
+
+    old_logits = _old_logits(features, old_weight, old_bias)
+    best = None
+    for l2 in l2_grid:
+        held = cross_fitted_new_logits(features, labels, old_weight, old_bias, num_new, folds=folds, seed=seed,
+                                       scale="free", l2=l2, max_iter=max_iter)
+        a, c = fit_logit_calibration(old_logits, held, labels) if old_bias is not None else (1.0, 0.0)
+        loss = _balanced_ce(torch.cat([old_logits, a * held + c], 1), labels)
+        if best is None or loss < best[0]:
+            best = (loss, l2, a, c, held)
+    _, l2, a, c, held = best
+    info.update(a=a, c=c, l2=l2, cv_loss=best[0])
+    new_weight, new_bias = fit_new_rows(features, labels, old_weight, old_bias, num_new, scale="free", l2=l2,
+                                        max_iter=max_iter)
     new_weight, new_bias = fold_calibration(new_weight, new_bias, a, c)
     weight, bias = grow_head(old_weight, old_bias, new_weight, new_bias)
-    return {
-        "weight": weight, "bias": bias, "new_weight": new_weight, "new_bias": new_bias, "a": a, "c": c,
-        "case": "with_old" if has_old else "new_only",
-    }
+    info.update(kept_weight=weight, kept_bias=bias)
+
+    if allow_refit and old_bias is not None and present_old.numel() == num_old:
+        kept_pred = torch.cat([old_logits, a * held + c], 1).argmax(1)
+        refit_pred = torch.empty_like(labels)
+        for fold in fold_indices(labels, folds, seed):
+            keep = torch.ones(labels.shape[0], dtype=torch.bool)
+            keep[fold] = False
+            w_f, b_f = fit_new_rows(features[keep], labels[keep], old_weight, old_bias, num_new, scale="free", l2=l2,
+                                    max_iter=max_iter)
+            w_f, b_f = fold_calibration(w_f, b_f, a, c)
+            w_all, b_all = refit_all_rows(features[keep], labels[keep], *grow_head(old_weight, old_bias, w_f, b_f),
+                                          l2=l2, max_iter=max_iter)
+            refit_pred[fold] = (features[fold].float() @ w_all.float().T + b_all.float()).argmax(1)
+        old = labels < num_old
+
+        def acc(pred, mask):
+            return float((pred[mask] == labels[mask]).float().mean())
+
+        info.update(held_out_old_kept=acc(kept_pred, old), held_out_old_refit=acc(refit_pred, old),
+                    held_out_all_kept=acc(kept_pred, old | ~old), held_out_all_refit=acc(refit_pred, old | ~old))
+        if info["held_out_old_refit"] > info["held_out_old_kept"] and (
+            info["held_out_all_refit"] > info["held_out_all_kept"]
+        ):
+            weight, bias = refit_all_rows(features, labels, weight, bias, l2=l2, max_iter=max_iter)
+            info["refit"] = True
+    return {"weight": weight, "bias": bias, "new_weight": new_weight, "new_bias": new_bias, "case": "with_old",
+            **info}
 
 
 # --------------------------------------------------------------------------------------------------- multi-label

@@ -67,7 +67,8 @@ class ElsewhereBenchmarkArguments:
     warmup: float = field(default=0.1, metadata={"help": "Warmup ratio."})
     max_length: int = field(default=64, metadata={"help": "Tokens per text."})
     max_train_rows: int = field(
-        default=0, metadata={"help": "Seeded subsample of the training rows of each fine-tune (0 = all)."}
+        default=0,
+        metadata={"help": "Seeded subsample of the training rows in play (joint fine-tune; base = its old-label rows)."},
     )
     seed: int = field(default=0, metadata={"help": "Seed of the label order, the shots and the fine-tunes."})
     shots: int = field(default=5, metadata={"help": "Rows of every old label in case (ii)."})
@@ -240,8 +241,8 @@ def read_head(model_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def increment(base_dir: Path, features: torch.Tensor, labels: torch.Tensor, num_new: int, multi_label: bool,
-              method: str = "new_rows") -> tuple[torch.Tensor, torch.Tensor]:
-    """The increment under test: grown head ``(weight, bias)`` from the base model and the increment's rows.
+              method: str = "new_rows") -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The increment under test: grown heads ``{variant: (weight, bias)}`` from the base model and the rows.
 
     This is the one function to swap for ``hf_incr.train_increment(model, tokenizer, rows, test,
     config=IncrementConfig(...))`` once the recipe calls :mod:`hf_incr.new_rows`. ``method`` selects ablations.
@@ -250,13 +251,20 @@ def increment(base_dir: Path, features: torch.Tensor, labels: torch.Tensor, num_
     num_old = old_weight.shape[0]
     if multi_label:
         fitted = new_rows.fit_multilabel_new_rows(features, labels, num_old)
-        return new_rows.grow_head(old_weight, old_bias, fitted["new_weight"], fitted["new_bias"])
+        return {"new_rows": new_rows.grow_head(old_weight, old_bias, fitted["new_weight"], fitted["new_bias"])}
     if method == "new_rows":
         out = new_rows.add_new_rows(features, labels, old_weight, old_bias, num_new)
-        return out["weight"], out["bias"]
-    if method in ("aligned_uncalibrated", "free_uncalibrated"):
-        w, b = new_rows.fit_new_rows(features, labels, old_weight, old_bias, num_new, scale=method.split("_")[0])
-        return new_rows.grow_head(old_weight, old_bias, w, b)
+        heads = {"new_rows": (out["weight"], out["bias"])}
+        if out["refit"]:
+            heads["new_rows, old rows kept (refit declined)"] = (out["kept_weight"], out["kept_bias"])
+        print(json.dumps({k: v for k, v in out.items() if not torch.is_tensor(v)}), flush=True)
+        return heads
+    if method == "aligned_no_anchors":  # ablation of case (i): no stand-ins for the old labels
+        w, b = new_rows.fit_new_rows(features, labels, old_weight, old_bias, num_new, scale="aligned")
+        return {method: new_rows.grow_head(old_weight, old_bias, w, b)}
+    if method == "free_l2_1e-3_uncalibrated":  # ablation: CE with old rows frozen, no scale rule, no calibration
+        w, b = new_rows.fit_new_rows(features, labels, old_weight, old_bias, num_new, scale="free", l2=1e-3)
+        return {method: new_rows.grow_head(old_weight, old_bias, w, b)}
     if method == "logreg_all_rows":  # re-solve the whole head from the increment's rows (what keeping rows avoids)
         from sklearn.linear_model import LogisticRegression
 
@@ -266,7 +274,7 @@ def increment(base_dir: Path, features: torch.Tensor, labels: torch.Tensor, num_
         cls = torch.as_tensor(clf.classes_)
         w[cls] = torch.as_tensor(clf.coef_, dtype=torch.float32)
         b[cls] = torch.as_tensor(clf.intercept_, dtype=torch.float32)
-        return w, b
+        return {method: (w, b)}
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -330,7 +338,7 @@ def run_dataset(name: str, args) -> dict:
     labels = task["base"] + task["new"]
     num_old, num_new = len(task["base"]), len(task["new"])
     cache = Path(args.cache_dir) / name
-    train = subsample(restrict(task["train"], labels), args.max_train_rows * 2, args.seed)
+    train = subsample(restrict(task["train"], labels), args.max_train_rows, args.seed)
     test = restrict(task["test"], labels)
     base_rows = restrict(train, task["base"])
     base_dir, joint_dir = cache / "base", cache / "joint"
@@ -373,16 +381,20 @@ def run_dataset(name: str, args) -> dict:
     if not multi:
         cases[f"(ii) + {args.shots} per old label"] = few
         cases["(iii) + every old row"] = torch.ones_like(has_new)
-    methods = ["new_rows"] if multi else ["new_rows", "aligned_uncalibrated", "free_uncalibrated", "logreg_all_rows"]
+    ablations = {
+        "(i) new rows only": ["aligned_no_anchors", "free_l2_1e-3_uncalibrated"],
+        f"(ii) + {args.shots} per old label": ["free_l2_1e-3_uncalibrated", "logreg_all_rows"],
+        "(iii) + every old row": ["logreg_all_rows"],
+    }
     for case, mask in cases.items():
         idx = torch.nonzero(mask).flatten()
-        for method in methods:
-            if method == "new_rows" or not multi:
-                start = time.perf_counter()
-                weight, bias = increment(base_dir, train_feats[idx], y_train[idx], num_new, multi, method)
-                fit_seconds = time.perf_counter() - start
-                logits = test_feats @ weight.T + bias
-                row = {"case": case, "method": method, **scores(logits, y_test, num_old, multi),
+        for method in ["new_rows"] + ([] if multi else ablations[case]):
+            start = time.perf_counter()
+            heads = increment(base_dir, train_feats[idx], y_train[idx], num_new, multi, method)
+            fit_seconds = time.perf_counter() - start
+            for variant, (weight, bias) in heads.items():
+                logits = torch.nn.functional.linear(test_feats, weight, bias)  # what nn.Linear computes
+                row = {"case": case, "method": variant, **scores(logits, y_test, num_old, multi),
                        "seconds": fit_seconds + per_row * len(idx), "fit_seconds": fit_seconds, "rows": len(idx)}
                 if multi:
                     row["old_predictions_bit_exact"] = bool(torch.equal(logits[:, :num_old] > 0, base_logits > 0))

@@ -32,19 +32,40 @@ def accuracy(weight, bias, x, y):
     return float(((x @ weight.T + bias).argmax(1) == y).float().mean())
 
 
-@pytest.mark.parametrize("with_old", [False, True])
-def test_add_new_rows_keeps_old_rows_bit_exact_and_learns_new_labels(with_old):
+@pytest.mark.parametrize("old_rows", [0, 5, PER_LABEL])
+def test_add_new_rows_keeps_old_rows_bit_exact_and_learns_new_labels(old_rows):
     x, y, w_old, b_old = blobs()
     w_copy, b_copy = w_old.clone(), b_old.clone()
-    rows = torch.ones_like(y, dtype=torch.bool) if with_old else y >= NUM_OLD
-    out = nr.add_new_rows(x[rows], y[rows], w_old, b_old, NUM_NEW)
-    assert out["case"] == ("with_old" if with_old else "new_only")
+    rank = torch.arange(len(y)) % PER_LABEL  # position of each row within its label
+    rows = (y >= NUM_OLD) | (rank < old_rows)
+    out = nr.add_new_rows(x[rows], y[rows], w_old, b_old, NUM_NEW, allow_refit=False)
+    assert out["case"] == ("with_old" if old_rows else "new_only") and not out["refit"]
     assert out["weight"].shape == (NUM_OLD + NUM_NEW, D) and out["bias"].shape == (NUM_OLD + NUM_NEW,)
     assert torch.equal(out["weight"][:NUM_OLD], w_copy) and torch.equal(out["bias"][:NUM_OLD], b_copy)
     assert torch.equal(w_old, w_copy) and torch.equal(b_old, b_copy)  # inputs not modified
     new = y >= NUM_OLD
     assert accuracy(out["weight"], out["bias"], x[new], y[new]) > 0.9
     assert accuracy(out["weight"], out["bias"], x[~new], y[~new]) > 0.9
+
+
+def test_refit_replaces_old_rows_only_when_the_held_out_check_prefers_it():
+    x, y, w_old, b_old = blobs()
+    w_bad, b_bad = torch.randn(NUM_OLD, D, generator=torch.Generator().manual_seed(1)), torch.zeros(NUM_OLD)
+    out = nr.add_new_rows(x, y, w_bad, b_bad, NUM_NEW)  # an untrained old head: the refit wins
+    assert out["refit"] and out["held_out_old_refit"] > out["held_out_old_kept"]
+    assert not torch.equal(out["weight"][:NUM_OLD], w_bad)
+    assert torch.equal(out["kept_weight"][:NUM_OLD], w_bad)
+    kept = nr.add_new_rows(x, y, w_old, b_old, NUM_NEW)
+    if not kept["refit"]:
+        assert torch.equal(kept["weight"][:NUM_OLD], w_old)
+
+
+def test_anchors_are_classified_as_their_old_label_by_the_trained_head():
+    x, y, w_old, b_old = blobs()
+    anchors = nr.old_label_anchors(x[y >= NUM_OLD], w_old)
+    assert anchors.shape == (NUM_OLD, D)
+    assert ((anchors @ w_old.T + b_old).argmax(1) == torch.arange(NUM_OLD)).all()
+    torch.testing.assert_close(anchors.norm(dim=1).mean(), x[y >= NUM_OLD].norm(dim=1).mean(), rtol=0.05, atol=0)
 
 
 def test_aligned_rows_sit_on_the_old_rows_scale():
