@@ -11,16 +11,23 @@ Single-label (softmax) head, old rows ``(W_o, b_o)`` frozen, new rows ``(W_n, b_
     z(x) = [W_o x + b_o ; W_n x + b_n]                 logits over old + new labels
 
 1. :func:`fit_new_rows` fits ``(W_n, b_n)`` by class-balanced cross-entropy over ALL logits, old rows frozen. The old
-   logits of the new labels' rows are the margin the new rows must win by. Without old labels' rows nothing in the
-   data says how far the new logits may rise on old inputs (every rise lowers the loss), so the new rows are fitted
-   on the old rows' scale (Zhao et al. 2020, weight aligning, made a constraint): every new row has the old rows'
-   mean norm and the new biases average to the old ones; only directions and relative biases are learned.
-2. :func:`fit_logit_calibration` (BiC, Wu et al. 2019): where rows of old labels are given, a 2-parameter affine
-   ``a * z_new + c`` of the new logits, fitted by class-balanced cross-entropy on held-out logits (cross-fitted, so
-   every row is used once as held-out), corrects the remaining old/new imbalance; :func:`fold_calibration` folds it
-   into the new rows, so the grown head is still one Linear.
-3. :func:`fit_multilabel_new_rows`: in a sigmoid head every label is its own decision, so frozen old rows leave old
-   predictions bit for bit unchanged; each new row is a logistic regression of its label against every other row.
+   logits of the new labels' rows are the margin the new rows must win by.
+2. No old label has rows (:func:`add_new_rows`, case ``"new_only"``): nothing in the data says how far the new
+   logits may rise on old inputs (every rise lowers the loss). Two things still bound it. (a) The old rows' scale
+   (Zhao et al. 2020, weight aligning, made a constraint): every new row gets the old rows' mean norm and the new
+   biases average to the old ones; only directions and relative biases are learned. (b) Where the old inputs lie:
+   a converged softmax head's centred rows point at its labels' centred feature means (neural collapse), so
+   :func:`old_label_anchors` puts one stand-in feature per old label at ``m + r_k (w_k - w_bar)/||.||`` (``m``:
+   the increment's feature mean, ``r_k``: their mean norm) and the fit sees it as a row of that old label.
+3. Some old labels have rows (``"with_old"``): free new rows with L2 ``l2`` chosen on ``folds``-fold cross-fitted
+   held-out logits, then BiC (Wu et al. 2019): a 2-parameter affine ``a * z_new + c`` fitted by class-balanced
+   cross-entropy on those held-out logits (:func:`fit_logit_calibration`), folded into the rows
+   (:func:`fold_calibration`) so the grown head is still one Linear.
+4. Every old label has rows: a refit of all rows (:func:`refit_all_rows`) replaces the kept rows only if its
+   cross-fitted held-out accuracy is higher on the old labels' rows and on all rows.
+5. :func:`fit_multilabel_new_rows`: in a sigmoid head every label is its own decision, so frozen old rows leave old
+   predictions bit for bit unchanged; each new row is a logistic regression of its label against every other row
+   (L2 by cross-validated log-loss).
 
 For the next increment, :func:`closed_form_statistics` accumulates ``gram = sum [x,1][x,1]^T`` and
 ``cross = sum [x,1] y^T`` over the rows seen; labels without rows there (old labels in case "new rows only") cannot
