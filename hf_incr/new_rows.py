@@ -1,0 +1,642 @@
+"""New head rows for a classifier that hf_incr did not train: keep the trained rows, fit only what must be fitted.
+
+A model fine-tuned elsewhere (plain ``Trainer``, the Hub) comes without the closed-form statistics hf_incr keeps.
+Its trained output Linear is the best summary of the old labels there is: re-solving it from the few rows a user
+brings loses accuracy on the old labels, and training the whole head by gradient on new rows only collapses them.
+So the old rows stay bit for bit, the encoder stays frozen, and only the new rows (plus, where old rows are given,
+a calibration between old and new logits) are fitted, on features computed once per row (what the head receives).
+
+Single-label (softmax) head, old rows ``(W_o, b_o)`` frozen, new rows ``(W_n, b_n)``::
+
+    z(x) = [W_o x + b_o ; W_n x + b_n]                 logits over old + new labels
+
+1. :func:`fit_new_rows` fits ``(W_n, b_n)`` by class-balanced cross-entropy over ALL logits, old rows frozen. The old
+   logits of the new labels' rows are the margin the new rows must win by.
+2. No old label has rows (:func:`add_new_rows`, case ``"new_only"``): nothing in the data says how far the new
+   logits may rise on old inputs (every rise lowers the loss). Two things still bound it. (a) The old rows' scale
+   (Zhao et al. 2020, weight aligning, made a constraint): every new row gets the old rows' mean norm and the new
+   biases average to the old ones; only directions and relative biases are learned. (b) Where the old inputs lie:
+   a converged softmax head's centred rows point at its labels' centred feature means (neural collapse), so
+   :func:`old_label_anchors` puts one stand-in feature per old label at ``m + r_k (w_k - w_bar)/||.||`` (``m``:
+   the increment's feature mean, ``r_k``: their mean norm) and the fit sees it as a row of that old label.
+3. Some old labels have rows (``"with_old"``): free new rows with L2 ``l2`` chosen on ``folds``-fold cross-fitted
+   held-out logits, then BiC (Wu et al. 2019): a 2-parameter affine ``a * z_new + c`` fitted by class-balanced
+   cross-entropy on those held-out logits (:func:`fit_logit_calibration`), folded into the rows
+   (:func:`fold_calibration`) so the grown head is still one Linear.
+4. Every old label has rows: a refit of all rows (:func:`refit_all_rows`) replaces the kept rows only if its
+   cross-fitted held-out accuracy is higher on the old labels' rows and on all rows.
+5. :func:`fit_multilabel_new_rows`: in a sigmoid head every label is its own decision, so frozen old rows leave old
+   predictions bit for bit unchanged; each new row is a logistic regression of its label against every other row
+   (L2 by cross-validated log-loss).
+
+For the next increment, :func:`closed_form_statistics` accumulates ``gram = sum [x,1][x,1]^T`` and
+``cross = sum [x,1] y^T`` over the rows seen; labels without rows there (old labels in case "new rows only") cannot
+be re-solved in closed form: :func:`resolvable_labels` says which can, :func:`calibrate_kept_rows` maps the kept
+trained rows onto the re-solved rows' scale (fitted on the labels that have both), :func:`merge_rows` assembles.
+
+Plain tensors in, plain tensors out; nothing here touches a model.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from hf_incr.errors import DataError
+
+# L2 strengths tried by cross-validation, relative to the class-balanced mean loss (scale-free in n).
+L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2)
+
+
+# --------------------------------------------------------------------------------------------------- checks
+
+
+def _check_head(old_weight: torch.Tensor, old_bias: torch.Tensor | None) -> tuple[int, int]:
+    if old_weight.dim() != 2:
+        raise DataError(
+            f"old_weight must be the head's weight, shape (num_old, hidden); found shape {tuple(old_weight.shape)}. "
+            "Pass `head.weight` of the output nn.Linear."
+        )
+    num_old, dim = old_weight.shape
+    if old_bias is not None and tuple(old_bias.shape) != (num_old,):
+        raise DataError(
+            f"old_bias must have shape ({num_old},) to match old_weight {tuple(old_weight.shape)}; found "
+            f"{tuple(old_bias.shape)}. Pass `head.bias` of the same Linear (or None for a bias-free head)."
+        )
+    return num_old, dim
+
+
+def _check_features(features: torch.Tensor, dim: int | None = None) -> None:
+    if features.dim() != 2 or features.shape[0] == 0:
+        raise DataError(
+            f"features must be a non-empty (rows, hidden) matrix; found shape {tuple(features.shape)}. "
+            "Stack the head's inputs (e.g. the pooler output) of the increment's rows."
+        )
+    if dim is not None and features.shape[1] != dim:
+        raise DataError(
+            f"features have {features.shape[1]} columns but the head reads {dim}; found shape "
+            f"{tuple(features.shape)}. Compute features at the head's input (what the output Linear receives)."
+        )
+    if not torch.isfinite(features).all():
+        raise DataError("features contain NaN or inf; found non-finite values. Recompute them in float32.")
+
+
+def _check_labels(labels: torch.Tensor, n: int, num_labels: int) -> None:
+    if labels.dim() != 1 or labels.shape[0] != n or labels.dtype in (torch.float16, torch.float32, torch.float64):
+        raise DataError(
+            f"labels must be a 1-D integer tensor with one label id per feature row ({n}); found dtype "
+            f"{labels.dtype}, shape {tuple(labels.shape)}. Pass ids in the grown label space (new labels >= num_old)."
+        )
+    if n and (labels.min() < 0 or labels.max() >= num_labels):
+        raise DataError(
+            f"label ids must lie in [0, {num_labels}); found [{int(labels.min())}, {int(labels.max())}]. "
+            "Map label names to ids of the grown head (old ids first, then the new ones)."
+        )
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+
+
+def balanced_weights(labels: torch.Tensor, num_labels: int) -> torch.Tensor:
+    """Row weights ``1 / (K_present * n_label)``: every label present counts the same, the weights sum to 1.
+
+    Why: an increment holds ~5 rows of each old label beside ~100 of each new one; unweighted, the loss is the new
+    labels' and the calibration would favour them.
+    """
+    counts = torch.bincount(labels, minlength=num_labels).to(torch.float64)
+    present = int((counts > 0).sum())
+    return (1.0 / (present * counts[labels])).to(torch.float64)
+
+
+def fold_indices(labels: torch.Tensor, folds: int, seed: int = 0) -> list[torch.Tensor]:
+    """Stratified fold assignment: each label's rows dealt round-robin in a seeded order; returns held-out indices."""
+    generator = torch.Generator().manual_seed(seed)
+    assignment = torch.empty(labels.shape[0], dtype=torch.long)
+    offset = 0
+    for label in torch.unique(labels):
+        idx = torch.nonzero(labels == label).flatten()
+        idx = idx[torch.randperm(idx.numel(), generator=generator)]
+        # The offset rotates so labels with fewer rows than folds do not all land in fold 0.
+        assignment[idx] = (torch.arange(idx.numel()) + offset) % folds
+        offset += idx.numel()
+    return [torch.nonzero(assignment == f).flatten() for f in range(folds)]
+
+
+def _minimize(params: list[torch.Tensor], closure_loss, max_iter: int) -> None:
+    optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
+                                  tolerance_grad=1e-9, tolerance_change=1e-12)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = closure_loss()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+
+
+# --------------------------------------------------------------------------------------------------- single-label
+
+
+def fit_new_rows(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    old_weight: torch.Tensor,
+    old_bias: torch.Tensor | None,
+    num_new: int,
+    *,
+    scale: str = "aligned",
+    l2: float = 1e-3,
+    max_iter: int = 200,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fit the new rows by class-balanced cross-entropy over old + new logits, the old rows frozen.
+
+    Args:
+        features: ``(n, d)`` head inputs of the increment's rows.
+        labels: ``(n,)`` ids in the grown label space; new labels are ``num_old .. num_old + num_new - 1``.
+        old_weight: ``(num_old, d)`` trained rows (not modified).
+        old_bias: ``(num_old,)`` trained biases, or ``None`` (bias-free head: the new biases are then 0 too).
+        num_new: Number of new labels.
+        scale: ``"aligned"``: every new row has the old rows' mean norm and the new biases average to the old ones
+            (only directions and relative biases are fitted); needed when no old label has rows, where the loss
+            rewards raising the new logits without bound. ``"free"``: unconstrained, with L2 ``l2`` on the new rows.
+        l2: L2 strength of the ``"free"`` fit, relative to the mean loss.
+        max_iter: L-BFGS iterations.
+
+    Returns:
+        ``(new_weight (num_new, d), new_bias (num_new,))`` in float32.
+    """
+    num_old, dim = _check_head(old_weight, old_bias)
+    _check_features(features, dim)
+    _check_labels(labels, features.shape[0], num_old + num_new)
+    if num_new < 1:
+        raise DataError(f"num_new must be >= 1; found {num_new}. Pass the number of labels added to the head.")
+    if scale not in ("aligned", "tied", "free"):
+        raise DataError(f"scale must be 'aligned', 'tied' or 'free'; found {scale!r}. Pick one of those.")
+    new_ids = torch.arange(num_old, num_old + num_new)
+    missing = [int(i) for i in new_ids if not (labels == i).any()]
+    if missing:
+        raise DataError(
+            f"every new label needs rows to fit its row; found none for ids {missing[:10]}. "
+            "Add rows of those labels to the increment (or do not add the labels)."
+        )
+    x = features.to(torch.float64)
+    w_old = old_weight.detach().to(torch.float64)
+    b_old = (old_bias.detach() if old_bias is not None else torch.zeros(num_old)).to(torch.float64)
+    old_logits = x @ w_old.T + b_old  # fixed: computed once
+    weights = balanced_weights(labels, num_old + num_new)
+
+    # Start from the centred class means: already the right directions for well-separated labels.
+    centre = x.mean(0)
+    means = torch.stack([x[labels == i].mean(0) for i in new_ids]) - centre
+    radius = w_old.norm(dim=1).mean()
+    bias_mean = b_old.mean() if old_bias is not None else torch.tensor(0.0, dtype=torch.float64)
+    direction = means.clone().requires_grad_(True)
+    offset = torch.zeros(num_new, dtype=torch.float64, requires_grad=True)
+
+    def rows():
+        if scale == "aligned":
+            w = radius * direction / direction.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            b = bias_mean + offset - offset.mean()
+        elif scale == "tied":
+            w, b = direction, bias_mean + offset - offset.mean()
+        else:
+            w, b = direction, bias_mean + offset
+        if old_bias is None:
+            b = torch.zeros_like(b)
+        return w, b
+
+    def loss():
+        w, b = rows()
+        logits = torch.cat([old_logits, x @ w.T + b], dim=1)
+        value = (F.cross_entropy(logits, labels, reduction="none") * weights).sum()
+        if scale != "aligned":
+            value = value + 0.5 * l2 * (w * w).sum()
+        return value
+
+    if scale != "aligned":
+        # Free rows start at the old rows' scale too, which keeps L-BFGS' first steps sane.
+        with torch.no_grad():
+            direction.mul_(radius / direction.norm(dim=1, keepdim=True).clamp_min(1e-12))
+    _minimize([direction, offset], loss, max_iter)
+    with torch.no_grad():
+        w, b = rows()
+    return w.detach().to(torch.float32), b.detach().to(torch.float32)
+
+
+def fit_logit_calibration(
+    old_logits: torch.Tensor, new_logits: torch.Tensor, labels: torch.Tensor, *, max_iter: int = 100
+) -> tuple[float, float]:
+    """BiC's 2-parameter bias correction: ``(a, c)`` minimising class-balanced CE of ``[old, a * new + c]``.
+
+    Fit on held-out logits (rows the new rows were not fitted on), which must include rows of old labels: otherwise
+    the loss only rewards raising ``c`` and this raises. ``a`` is kept positive (parameterised as ``exp``).
+
+    Returns:
+        ``(a, c)``.
+    """
+    num_old = old_logits.shape[1]
+    num_labels = num_old + new_logits.shape[1]
+    if old_logits.shape[0] != new_logits.shape[0] or old_logits.shape[0] != labels.shape[0]:
+        raise DataError(
+            f"old_logits, new_logits and labels must have one row per example; found {old_logits.shape[0]}, "
+            f"{new_logits.shape[0]}, {labels.shape[0]} rows. Compute all three on the same held-out rows."
+        )
+    _check_labels(labels, labels.shape[0], num_labels)
+    if not (labels < num_old).any() or not (labels >= num_old).any():
+        raise DataError(
+            "calibrating new logits against old ones needs held-out rows of old AND new labels; found only "
+            f"{'new' if (labels >= num_old).any() else 'old'} labels. Keep (a, c) = (1, 0) without old labels' rows."
+        )
+    old = old_logits.to(torch.float64)
+    new = new_logits.to(torch.float64)
+    weights = balanced_weights(labels, num_labels)
+    log_a = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    c = torch.zeros((), dtype=torch.float64, requires_grad=True)
+
+    def loss():
+        logits = torch.cat([old, log_a.exp() * new + c], dim=1)
+        return (F.cross_entropy(logits, labels, reduction="none") * weights).sum()
+
+    _minimize([log_a, c], loss, max_iter)
+    return float(log_a.detach().exp()), float(c.detach())
+
+
+def fold_calibration(
+    new_weight: torch.Tensor, new_bias: torch.Tensor, a: float, c: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold ``a * (W x + b) + c`` into the rows: ``(a W, a b + c)``, so the grown head stays one Linear."""
+    return new_weight * a, new_bias * a + c
+
+
+def grow_head(
+    old_weight: torch.Tensor, old_bias: torch.Tensor | None, new_weight: torch.Tensor, new_bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Concatenate the untouched old rows with the new ones (old rows copied bit for bit, in their dtype)."""
+    _, dim = _check_head(old_weight, old_bias)
+    if new_weight.dim() != 2 or new_weight.shape[1] != dim:
+        raise DataError(
+            f"new_weight must have shape (num_new, {dim}); found {tuple(new_weight.shape)}. Fit it on features of "
+            "the head's input."
+        )
+    weight = torch.cat([old_weight.detach(), new_weight.detach().to(old_weight.dtype)], dim=0)
+    if old_bias is None:
+        return weight, None
+    new_bias = torch.zeros(new_weight.shape[0]) if new_bias is None else new_bias
+    return weight, torch.cat([old_bias.detach(), new_bias.detach().to(old_bias.dtype)])
+
+
+def old_label_anchors(features: torch.Tensor, old_weight: torch.Tensor) -> torch.Tensor:
+    """One stand-in feature per old label, from the trained rows alone: ``m + r_k * u_k``.
+
+    Why this: a softmax head trained to convergence has its centred rows aligned with its labels' centred feature
+    means (neural collapse, Papyan et al. 2020), so ``u_k = (w_k - mean w) / ||w_k - mean w||`` points from the
+    feature centre towards label k. ``m`` is the centre of the increment's features (same encoder) and ``r_k``
+    puts the anchor at their mean norm (the encoder's features have a typical norm; LayerNorm/tanh outputs barely
+    vary). Used as the old labels' rows when the increment has none, so the new rows learn where not to fire.
+    Returns ``(num_old, d)``.
+    """
+    _, dim = _check_head(old_weight, None)
+    _check_features(features, dim)
+    x = features.to(torch.float64)
+    centre = x.mean(0)
+    directions = old_weight.detach().to(torch.float64)
+    directions = directions - directions.mean(0)
+    directions = directions / directions.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    target = x.norm(dim=1).mean()
+    # ||m + r u||^2 = t^2  ->  r = -(u.m) + sqrt((u.m)^2 - |m|^2 + t^2), the positive root (0 if t < |m|).
+    along = directions @ centre
+    radius = -along + torch.sqrt((along**2 - centre.dot(centre) + target**2).clamp_min(0.0))
+    return (centre + radius.unsqueeze(1) * directions).to(torch.float32)
+
+
+def _old_logits(features: torch.Tensor, old_weight: torch.Tensor, old_bias: torch.Tensor | None) -> torch.Tensor:
+    logits = features.float() @ old_weight.detach().float().T
+    return logits + old_bias.detach().float() if old_bias is not None else logits
+
+
+def _balanced_ce(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    weights = balanced_weights(labels, logits.shape[1])
+    return float((F.cross_entropy(logits.double(), labels, reduction="none") * weights).sum())
+
+
+def cross_fitted_new_logits(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    old_weight: torch.Tensor,
+    old_bias: torch.Tensor | None,
+    num_new: int,
+    *,
+    folds: int = 3,
+    seed: int = 0,
+    **fit_kwargs,
+) -> torch.Tensor:
+    """New logits of every row from new rows fitted on the other folds (held-out logits for calibration)."""
+    num_old = old_weight.shape[0]
+    out = torch.empty(features.shape[0], num_new, dtype=torch.float32)
+    for held in fold_indices(labels, folds, seed):
+        keep = torch.ones(features.shape[0], dtype=torch.bool)
+        keep[held] = False
+        # A new label absent from the training folds cannot be fitted; fall back to fitting on every row for it.
+        train_labels = labels[keep]
+        if any(not (train_labels == i).any() for i in range(num_old, num_old + num_new)):
+            keep[:] = True
+        w, b = fit_new_rows(features[keep], labels[keep], old_weight, old_bias, num_new, **fit_kwargs)
+        out[held] = features[held].float() @ w.T + b
+    return out
+
+
+def refit_all_rows(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    *,
+    l2: float = 1e-3,
+    max_iter: int = 100,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Refit every row (old ones too) by class-balanced cross-entropy, starting from ``(weight, bias)``.
+
+    Only for increments that hold rows of every old label, and only kept where a held-out check prefers it
+    (:func:`add_new_rows`): a trained row summarises data the increment may not hold.
+    """
+    _, dim = _check_head(weight, bias)
+    _check_features(features, dim)
+    _check_labels(labels, features.shape[0], weight.shape[0])
+    x = features.to(torch.float64)
+    w = weight.detach().to(torch.float64).clone().requires_grad_(True)
+    b = bias.detach().to(torch.float64).clone().requires_grad_(True)
+    weights = balanced_weights(labels, weight.shape[0])
+
+    def loss():
+        value = (F.cross_entropy(x @ w.T + b, labels, reduction="none") * weights).sum()
+        return value + 0.5 * l2 * (w * w).sum()
+
+    _minimize([w, b], loss, max_iter)
+    return w.detach().to(weight.dtype), b.detach().to(bias.dtype)
+
+
+def add_new_rows(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    old_weight: torch.Tensor,
+    old_bias: torch.Tensor | None,
+    num_new: int,
+    *,
+    l2_grid: tuple[float, ...] = L2_GRID,
+    folds: int = 3,
+    seed: int = 0,
+    max_iter: int = 100,
+    allow_refit: bool = True,
+) -> dict:
+    """The whole single-label recipe: old rows kept (bit for bit unless a held-out check prefers a refit), new rows
+    fitted, new logits calibrated against the old ones where the data allow.
+
+    - No old label has rows (``"new_only"``): new rows on the old rows' scale (``scale="aligned"``), fitted against
+      one :func:`old_label_anchors` per old label; no calibration (no held-out old rows to fit it on).
+    - Some old labels have rows (``"with_old"``): free new rows, L2 chosen from ``l2_grid`` and BiC's ``(a, c)``
+      fitted, both on ``folds``-fold cross-fitted held-out logits (class-balanced cross-entropy), then folded in.
+    - Every old label has rows and ``allow_refit``: also refit all rows (:func:`refit_all_rows`) on the same folds;
+      the refit replaces the kept head only if its held-out accuracy is higher on the old labels' rows AND on all.
+
+    Returns:
+        ``{"weight", "bias"}`` of the grown head, the new rows alone (``"new_weight"``, ``"new_bias"``; before any
+        refit), ``"a"``, ``"c"``, ``"l2"``, ``"case"`` and ``"refit"`` (bool), plus the held-out figures checked
+        and (case ``"with_old"``) the head before any refit (``"kept_weight"``, ``"kept_bias"``).
+    """
+    num_old, _ = _check_head(old_weight, old_bias)
+    _check_features(features, old_weight.shape[1])
+    _check_labels(labels, features.shape[0], num_old + num_new)
+    present_old = torch.unique(labels[labels < num_old])
+    info: dict = {"a": 1.0, "c": 0.0, "l2": None, "refit": False}
+    if present_old.numel() == 0:
+        anchors = old_label_anchors(features, old_weight)
+        x = torch.cat([features.float(), anchors])
+        y = torch.cat([labels, torch.arange(num_old)])
+        new_weight, new_bias = fit_new_rows(x, y, old_weight, old_bias, num_new, scale="aligned", max_iter=max_iter)
+        weight, bias = grow_head(old_weight, old_bias, new_weight, new_bias)
+        return {"weight": weight, "bias": bias, "new_weight": new_weight, "new_bias": new_bias, "case": "new_only",
+                **info}
+
+    old_logits = _old_logits(features, old_weight, old_bias)
+    best = None
+    for l2 in l2_grid:
+        held = cross_fitted_new_logits(features, labels, old_weight, old_bias, num_new, folds=folds, seed=seed,
+                                       scale="free", l2=l2, max_iter=max_iter)
+        a, c = fit_logit_calibration(old_logits, held, labels) if old_bias is not None else (1.0, 0.0)
+        loss = _balanced_ce(torch.cat([old_logits, a * held + c], 1), labels)
+        if best is None or loss < best[0]:
+            best = (loss, l2, a, c, held)
+    _, l2, a, c, held = best
+    info.update(a=a, c=c, l2=l2, cv_loss=best[0])
+    new_weight, new_bias = fit_new_rows(features, labels, old_weight, old_bias, num_new, scale="free", l2=l2,
+                                        max_iter=max_iter)
+    new_weight, new_bias = fold_calibration(new_weight, new_bias, a, c)
+    weight, bias = grow_head(old_weight, old_bias, new_weight, new_bias)
+    info.update(kept_weight=weight, kept_bias=bias)
+
+    if allow_refit and old_bias is not None and present_old.numel() == num_old:
+        kept_pred = torch.cat([old_logits, a * held + c], 1).argmax(1)
+        refit_pred = torch.empty_like(labels)
+        for fold in fold_indices(labels, folds, seed):
+            keep = torch.ones(labels.shape[0], dtype=torch.bool)
+            keep[fold] = False
+            w_f, b_f = fit_new_rows(features[keep], labels[keep], old_weight, old_bias, num_new, scale="free", l2=l2,
+                                    max_iter=max_iter)
+            w_f, b_f = fold_calibration(w_f, b_f, a, c)
+            w_all, b_all = refit_all_rows(features[keep], labels[keep], *grow_head(old_weight, old_bias, w_f, b_f),
+                                          l2=l2, max_iter=max_iter)
+            refit_pred[fold] = (features[fold].float() @ w_all.float().T + b_all.float()).argmax(1)
+        old = labels < num_old
+
+        def acc(pred, mask):
+            return float((pred[mask] == labels[mask]).float().mean())
+
+        info.update(held_out_old_kept=acc(kept_pred, old), held_out_old_refit=acc(refit_pred, old),
+                    held_out_all_kept=acc(kept_pred, old | ~old), held_out_all_refit=acc(refit_pred, old | ~old))
+        if info["held_out_old_refit"] > info["held_out_old_kept"] and (
+            info["held_out_all_refit"] > info["held_out_all_kept"]
+        ):
+            weight, bias = refit_all_rows(features, labels, weight, bias, l2=l2, max_iter=max_iter)
+            info["refit"] = True
+    return {"weight": weight, "bias": bias, "new_weight": new_weight, "new_bias": new_bias, "case": "with_old",
+            **info}
+
+
+# --------------------------------------------------------------------------------------------------- multi-label
+
+
+def _check_targets(targets: torch.Tensor, n: int, num_labels: int | None = None) -> None:
+    if targets.dim() != 2 or targets.shape[0] != n or (num_labels is not None and targets.shape[1] != num_labels):
+        want = f"(rows={n}, labels{'' if num_labels is None else '=' + str(num_labels)})"
+        raise DataError(
+            f"targets must be a multi-hot matrix of shape {want}; found {tuple(targets.shape)}. Pass one row per "
+            "feature row and one column per label of the grown head (old labels first)."
+        )
+    if not ((targets == 0) | (targets == 1)).all():
+        raise DataError("targets must be 0/1 (multi-hot); found other values. Binarise the label sets first.")
+
+
+def _fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float, max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # One binary logistic regression per column, solved together: the problems share nothing but the inputs.
+    w = torch.zeros(y.shape[1], x.shape[1], dtype=torch.float64, requires_grad=True)
+    prior = y.mean(0).clamp(1e-4, 1 - 1e-4)
+    b = torch.log(prior / (1 - prior)).clone().requires_grad_(True)
+
+    def loss():
+        logits = x @ w.T + b
+        return F.binary_cross_entropy_with_logits(logits, y, reduction="sum") / x.shape[0] + 0.5 * l2 * (w * w).sum()
+
+    _minimize([w, b], loss, max_iter)
+    return w.detach(), b.detach()
+
+
+def fit_multilabel_new_rows(
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    num_old: int,
+    *,
+    l2: float | None = None,
+    folds: int = 3,
+    seed: int = 0,
+    max_iter: int = 300,
+) -> dict:
+    """New rows of a sigmoid head: each new label's logistic regression against every other row of the increment.
+
+    Old rows are not touched (nor read): in a sigmoid head each label decides alone, so the old labels' predictions
+    stay bit for bit what they were. ``l2`` (per row, relative to the mean loss) is chosen by ``folds``-fold
+    cross-validated log-loss over :data:`L2_GRID` when ``None``: the increment's own held-out rows pick it.
+
+    Args:
+        features: ``(n, d)`` head inputs.
+        targets: ``(n, num_old + num_new)`` multi-hot; only the new columns are read (old columns may be 0 where the
+            user did not annotate old labels).
+        num_old: Number of old labels.
+
+    Returns:
+        ``{"new_weight", "new_bias", "l2", "cv_loss"}``.
+    """
+    _check_features(features)
+    _check_targets(targets, features.shape[0])
+    if targets.shape[1] <= num_old:
+        raise DataError(
+            f"targets must have columns for the new labels after the {num_old} old ones; found {targets.shape[1]} "
+            "columns. Grow the label list before building the targets."
+        )
+    x = features.to(torch.float64)
+    y = targets[:, num_old:].to(torch.float64)
+    if (y.sum(0) == 0).any():
+        raise DataError(
+            "every new label needs positive rows; found none for new columns "
+            f"{torch.nonzero(y.sum(0) == 0).flatten().tolist()[:10]}. Add rows of those labels."
+        )
+    cv_loss = {}
+    if l2 is None:
+        # Stratify folds by the rows' first new label (0 = none): keeps each label in every fold where possible.
+        strata = torch.where(y.any(1), y.argmax(1) + 1, torch.zeros_like(y[:, 0], dtype=torch.long))
+        held_sets = fold_indices(strata, folds, seed)
+        for candidate in L2_GRID:
+            total = 0.0
+            for held in held_sets:
+                keep = torch.ones(x.shape[0], dtype=torch.bool)
+                keep[held] = False
+                w, b = _fit_logistic(x[keep], y[keep], candidate, max_iter)
+                total += float(F.binary_cross_entropy_with_logits(x[held] @ w.T + b, y[held], reduction="sum"))
+            cv_loss[candidate] = total / x.shape[0]
+        l2 = min(cv_loss, key=cv_loss.get)
+    w, b = _fit_logistic(x, y, l2, max_iter)
+    return {"new_weight": w.float(), "new_bias": b.float(), "l2": l2, "cv_loss": cv_loss}
+
+
+# --------------------------------------------------------------------------------------------------- statistics
+
+
+def closed_form_statistics(features: torch.Tensor, targets: torch.Tensor, num_labels: int | None = None) -> dict:
+    """Sufficient statistics of the rows seen, in hf_incr's format, for later closed-form increments.
+
+    ``gram = sum [x,1][x,1]^T`` (d+1, d+1) and ``cross = sum [x,1] y^T`` (d+1, num_labels), float64, ``count = n``.
+    ``y`` is one-hot (``targets`` 1-D label ids, ``num_labels`` required) or multi-hot (``targets`` 2-D).
+    The last row of ``cross`` is each label's row count (:func:`label_counts`); with the last row/column of ``gram``
+    it gives every label's mean and the shared covariance an LDA solve needs.
+    """
+    _check_features(features)
+    if targets.dim() == 1:
+        if num_labels is None:
+            raise DataError("num_labels is required with 1-D label ids; found None. Pass the grown head's size.")
+        _check_labels(targets, features.shape[0], num_labels)
+        y = F.one_hot(targets, num_labels).to(torch.float64)
+    else:
+        _check_targets(targets, features.shape[0], num_labels)
+        y = targets.to(torch.float64)
+    x1 = torch.cat([features.to(torch.float64), torch.ones(features.shape[0], 1, dtype=torch.float64)], dim=1)
+    return {"gram": x1.T @ x1, "cross": x1.T @ y, "count": int(features.shape[0])}
+
+
+def label_counts(cross: torch.Tensor) -> torch.Tensor:
+    """Rows per label in the statistics: the constant feature's row of ``cross``."""
+    return cross[-1]
+
+
+def resolvable_labels(cross: torch.Tensor, kept: torch.Tensor | None = None, min_rows: int = 1) -> torch.Tensor:
+    """Which labels a later closed-form increment may re-solve: those with ``>= min_rows`` rows in the statistics and
+    not marked ``kept`` (rows trained elsewhere that no held-out check has shown worse than a re-solve).
+
+    A label without rows has no mean: a closed-form solve would give it a row that never fires.
+    """
+    counts = label_counts(cross)
+    mask = counts >= min_rows
+    if kept is not None:
+        if kept.shape != mask.shape:
+            raise DataError(
+                f"kept must have one flag per label ({mask.shape[0]}); found shape {tuple(kept.shape)}. "
+                "Pass a bool tensor over the grown head's labels."
+            )
+        mask = mask & ~kept.bool()
+    return mask
+
+
+def calibrate_kept_rows(
+    gram: torch.Tensor, current_rows: torch.Tensor, solved_rows: torch.Tensor, pairs: torch.Tensor
+) -> tuple[float, float]:
+    """Affine ``(a, c)`` mapping the current (trained) rows' scores onto the re-solved rows' scale.
+
+    Least squares over the rows in the statistics and the labels in ``pairs`` (those with both a current and a
+    re-solved row): ``min sum_k sum_x (a u_k.[x,1] + c - v_k.[x,1])^2``, computed from ``gram`` alone (no rows
+    stored). Rows are ``(K, d+1)`` with the bias last. Applied to kept labels, it puts their trained logits on the
+    same footing as the re-solved scores before the argmax.
+    """
+    if current_rows.shape != solved_rows.shape or current_rows.shape[1] != gram.shape[0]:
+        raise DataError(
+            f"current_rows and solved_rows must both be (labels, {gram.shape[0]}) [weight | bias]; found "
+            f"{tuple(current_rows.shape)} and {tuple(solved_rows.shape)}. Concatenate each head's bias as last column."
+        )
+    if not pairs.any():
+        raise DataError("calibration needs at least one label with both rows; found none. Keep (a, c) = (1, 0).")
+    g = gram.to(torch.float64)
+    u = current_rows[pairs].to(torch.float64)
+    v = solved_rows[pairs].to(torch.float64)
+    n = g[-1, -1]
+    total = g[-1]  # sum [x, 1]
+    uu = torch.einsum("ki,ij,kj->", u, g, u)
+    uv = torch.einsum("ki,ij,kj->", u, g, v)
+    u1 = (u @ total).sum()
+    v1 = (v @ total).sum()
+    k = u.shape[0]
+    system = torch.tensor([[uu, u1], [u1, k * n]], dtype=torch.float64)
+    rhs = torch.tensor([uv, v1], dtype=torch.float64)
+    a, c = torch.linalg.lstsq(system, rhs.unsqueeze(1)).solution.flatten().tolist()
+    return a, c
+
+
+def merge_rows(
+    solved_rows: torch.Tensor, current_rows: torch.Tensor, resolve: torch.Tensor, a: float = 1.0, c: float = 0.0
+) -> torch.Tensor:
+    """Head rows ``(K, d+1)``: re-solved rows where ``resolve``, else the current rows mapped by ``(a, c)``."""
+    if solved_rows.shape != current_rows.shape or resolve.shape != (solved_rows.shape[0],):
+        raise DataError(
+            f"solved_rows, current_rows must share a shape and resolve hold one flag per row; found "
+            f"{tuple(solved_rows.shape)}, {tuple(current_rows.shape)}, {tuple(resolve.shape)}."
+        )
+    kept = current_rows.to(solved_rows.dtype) * a
+    kept[:, -1] += c
+    return torch.where(resolve.unsqueeze(1), solved_rows, kept)

