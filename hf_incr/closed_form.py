@@ -65,11 +65,22 @@ class RidgeStatistics:
     :func:`hf_incr.loading.load_statistics`.
     """
 
-    def __init__(self, gram: torch.Tensor, cross: torch.Tensor, count: int = 0, random_features=None):
+    def __init__(
+        self,
+        gram: torch.Tensor,
+        cross: torch.Tensor,
+        count: int = 0,
+        random_features=None,
+        kept: torch.Tensor | None = None,
+    ):
         self.gram = gram.double()
         self.cross = cross.double()
         self.count = int(count)
         self.random_features = random_features
+        # Labels whose head rows were trained outside these statistics (a classifier hf_incr did not train) and are
+        # kept as they are: while any label is kept, increments fit new rows beside the kept ones instead of
+        # re-solving the head (see hf_incr.new_rows).
+        self.kept = torch.zeros(self.cross.shape[1], dtype=torch.bool) if kept is None else kept.bool().clone()
 
     @classmethod
     def empty(cls, in_features: int, num_labels: int) -> RidgeStatistics:
@@ -84,10 +95,16 @@ class RidgeStatistics:
         extra = num_labels - self.num_labels
         if extra > 0:
             self.cross = torch.cat([self.cross, self.cross.new_zeros(self.cross.shape[0], extra)], dim=1)
+            self.kept = torch.cat([self.kept, self.kept.new_zeros(extra)])
         return self
 
+    @property
+    def keeps_trained_rows(self) -> bool:
+        """Whether some label's head row is a trained row kept as it is (not solvable from these statistics)."""
+        return bool(self.kept.any())
+
     def add(self, other: RidgeStatistics) -> RidgeStatistics:
-        """Add the rows another accumulator saw (same features; its labels a prefix of these)."""
+        """Add the rows another accumulator saw (same features; its labels a prefix of these); ``kept`` stays."""
         self.grow(other.num_labels)
         self.gram += other.gram
         self.cross[:, : other.num_labels] += other.cross
@@ -157,7 +174,7 @@ class RidgeStatistics:
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / RIDGE_FILENAME
         save_file(
-            {"gram": self.gram.contiguous(), "cross": self.cross.contiguous()},
+            {"gram": self.gram.contiguous(), "cross": self.cross.contiguous(), "kept": self.kept.to(torch.uint8)},
             str(path),
             metadata={"count": str(self.count), "format": "hf_incr ridge statistics over [head input, 1]"},
         )
@@ -175,14 +192,21 @@ class RidgeStatistics:
         path = Path(directory) / RIDGE_FILENAME
         if not path.is_file():
             return None
-        tensors, count = read_statistics_file(path, ("gram", "cross"), STATISTICS_LOST, STATISTICS_FIX)
-        gram, cross = tensors["gram"], tensors["cross"]
+        tensors, count = read_statistics_file(
+            path, ("gram", "cross"), STATISTICS_LOST, STATISTICS_FIX, optional=("kept",)
+        )
+        gram, cross, kept = tensors["gram"], tensors["cross"], tensors.get("kept")
         if gram.dim() != 2 or gram.shape[0] != gram.shape[1] or cross.dim() != 2 or cross.shape[0] != gram.shape[0]:
             raise damaged_file_error(
                 path, f"holds tensors of inconsistent shapes (gram {tuple(gram.shape)}, cross {tuple(cross.shape)}; "
                 "expected (d+1, d+1) and (d+1, labels))", STATISTICS_LOST, STATISTICS_FIX,
             )
-        return cls(gram, cross, count)
+        if kept is not None and tuple(kept.shape) != (cross.shape[1],):
+            raise damaged_file_error(
+                path, f"has a `kept` flag per label of shape {tuple(kept.shape)} for {cross.shape[1]} labels",
+                STATISTICS_LOST, STATISTICS_FIX,
+            )
+        return cls(gram, cross, count, kept=kept)
 
 
 # What a user loses without the statistics file, and what to do: said by every error about it.
@@ -196,7 +220,7 @@ STATISTICS_FIX = (
 
 
 def read_statistics_file(
-    path: Path, names: tuple[str, ...], lost: str, fix: str
+    path: Path, names: tuple[str, ...], lost: str, fix: str, optional: tuple[str, ...] = ()
 ) -> tuple[dict[str, torch.Tensor], int]:
     """The named float tensors and the row count of a statistics file hf_incr saved, checked: a file that is cut
     short, not safetensors, lacks a tensor, or holds non-finite numbers raises a
@@ -207,12 +231,12 @@ def read_statistics_file(
             missing = [name for name in names if name not in keys]
             if missing:
                 raise damaged_file_error(path, f"lacks the tensor(s) {missing}", lost, fix)
-            tensors = {name: f.get_tensor(name) for name in names}
+            tensors = {name: f.get_tensor(name) for name in (*names, *(o for o in optional if o in keys))}
             count = int((f.metadata() or {}).get("count", 0))
     except SavedStateError:
         raise
     except Exception as error:  # safetensors raises its own error type for a damaged header or a short file
         raise damaged_file_error(path, f"could not be read ({type(error).__name__}: {error})", lost, fix) from error
-    if count < 0 or any(not torch.isfinite(t).all() for t in tensors.values()):
+    if count < 0 or any(t.is_floating_point() and not torch.isfinite(t).all() for t in tensors.values()):
         raise damaged_file_error(path, "holds a negative row count or non-finite numbers", lost, fix)
     return tensors, count

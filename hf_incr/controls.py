@@ -103,7 +103,7 @@ class Distillation(ForgettingControl):
 
     def wants_teacher(self, run) -> bool:
         # A closed-form head is exact for the old labels by construction: the teacher serves the gradient phases only.
-        gradient_phases = not run.closed_form or run.fine_tune
+        gradient_phases = not (run.closed_form or run.keep_rows) or run.fine_tune
         return bool(run.old_ids and run.new_labels and gradient_phases)
 
 
@@ -117,7 +117,7 @@ class WeightAlign(ForgettingControl):
         return config.weight_align
 
     def after_training(self, run) -> None:
-        if run.new_ids and run.old_ids and not run.closed_form:
+        if run.new_ids and run.old_ids and not (run.closed_form or run.keep_rows):
             align_weights(run.model, run.new_ids, head=run.head)
 
 

@@ -53,6 +53,7 @@ from .head import ClassifierHead, add_labels, find_classifier_head
 from .hub import push_saved_model
 from .lineage import append_record, find_rerun, make_record
 from .loading import saved_state_folder
+from .new_rows import add_new_rows, fit_multilabel_new_rows, refit_if_better
 from .random_features import RandomFeatureHead, attach_random_feature_head, detach_random_feature_head
 from .replay import ReplayMemory
 from .saving import save_increment
@@ -62,7 +63,7 @@ from .validation import (
     check_output_dir,
     check_resume_from_checkpoint,
     check_saved_state,
-    closed_form_usable,
+    keeps_trained_rows,
 )
 
 logger = logging.get_logger(__name__)
@@ -117,6 +118,7 @@ class IncrementRun:
     old_ids: list[int] = field(default_factory=list)
     fine_tune: bool = False
     closed_form: bool = False
+    keep_rows: bool = False  # a classifier hf_incr did not train: trained rows kept, new rows fitted beside them
     teacher: torch.nn.Module | None = None
     old_head: tuple[torch.Tensor, torch.Tensor | None] | None = None
     # grow_head
@@ -257,10 +259,10 @@ def plan_increment(run: IncrementRun) -> None:
     run.fine_tune = config.finetune_layers != 0 and config.finetune_epochs > 0 and (
         run.is_base or config.finetune_increments
     )
-    run.closed_form = config.closed_form_head and (
-        run.is_base
-        or closed_form_usable(model, run.statistics, config, label_names_in(run.train_dataset, config.label_column))
+    run.keep_rows = config.closed_form_head and not run.is_base and keeps_trained_rows(
+        model, run.statistics, config, label_names_in(run.train_dataset, config.label_column)
     )
+    run.closed_form = config.closed_form_head and not run.keep_rows
     run.new_labels = find_new_labels(run.train_dataset, model.config.label2id, config.label_column, config.new_labels)
     run.old_ids = list(range(len(model.config.id2label)))
     if run.is_base:
@@ -286,8 +288,8 @@ def grow_head(run: IncrementRun) -> None:
         run.timed("feature_cache_s", started)
     examples = None
     init = config.init
-    if init == "imprint" and run.new_labels and run.features is None:
-        init = "zeros"  # the closed-form solve writes every row (see needs_features)
+    if run.keep_rows or (init == "imprint" and run.new_labels and run.features is None):
+        init = "zeros"  # the new rows are written by the closed-form solve or by fit_new_rows
     elif init == "imprint" and run.new_labels:
         row_names = row_label_names(run.train_rows, config.label_column)
         examples = {n: run.features[[i for i, names in enumerate(row_names) if n in names]] for n in run.new_labels}
@@ -310,6 +312,8 @@ def needs_features(run: IncrementRun) -> bool:
     config = run.config
     # A head solved in closed form (no warm-up) overwrites every row: no cached warm-up, nothing to imprint; its
     # statistics stream over the rows instead (see solve_closed_form_head).
+    if run.keep_rows:
+        return True  # the new rows are fitted on the head inputs of the increment's rows
     solved = solves_head(run)
     cached_warm_up = (
         not solved and config.warmup_epochs > 0 and config.cache_features and config.warmup_scope == "output"
@@ -366,6 +370,10 @@ def warm_up_or_solve(run: IncrementRun) -> None:
     config, model = run.config, run.model
     run.trainable_before = {n: p.requires_grad for n, p in model.named_parameters()}
     started = time.perf_counter()
+    if run.keep_rows:
+        fit_new_rows_beside_kept_ones(run)
+        run.timed("new_rows_s", started)
+        return
     if solves_head(run):
         # Closed-form rows: only this increment's own rows (replayed rows are already in the statistics).
         own = len(run.train_dataset)
@@ -475,6 +483,51 @@ def solve_closed_form_head(run: IncrementRun, rows: Dataset, features: torch.Ten
         random_head.solve(config.random_features_lambda, run.multi_label)
         statistics.random_features = random_head
         attach_random_feature_head(run.model, random_head.to(linear.weight.device), run.head)
+    run.statistics = statistics
+
+
+def fit_new_rows_beside_kept_ones(run: IncrementRun) -> None:
+    """A classifier hf_incr did not train: its trained rows stay (bit for bit, unless every old label has rows and
+    a held-out check prefers refitting them all), the new rows are fitted against them on the cached head inputs
+    (:func:`hf_incr.new_rows.add_new_rows`; multi-label: :func:`~hf_incr.new_rows.fit_multilabel_new_rows`), and
+    the statistics of this increment's rows are saved, marking the kept rows, so the next increment continues."""
+    linear, num_old = run.head.linear, len(run.old_ids)
+    own = len(run.train_dataset)
+    features = run.features.float()
+    labels = torch.tensor(run.train_encoded["labels"])
+    old_weight, old_bias = run.old_head
+    refit = False
+    weight = bias = new_weight = new_bias = None
+    if run.multi_label:
+        if run.new_ids:  # each new label its own logistic regression; old rows are not even read
+            fitted = fit_multilabel_new_rows(features, labels.float(), num_old, seed=run.args.seed)
+            new_weight, new_bias = fitted["new_weight"], fitted["new_bias"]
+    else:
+        old = (old_weight.float().cpu(), None if old_bias is None else old_bias.float().cpu())
+        if run.new_ids:
+            fitted = add_new_rows(features, labels, *old, len(run.new_ids), seed=run.args.seed)
+        else:  # only the model's own labels: nothing to add, a refit only if it wins a held-out check
+            fitted = refit_if_better(features, labels, *old, seed=run.args.seed)
+        refit = bool(fitted["refit"])
+        weight, bias = fitted["weight"], fitted["bias"]
+        new_weight, new_bias = weight[num_old:], None if bias is None else bias[num_old:]
+    with torch.no_grad():
+        if refit:
+            linear.weight.copy_(weight.to(linear.weight))
+            if linear.bias is not None:
+                linear.bias.copy_(bias.to(linear.bias))
+        elif run.new_ids:
+            # Only the new rows are written: the old ones stay the tensors they were, bit for bit.
+            linear.weight[num_old:] = new_weight.to(linear.weight)
+            if linear.bias is not None and new_bias is not None:
+                linear.bias[num_old:] = new_bias.to(linear.bias)
+    targets = labels[:own].double()
+    if not run.multi_label:
+        targets = torch.nn.functional.one_hot(labels[:own], linear.out_features).double()
+    statistics = run.statistics if run.statistics is not None else RidgeStatistics.empty(linear.in_features, 0)
+    statistics.grow(linear.out_features).update(features[:own], targets)
+    # Rows refitted on every label's rows are the data's own fit; otherwise every row is a kept, trained row.
+    statistics.kept[:] = not refit
     run.statistics = statistics
 
 

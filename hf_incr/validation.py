@@ -466,33 +466,24 @@ def check_saved_state(model, statistics: RidgeStatistics | None, replay_memory, 
 
 
 
-def closed_form_usable(
+def keeps_trained_rows(
     model, statistics: RidgeStatistics | None, config: IncrementConfig, labels_in_data: list[str]
 ) -> bool:
-    """Whether a closed-form increment can keep the old labels: their statistics are there, or (a first closed-form
-    run) every old label is in the data. If not, e.g. a classifier trained without hf_incr given only new labels,
-    the increment falls back to the gradient warm-up (with distillation), with a warning that says how to switch.
-    Statistics that do not fit the model are an error (:func:`check_saved_state`, run before)."""
-    if statistics is None:
-        absent = [name for name in model.config.label2id if name not in set(labels_in_data)]
-        if not absent:
-            return True  # the statistics start from this data, which covers every label
-        message = (
-            f"`closed_form_head=True` solves the head from statistics of every label's training rows, but the model "
-            f"has no saved statistics ({RIDGE_FILENAME}; was it trained without hf_incr?) and the data lacks its "
-            f"label(s) {absent[:10]}{' ...' if len(absent) > 10 else ''}. This increment trains the head by gradient "
-            "instead (warm-up with distillation), and those labels will be partly forgotten. To keep them, add a few "
-            "training examples of every old label to this data once: their statistics are then collected and saved, "
-            "and later increments need only new labels."
-        )
-        warnings.warn(message, UserWarning, stacklevel=4)
-        return False
-    features = statistics.random_features
-    if config.random_features and features is None:
+    """Whether this closed-form increment keeps the head's trained rows and fits only the new ones
+    (:mod:`hf_incr.new_rows`) instead of solving the whole head from the statistics.
+
+    It does for a classifier hf_incr did not train (no saved statistics: its trained rows are the best summary of its
+    labels there is), and for one whose statistics mark kept rows (such a classifier after its first increment).
+    A classifier trained by hf_incr (statistics of every label) is solved in closed form. Settings that need
+    statistics the model lacks are an error; old labels without rows in the data get a warning (they are kept, but
+    nothing calibrates the new rows against them)."""
+    keep = statistics is None or statistics.keeps_trained_rows
+    features = statistics.random_features if statistics is not None else None
+    if config.random_features and (keep or features is None):
         raise ConfigError(
             f"`random_features={config.random_features}`, but the model's statistics hold no random-feature head "
-            "(the base was trained without it), so the old labels' random-feature statistics are missing. Train the "
-            "base with `random_features` set, or keep `random_features=0`."
+            "(the base was trained without it, or by another library), so the old labels' random-feature statistics "
+            "are missing. Train the base with `random_features` set, or keep `random_features=0`."
         )
     if config.random_features and features.num_features != config.random_features:
         raise ConfigError(
@@ -500,4 +491,15 @@ def closed_form_usable(
             f"{config.random_features}`. Keep the number it was trained with: `random_features="
             f"{features.num_features}`."
         )
-    return True
+    absent = [name for name in model.config.label2id if name not in set(labels_in_data)]
+    if statistics is None and absent:
+        warnings.warn(
+            f"The model has no saved statistics ({RIDGE_FILENAME}; was it trained without hf_incr?) and the data "
+            f"lacks its label(s) {absent[:10]}{' ...' if len(absent) > 10 else ''}. Their trained rows of the head "
+            "are kept bit for bit and only the new labels' rows are fitted, on the old rows' scale; with no rows of "
+            "those labels nothing calibrates new against old, so they may lose a few points to the new labels. Add a "
+            "few training examples of every old label to this data to calibrate the new rows against them.",
+            UserWarning,
+            stacklevel=4,
+        )
+    return keep

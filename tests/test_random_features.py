@@ -84,7 +84,7 @@ def test_closed_form_increments_with_random_features_save_and_load(tmp_path):
                              distill_weight=0.0)
     model = tiny_bert(["refund", "delivery"])
     base = train_increment(model, tok, text_dataset(["refund", "delivery"], 6), config=config,
-                           args=training_args(tmp_path, output_dir=str(tmp_path / "a")))
+                           args=training_args(tmp_path, output_dir=str(tmp_path / "a")), kind="base")
     assert base.ridge_statistics.random_features is not None
     reloaded = hf_incr.load_model(str(tmp_path / "a"))
     assert attached_random_feature_head(reloaded) is not None
