@@ -417,7 +417,8 @@ class KernelLDAHead:
 def choose_bandwidth(features: torch.Tensor, labels, config: KernelLDAConfig, factors=(0.5, 1.0, 2.0),
                      held_out_fraction: float = 0.1) -> tuple[float, dict]:
     """Choose ``bandwidth_factor`` among ``factors`` on held-out rows of the first increment (one member, the
-    config's ``num_features``), by held-out accuracy then mean log-likelihood; return the bandwidth (factor x median
+    config's ``num_features``), by held-out accuracy, then mean log-likelihood, then the larger factor (the smoother
+    kernel: on an easy first increment every factor may score 100 %); return the bandwidth (factor x median
     pairwise distance of all of ``features``) and a report. Sets ``config.bandwidth`` and ``config.bandwidth_factor``.
     """
     features = _check_features(features, config.in_features, "choose_bandwidth")
@@ -432,7 +433,7 @@ def choose_bandwidth(features: torch.Tensor, labels, config: KernelLDAConfig, fa
     median = median_pairwise_distance(_prepare(features, config.normalize), seed=config.seed)
     report = {"median_distance": median, "factors": {}}
     best = None
-    for factor in factors:
+    for factor in sorted(factors, reverse=True):  # ties go to the larger bandwidth (the smoother kernel)
         trial = KernelLDAConfig(**{**asdict(config), "num_members": 1, "bandwidth": factor * median,
                                    "bandwidth_factor": factor, "labels": []})
         head = KernelLDAHead(trial)

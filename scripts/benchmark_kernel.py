@@ -59,6 +59,7 @@ class KernelBenchmarkArguments:
                                            metadata={"help": "Grid of factors x median distance, chosen held-out."})
     representation_rows: bool = field(default=True, metadata={"help": "Also 1-member RFF on pooler / raw mean."})
     threads: int = field(default=1, metadata={"help": "torch threads."})
+    table_only: bool = field(default=False, metadata={"help": "Only rewrite <output>.md from <output>_*.json."})
 
 
 def load_jsonl(path: Path) -> tuple[list[str], list[str]]:
@@ -262,24 +263,50 @@ def run_dataset(args: KernelBenchmarkArguments, name: str) -> dict:
 def main(argv=None) -> None:
     (args,) = HfArgumentParser(KernelBenchmarkArguments).parse_args_into_dataclasses(argv)
     torch.set_num_threads(args.threads)
-    for name in args.datasets:
+    for name in [] if args.table_only else args.datasets:
         result = run_dataset(args, name)
         path = Path(f"{args.output}_{name}.json")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=1, default=str))
         print(f"wrote {path}", flush=True)
+    paths = sorted(Path(args.output).parent.glob(f"{Path(args.output).name}_*.json"))
+    Path(f"{args.output}.md").write_text(table(paths))
+    print(f"wrote {args.output}.md", flush=True)
 
 
 def table(paths: list[Path]) -> str:
-    """Markdown table of the JSON results (``python scripts/benchmark_kernel.py`` writes them; see ``write_table``)."""
-    lines = ["| data set | head | final | average | fit s | encoder s (train + test) |", "|---|---|---|---|---|---|"]
-    for path in paths:
-        r = json.loads(path.read_text())
+    """Markdown tables of the JSON results: accuracy and seconds per head, bandwidth, float32 error, file sizes."""
+    out = ["# Kernel LDA (RFF) heads, class-incremental, frozen all-MiniLM-L6-v2", "",
+           "Written by `scripts/benchmark_kernel.py` (see its docstring for the command). Fit seconds: every "
+           "increment's statistics update and solve, plus the bandwidth selection for RFF rows; one thread, on a "
+           "shared 2-core machine (other jobs running), so compare rows of one run rather than across runs.", "",
+           "| data set | head | final % | average % | fit s | encoder pass s (train + test) |",
+           "|---|---|---|---|---|---|"]
+    results = [json.loads(p.read_text()) for p in paths]
+    for r in results:
         enc = r["encode_seconds"]
         for key, row in r["rows"].items():
-            lines.append(f"| {r['dataset']} | {key} | {100 * row['final']:.1f} | {100 * row['average']:.1f} | "
-                         f"{row['fit_seconds']:.1f} | {enc['train']:.0f} + {enc['test']:.0f} |")
-    return "\n".join(lines)
+            out.append(f"| {r['dataset']} | {key} | {100 * row['final']:.1f} | {100 * row['average']:.1f} | "
+                       f"{row['fit_seconds']:.1f} | {enc['train']:.0f} + {enc['test']:.0f} |")
+    out += ["", "## Bandwidth (fixed at the first increment; factor chosen on a tenth of its training rows)", "",
+            "| data set | representation | median distance | held-out accuracy per factor | chosen factor |",
+            "|---|---|---|---|---|"]
+    for r in results:
+        for rep, rep_report in r["bandwidth"].items():
+            if isinstance(rep_report, dict):
+                grid = ", ".join(f"{f}: {100 * v['accuracy']:.1f}" for f, v in rep_report["factors"].items())
+                out.append(f"| {r['dataset']} | {rep} | {rep_report['median_distance']:.3f} | {grid} | "
+                           f"{rep_report['chosen_factor']} |")
+    out += ["", "## float32 against float64 statistics (member 0, after the last increment)", "",
+            "| data set | " + " | ".join(results[0]["float32"]) + " |", "|---|" + "---|" * len(results[0]["float32"])]
+    for r in results:
+        out.append(f"| {r['dataset']} | " + " | ".join(f"{v:.3g}" for v in r["float32"].values()) + " |")
+    out += ["", "## File sizes per member (MB; multiply by the number of members)", "",
+            "| data set | " + " | ".join(results[0]["file_mb_per_member"]) + " |",
+            "|---|" + "---|" * len(results[0]["file_mb_per_member"])]
+    for r in results:
+        out.append(f"| {r['dataset']} | " + " | ".join(f"{v:.1f}" for v in r["file_mb_per_member"].values()) + " |")
+    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":
