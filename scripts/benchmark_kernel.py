@@ -59,6 +59,7 @@ class KernelBenchmarkArguments:
                                            metadata={"help": "Grid of factors x median distance, chosen held-out."})
     representation_rows: bool = field(default=True, metadata={"help": "Also 1-member RFF on pooler / raw mean."})
     threads: int = field(default=1, metadata={"help": "torch threads."})
+    float32_rows: bool = field(default=True, metadata={"help": "Member 0 again with float32 statistics; file sizes."})
     table_only: bool = field(default=False, metadata={"help": "Only rewrite <output>.md from <output>_*.json."})
 
 
@@ -171,6 +172,48 @@ def select_bandwidth(args, config, proto, train_x) -> tuple[dict, float]:
     return report, time.perf_counter() - start
 
 
+def float32_and_sizes(args, name, base, proto, train, test, ys, head64, classifier64, member_scores, record,
+                      select_s: float) -> dict:
+    """Member 0 again with float32 statistics against float64; sizes of the saved files of member 0."""
+    result = {}
+    # float32 statistics (member 0 again) against float64
+    config32 = KernelLDAConfig(**{**asdict(base), "num_members": 1, "statistics_dtype": "float32"})
+    scores32, seconds32, (head32, classifier32) = run_member_stream(config32, proto, train["mean"], test["mean"],
+                                                                    keep=True)
+    record("rff_klda/mean_l2/1_members/float32_statistics", [s[0] for s in scores32], seconds32 + select_s)
+    w64, w32 = classifier64.weights[0].double(), classifier32.weights[0].double()
+    stats64 = head64.statistics[0]
+    stored = type(stats64)(stats64.dim, torch.float64)  # accumulated in float64, stored as float32
+    stored.counts, stored.sums = stats64.counts, stats64.sums
+    stored.scatter = stats64.scatter.to(torch.float32).to(torch.float64)
+    w_stored, b_stored, _ = solve_lda(stored, base.shrinkage, base.priors)
+    w64_solved, b64_solved, rho = solve_lda(stats64, base.shrinkage, base.priors)
+    scat64 = stats64.scatter
+    result["float32"] = {
+        "accumulated_float32_scatter_rel_error": float((head32.statistics[0].scatter.double() - scat64).norm()
+                                                       / scat64.norm()),
+        "accumulated_float32_weight_rel_error": float((w32 - w64).norm() / w64.norm()),
+        "accumulated_float32_final_accuracy_delta": accuracy(scores32[-1][0], ys[-1])
+        - accuracy(member_scores[0][-1], ys[-1]),
+        "accumulated_float32_prediction_agreement": float((scores32[-1][0].argmax(1)
+                                                           == member_scores[0][-1].argmax(1)).double().mean()),
+        "stored_float32_weight_rel_error": float((w_stored - w64_solved).norm() / w64_solved.norm()),
+        "stored_float32_bias_rel_error": float((b_stored - b64_solved).norm() / b64_solved.norm()),
+        "final_oas_shrinkage": rho,
+    }
+    print(f"{name} float32: {result['float32']}", flush=True)
+
+    # file sizes, measured on member 0 (the other members are the same size)
+    folder = Path(args.cache_dir) / f"files_{name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_inference(folder / "inference.safetensors", classifier64)
+    save_statistics(folder / "statistics_float32.safetensors", head64, dtype=torch.float32)
+    save_statistics(folder / "statistics_float64.safetensors", head64, dtype=torch.float64)
+    result["file_mb_per_member"] = {p.stem: p.stat().st_size / 1e6 for p in sorted(folder.iterdir())}
+
+    return result
+
+
 def run_dataset(args: KernelBenchmarkArguments, name: str) -> dict:
     train, train_labels, encode_train_s = cached_features(args, name, "train")
     test, test_labels, encode_test_s = cached_features(args, name, "test")
@@ -214,40 +257,9 @@ def run_dataset(args: KernelBenchmarkArguments, name: str) -> dict:
             record(f"rff_klda/mean_l2/{k}_members/{how}", combined, sum(member_seconds[:k]) + select_s,
                    members=k, combine=how)
 
-    # float32 statistics (member 0 again) against float64
-    config32 = KernelLDAConfig(**{**asdict(base), "num_members": 1, "statistics_dtype": "float32"})
-    scores32, seconds32, (head32, classifier32) = run_member_stream(config32, proto, train["mean"], test["mean"],
-                                                                    keep=True)
-    record("rff_klda/mean_l2/1_members/float32_statistics", [s[0] for s in scores32], seconds32 + select_s)
-    w64, w32 = classifier64.weights[0].double(), classifier32.weights[0].double()
-    stats64 = head64.statistics[0]
-    stored = type(stats64)(stats64.dim, torch.float64)  # accumulated in float64, stored as float32
-    stored.counts, stored.sums = stats64.counts, stats64.sums
-    stored.scatter = stats64.scatter.to(torch.float32).to(torch.float64)
-    w_stored, b_stored, _ = solve_lda(stored, base.shrinkage, base.priors)
-    w64_solved, b64_solved, rho = solve_lda(stats64, base.shrinkage, base.priors)
-    scat64 = stats64.scatter
-    result["float32"] = {
-        "accumulated_float32_scatter_rel_error": float((head32.statistics[0].scatter.double() - scat64).norm()
-                                                       / scat64.norm()),
-        "accumulated_float32_weight_rel_error": float((w32 - w64).norm() / w64.norm()),
-        "accumulated_float32_final_accuracy_delta": accuracy(scores32[-1][0], ys[-1])
-        - accuracy(member_scores[0][-1], ys[-1]),
-        "accumulated_float32_prediction_agreement": float((scores32[-1][0].argmax(1)
-                                                           == member_scores[0][-1].argmax(1)).double().mean()),
-        "stored_float32_weight_rel_error": float((w_stored - w64_solved).norm() / w64_solved.norm()),
-        "stored_float32_bias_rel_error": float((b_stored - b64_solved).norm() / b64_solved.norm()),
-        "final_oas_shrinkage": rho,
-    }
-    print(f"{name} float32: {result['float32']}", flush=True)
-
-    # file sizes, measured on member 0 (the other members are the same size)
-    folder = Path(args.cache_dir) / f"files_{name}"
-    folder.mkdir(parents=True, exist_ok=True)
-    save_inference(folder / "inference.safetensors", classifier64)
-    save_statistics(folder / "statistics_float32.safetensors", head64, dtype=torch.float32)
-    save_statistics(folder / "statistics_float64.safetensors", head64, dtype=torch.float64)
-    result["file_mb_per_member"] = {p.stem: p.stat().st_size / 1e6 for p in sorted(folder.iterdir())}
+    if args.float32_rows:
+        result.update(float32_and_sizes(args, name, base, proto, train, test, ys, head64, classifier64, member_scores,
+                                        record, select_s))
 
     # the representation, same head (1 member, own bandwidth rule)
     if args.representation_rows:
@@ -297,6 +309,9 @@ def table(paths: list[Path]) -> str:
                 grid = ", ".join(f"{f}: {100 * v['accuracy']:.1f}" for f, v in rep_report["factors"].items())
                 out.append(f"| {r['dataset']} | {rep} | {rep_report['median_distance']:.3f} | {grid} | "
                            f"{rep_report['chosen_factor']} |")
+    results = [r for r in results if "float32" in r]
+    if not results:
+        return "\n".join(out) + "\n"
     out += ["", "## float32 against float64 statistics (member 0, after the last increment)", "",
             "| data set | " + " | ".join(results[0]["float32"]) + " |", "|---|" + "---|" * len(results[0]["float32"])]
     for r in results:
