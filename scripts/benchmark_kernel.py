@@ -59,6 +59,8 @@ class KernelBenchmarkArguments:
                                            metadata={"help": "Grid of factors x median distance, chosen held-out."})
     representation_rows: bool = field(default=True, metadata={"help": "Also 1-member RFF on pooler / raw mean."})
     threads: int = field(default=1, metadata={"help": "torch threads."})
+    ensemble_rows: bool = field(default=True, metadata={"help": "The RFF rows on normalised mean pooling."})
+    merge: bool = field(default=False, metadata={"help": "Add the rows to an existing <output>_<dataset>.json."})
     float32_rows: bool = field(default=True, metadata={"help": "Member 0 again with float32 statistics; file sizes."})
     table_only: bool = field(default=False, metadata={"help": "Only rewrite <output>.md from <output>_*.json."})
 
@@ -214,6 +216,34 @@ def float32_and_sizes(args, name, base, proto, train, test, ys, head64, classifi
     return result
 
 
+def ensemble_rows(args, name, proto, train, test, ys, in_features, result, record) -> None:
+    """RFF kernel LDA on normalised mean pooling, members one after the other; float32 statistics and file sizes."""
+    # RFF kernel LDA on normalised mean pooling: members one after the other
+    base = rff_config(args, in_features, normalize=True)
+    report, select_s = select_bandwidth(args, base, proto, train["mean"])
+    result["bandwidth"].update({"mean_l2": report, "selection_seconds": select_s})
+    print(f"{name} bandwidth mean_l2: {report}", flush=True)
+    member_scores, member_seconds = [], []
+    for m in range(args.num_members):
+        config = KernelLDAConfig(**{**asdict(base), "seed": args.seed + m, "num_members": 1})
+        scores, seconds, kept = run_member_stream(config, proto, train["mean"], test["mean"], keep=(m == 0))
+        member_scores.append([s[0] for s in scores])
+        member_seconds.append(seconds)
+        print(f"{name} member {m}: {seconds:.1f}s final {accuracy(scores[-1][0], ys[-1]):.4f}", flush=True)
+        if m == 0:
+            head64, classifier64 = kept
+    for k in sorted({1, min(3, args.num_members), args.num_members}):
+        for how in ("probs", "logits"):
+            combined = [KernelLDAClassifier.combine([member_scores[i][t] for i in range(k)], how)
+                        for t in range(proto.num_increments)]
+            record(f"rff_klda/mean_l2/{k}_members/{how}", combined, sum(member_seconds[:k]) + select_s,
+                   members=k, combine=how)
+
+    if args.float32_rows:
+        result.update(float32_and_sizes(args, name, base, proto, train, test, ys, head64, classifier64, member_scores,
+                                        record, select_s))
+
+
 def run_dataset(args: KernelBenchmarkArguments, name: str) -> dict:
     train, train_labels, encode_train_s = cached_features(args, name, "train")
     test, test_labels, encode_test_s = cached_features(args, name, "test")
@@ -236,30 +266,9 @@ def run_dataset(args: KernelBenchmarkArguments, name: str) -> dict:
         scores, seconds, _ = run_member_stream(config, proto, train[source], test[source])
         record(f"linear_lda/{rep}", [s[0] for s in scores], seconds)
 
-    # RFF kernel LDA on normalised mean pooling: members one after the other
-    base = rff_config(args, in_features, normalize=True)
-    report, select_s = select_bandwidth(args, base, proto, train["mean"])
-    result["bandwidth"] = {"mean_l2": report, "selection_seconds": select_s}
-    print(f"{name} bandwidth mean_l2: {report}", flush=True)
-    member_scores, member_seconds = [], []
-    for m in range(args.num_members):
-        config = KernelLDAConfig(**{**asdict(base), "seed": args.seed + m, "num_members": 1})
-        scores, seconds, kept = run_member_stream(config, proto, train["mean"], test["mean"], keep=(m == 0))
-        member_scores.append([s[0] for s in scores])
-        member_seconds.append(seconds)
-        print(f"{name} member {m}: {seconds:.1f}s final {accuracy(scores[-1][0], ys[-1]):.4f}", flush=True)
-        if m == 0:
-            head64, classifier64 = kept
-    for k in sorted({1, min(3, args.num_members), args.num_members}):
-        for how in ("probs", "logits"):
-            combined = [KernelLDAClassifier.combine([member_scores[i][t] for i in range(k)], how)
-                        for t in range(proto.num_increments)]
-            record(f"rff_klda/mean_l2/{k}_members/{how}", combined, sum(member_seconds[:k]) + select_s,
-                   members=k, combine=how)
-
-    if args.float32_rows:
-        result.update(float32_and_sizes(args, name, base, proto, train, test, ys, head64, classifier64, member_scores,
-                                        record, select_s))
+    result["bandwidth"] = {}
+    if args.ensemble_rows:
+        ensemble_rows(args, name, proto, train, test, ys, in_features, result, record)
 
     # the representation, same head (1 member, own bandwidth rule)
     if args.representation_rows:
@@ -279,6 +288,12 @@ def main(argv=None) -> None:
         result = run_dataset(args, name)
         path = Path(f"{args.output}_{name}.json")
         path.parent.mkdir(parents=True, exist_ok=True)
+        if args.merge and path.exists():
+            old = json.loads(path.read_text())
+            old["rows"].update(result["rows"])
+            old["bandwidth"].update(result["bandwidth"])
+            old.setdefault("merged_arguments", []).append(result["arguments"])
+            result = old
         path.write_text(json.dumps(result, indent=1, default=str))
         print(f"wrote {path}", flush=True)
     paths = sorted(Path(args.output).parent.glob(f"{Path(args.output).name}_*.json"))
