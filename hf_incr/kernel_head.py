@@ -1,0 +1,572 @@
+"""Kernel LDA head over random Fourier features, updated increment by increment (KLDA, Momeni, Mazumder & Liu, 2025).
+
+A frozen encoder's sentence vector ``x`` (the attention-mask weighted mean of its last hidden states) is expanded by
+each of ``M`` ensemble members into random Fourier features
+
+    z_m(x) = sqrt(2 / D) * cos(x @ W_m + b_m),   W_m ~ N(0, 1 / sigma^2) of shape (d, D),   b_m ~ U[0, 2 pi),
+
+so that ``z_m(x) . z_m(y)`` approximates the Gaussian kernel ``exp(-|x - y|^2 / (2 sigma^2))``. Each member keeps
+the sufficient statistics of a shared-covariance LDA on its features: per label the count ``n_c`` and the sum
+``s_c`` of ``z``, and one within-label scatter matrix ``S = sum_c sum_{i in c} (z_i - mu_c)(z_i - mu_c)^T`` (D x D).
+A batch is merged into them exactly (Chan et al.'s pairwise update: a label already seen adds the rank-one term
+``n m / (n + m) (mu_old - mu_batch)(mu_old - mu_batch)^T``), so the statistics after any sequence of increments are
+the statistics of all their rows at once, and no text or feature row is kept.
+
+The head is solved from the statistics (float64):
+
+    Sigma   = S / N,                       N = sum_c n_c
+    Sigma_s = (1 - rho) Sigma + rho * tr(Sigma) / D * I      (rho: Oracle-Approximating Shrinkage, or given)
+    w_c     = Sigma_s^{-1} mu_c,           b_c = -1/2 mu_c . w_c + log pi_c   (pi_c uniform, or n_c / N)
+
+and the members' softmax probabilities are averaged (or their log-softmax, ``combine="logits"``). The output are the
+log of the averaged probabilities, usable as logits.
+
+The bandwidth ``sigma`` must be fixed before the first statistics are accumulated (they depend on it): it is
+``factor * median pairwise distance`` of (a sample of) the first increment's rows, with ``factor`` chosen among a
+small grid on held-out rows of the first increment only (:func:`choose_bandwidth`); later increments reuse it.
+
+Two files, so that a Hub upload carries only what inference needs:
+
+- the *inference* file (:func:`save_inference` / :func:`load_inference`): per member the projection ``W_m, b_m``
+  (float32; also its seed) and the solved ``weight`` (labels x D) and ``bias`` (float32);
+- the *statistics* file (:func:`save_statistics` / :func:`load_head`): per member the scatter (upper triangle) and
+  the label sums, and the counts, which the next increment continues.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .errors import DataError, damaged_file_error
+
+INFERENCE_FORMAT = "hf_incr.kernel_lda.inference"
+STATISTICS_FORMAT = "hf_incr.kernel_lda.statistics"
+FORMAT_VERSION = "1"
+
+__all__ = [
+    "KernelLDAClassifier",
+    "KernelLDAConfig",
+    "KernelLDAHead",
+    "LDAStatistics",
+    "RandomFourierFeatures",
+    "choose_bandwidth",
+    "load_head",
+    "load_inference",
+    "median_pairwise_distance",
+    "oas_shrinkage",
+    "save_inference",
+    "save_statistics",
+    "solve_lda",
+]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Checks
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _check_features(features, in_features: int, what: str) -> torch.Tensor:
+    if not isinstance(features, torch.Tensor):
+        raise DataError(f"{what}: expected a torch.Tensor of shape (rows, {in_features}), got "
+                        f"{type(features).__name__}. Fix: pass the encoder's pooled features as a tensor "
+                        "(torch.as_tensor(...)).")
+    if features.ndim != 2 or features.shape[1] != in_features:
+        raise DataError(f"{what}: expected features of shape (rows, {in_features}), got {tuple(features.shape)}. Fix: "
+                        f"pass one {in_features}-dimensional vector per row (the encoder's mask-weighted mean of its "
+                        "last hidden states, the representation this head was built for).")
+    if not features.is_floating_point():
+        raise DataError(f"{what}: expected floating-point features, got dtype {features.dtype}. "
+                        "Fix: cast with .float().")
+    return features
+
+
+def _check_labels(labels, rows: int) -> torch.Tensor:
+    if not isinstance(labels, torch.Tensor):
+        labels = torch.as_tensor(labels)
+    if labels.ndim != 1 or labels.shape[0] != rows:
+        raise DataError(f"labels: expected a 1-d tensor of {rows} label indices (one per feature row), got shape "
+                        f"{tuple(labels.shape)}. Fix: pass one integer label id per row.")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise DataError(f"labels: expected integer label indices, got dtype {labels.dtype}. Fix: map label names to "
+                        "ids (config.label2id) and pass a LongTensor.")
+    labels = labels.long()
+    if rows and int(labels.min()) < 0:
+        raise DataError(f"labels: expected label indices >= 0, got {int(labels.min())}. Fix: map every label name to "
+                        "its id in config.label2id.")
+    return labels
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Sufficient statistics of a shared-covariance LDA
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class LDAStatistics:
+    """Per label count and feature sum, and the within-label scatter matrix, merged exactly batch by batch.
+
+    Args:
+        dim: Feature dimension.
+        dtype: Accumulation dtype of the sums and the scatter (float64: exact to rounding; float32: half the memory and
+            the time, see the module's benchmark for its error).
+    """
+
+    def __init__(self, dim: int, dtype: torch.dtype = torch.float64):
+        self.dim = int(dim)
+        self.dtype = dtype
+        self.counts = torch.zeros(0, dtype=torch.float64)
+        self.sums = torch.zeros(0, self.dim, dtype=dtype)
+        self.scatter = torch.zeros(self.dim, self.dim, dtype=dtype)
+
+    @property
+    def num_labels(self) -> int:
+        return self.counts.shape[0]
+
+    @property
+    def num_rows(self) -> float:
+        return float(self.counts.sum())
+
+    def grow(self, num_labels: int) -> None:
+        """Make room for labels ``< num_labels`` (new labels start with no rows)."""
+        extra = num_labels - self.num_labels
+        if extra > 0:
+            self.counts = torch.cat([self.counts, torch.zeros(extra, dtype=torch.float64)])
+            self.sums = torch.cat([self.sums, torch.zeros(extra, self.dim, dtype=self.dtype)])
+
+    def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Merge a batch of feature rows (rows, dim) with their label indices (rows,)."""
+        features = _check_features(features, self.dim, "LDAStatistics.update")
+        labels = _check_labels(labels, features.shape[0])
+        if features.shape[0] == 0:
+            return
+        self.grow(int(labels.max()) + 1)
+        z = features.to(self.dtype)
+        present, inverse = torch.unique(labels, return_inverse=True)
+        m = torch.bincount(inverse, minlength=present.numel()).to(torch.float64)
+        batch_sums = torch.zeros(present.numel(), self.dim, dtype=self.dtype).index_add_(0, inverse, z)
+        batch_means = batch_sums / m.to(self.dtype)[:, None]
+        centered = z - batch_means[inverse]
+        self.scatter += centered.T @ centered
+        n = self.counts[present]
+        old = n > 0
+        if bool(old.any()):
+            delta = self.sums[present[old]] / n[old].to(self.dtype)[:, None] - batch_means[old]
+            weight = (n[old] * m[old] / (n[old] + m[old])).to(self.dtype)
+            self.scatter += (delta * weight[:, None]).T @ delta
+        self.sums.index_add_(0, present, batch_sums)
+        self.counts.index_add_(0, present, m)
+
+    def means(self) -> torch.Tensor:
+        """Per label means (num_labels, dim), float64."""
+        return self.sums.to(torch.float64) / self.counts.clamp_min(1.0)[:, None]
+
+    def covariance(self) -> torch.Tensor:
+        """Pooled within-label covariance ``S / N`` (float64)."""
+        return self.scatter.to(torch.float64) / max(self.num_rows, 1.0)
+
+
+def oas_shrinkage(covariance: torch.Tensor, num_rows: float) -> float:
+    """Oracle-Approximating Shrinkage intensity of a (d, d) sample covariance from ``num_rows`` rows (scikit-learn's
+    ``OAS`` formula, as :func:`hf_incr.closed_form.oas_shrinkage`)."""
+    dim = covariance.shape[0]
+    mu = torch.trace(covariance) / dim
+    alpha = (covariance**2).mean()
+    denominator = (num_rows + 1) * (alpha - mu**2 / dim)
+    if denominator <= 0:
+        return 1.0
+    return float(min(((alpha + mu**2) / denominator).item(), 1.0))
+
+
+def solve_lda(stats: LDAStatistics, shrinkage: float | str = "oas", priors: str = "uniform"
+              ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The LDA head of ``stats``: ``weight`` (num_labels, dim), ``bias`` (num_labels,), float64, and the shrinkage.
+
+    Raises:
+        DataError: a label has no rows (it cannot be scored), or ``priors`` / ``shrinkage`` are not understood.
+    """
+    if stats.num_labels == 0:
+        raise DataError("solve_lda: the statistics hold no rows. Fix: call update() with the increment's rows first.")
+    empty = (stats.counts == 0).nonzero().flatten().tolist()
+    if empty:
+        raise DataError(f"solve_lda: label id(s) {empty[:10]} have no rows; every label up to {stats.num_labels - 1} "
+                        "needs at least one. Fix: pass rows of every new label in the increment (or renumber labels).")
+    covariance = stats.covariance()
+    if shrinkage == "oas":
+        rho = oas_shrinkage(covariance, stats.num_rows)
+    elif isinstance(shrinkage, (int, float)) and 0.0 <= float(shrinkage) <= 1.0:
+        rho = float(shrinkage)
+    else:
+        raise DataError(f"solve_lda: shrinkage must be 'oas' or a number in [0, 1], got {shrinkage!r}.")
+    target = torch.trace(covariance) / stats.dim
+    covariance = (1.0 - rho) * covariance
+    covariance.diagonal().add_(rho * target + 1e-12 * max(float(target), 1e-30))
+    means = stats.means()
+    factor, info = torch.linalg.cholesky_ex(covariance)
+    if int(info) == 0:
+        weight = torch.cholesky_solve(means.T.contiguous(), factor).T
+    else:  # singular without shrinkage: least squares, as scikit-learn's 'lsqr' solver does
+        weight = torch.linalg.lstsq(covariance, means.T).solution.T
+    bias = -0.5 * (means * weight).sum(1)
+    if priors == "counts":
+        bias = bias + torch.log(stats.counts / stats.counts.sum())
+    elif priors != "uniform":
+        raise DataError(f"solve_lda: priors must be 'uniform' or 'counts', got {priors!r}.")
+    return weight.contiguous(), bias, rho
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Random Fourier features and the bandwidth rule
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class RandomFourierFeatures:
+    """``z(x) = sqrt(2 / D) cos(x @ weight + offset)`` with ``weight ~ N(0, 1 / bandwidth^2)`` (d, D) and
+    ``offset ~ U[0, 2 pi)``, drawn from ``torch.Generator().manual_seed(seed)`` in float64, kept in float32."""
+
+    def __init__(self, in_features: int, num_features: int, bandwidth: float, seed: int,
+                 weight: torch.Tensor | None = None, offset: torch.Tensor | None = None):
+        self.in_features, self.num_features = int(in_features), int(num_features)
+        self.bandwidth, self.seed = float(bandwidth), int(seed)
+        if weight is None or offset is None:
+            generator = torch.Generator().manual_seed(self.seed)
+            weight = torch.randn(self.in_features, self.num_features, generator=generator, dtype=torch.float64)
+            weight = weight / self.bandwidth
+            offset = torch.rand(self.num_features, generator=generator, dtype=torch.float64) * (2 * math.pi)
+        self.weight = weight.to(torch.float32).contiguous()
+        self.offset = offset.to(torch.float32).contiguous()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return math.sqrt(2.0 / self.num_features) * torch.cos(x.to(torch.float32) @ self.weight + self.offset)
+
+
+def median_pairwise_distance(features: torch.Tensor, max_rows: int = 1000, seed: int = 0) -> float:
+    """Median Euclidean distance between distinct rows of (a sample of up to ``max_rows`` of) ``features``."""
+    if features.shape[0] < 2:
+        raise DataError(f"median_pairwise_distance: expected at least 2 rows, got {features.shape[0]}. Fix: pass the "
+                        "first increment's rows.")
+    x = features.to(torch.float64)
+    if x.shape[0] > max_rows:
+        x = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:max_rows]]
+    distances = torch.cdist(x, x)
+    upper = torch.triu_indices(x.shape[0], x.shape[0], offset=1)
+    return float(distances[upper[0], upper[1]].median())
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The head: configuration, inference part, statistics part
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class KernelLDAConfig:
+    """Everything that defines the head apart from its tensors.
+
+    ``num_features=0`` gives plain (linear) LDA on the inputs, one member. ``bandwidth=None`` means "not chosen yet":
+    :meth:`KernelLDAHead.update` then sets it from the first rows it sees (``bandwidth_factor`` x their median pairwise
+    distance); :func:`choose_bandwidth` picks the factor on held-out rows first.
+    """
+
+    in_features: int
+    num_features: int = 5000
+    num_members: int = 5
+    bandwidth: float | None = None
+    bandwidth_factor: float = 1.0
+    seed: int = 0
+    normalize: bool = False
+    shrinkage: float | str = "oas"
+    priors: str = "uniform"
+    combine: str = "probs"
+    statistics_dtype: str = "float64"
+    labels: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.in_features <= 0 or self.num_features < 0 or self.num_members <= 0:
+            raise DataError(f"KernelLDAConfig: expected in_features > 0, num_features >= 0, num_members > 0, got "
+                            f"{self.in_features}, {self.num_features}, {self.num_members}.")
+        if self.num_features == 0 and self.num_members != 1:
+            raise DataError("KernelLDAConfig: linear LDA (num_features=0) has exactly one member; set num_members=1.")
+        if self.combine not in ("probs", "logits"):
+            raise DataError(f"KernelLDAConfig: combine must be 'probs' or 'logits', got {self.combine!r}.")
+        if self.statistics_dtype not in ("float32", "float64"):
+            raise DataError(f"KernelLDAConfig: statistics_dtype must be 'float32' or 'float64', got "
+                            f"{self.statistics_dtype!r}.")
+
+    def member_seed(self, index: int) -> int:
+        return self.seed + index
+
+    def inference_dict(self) -> dict:
+        keys = ("in_features", "num_features", "num_members", "bandwidth", "bandwidth_factor", "seed", "normalize",
+                "combine", "labels")
+        return {k: v for k, v in asdict(self).items() if k in keys}
+
+
+def _prepare(x: torch.Tensor, normalize: bool) -> torch.Tensor:
+    x = x.to(torch.float32)
+    return torch.nn.functional.normalize(x, dim=1) if normalize else x
+
+
+class KernelLDAClassifier:
+    """What inference needs: the members' projections and solved weights. Calling it gives logits (log of the
+    members' averaged probabilities) of shape (rows, num_labels)."""
+
+    def __init__(self, config: KernelLDAConfig, projections: list[RandomFourierFeatures | None],
+                 weights: list[torch.Tensor], biases: list[torch.Tensor]):
+        self.config, self.projections = config, projections
+        self.weights = [w.to(torch.float32).contiguous() for w in weights]
+        self.biases = [b.to(torch.float32).contiguous() for b in biases]
+
+    @property
+    def num_labels(self) -> int:
+        return self.weights[0].shape[0]
+
+    def member_logits(self, features: torch.Tensor) -> list[torch.Tensor]:
+        """Each member's LDA scores (rows, num_labels)."""
+        features = _check_features(features, self.config.in_features, "KernelLDAClassifier")
+        x = _prepare(features, self.config.normalize)
+        out = []
+        for projection, weight, bias in zip(self.projections, self.weights, self.biases):
+            z = projection(x) if projection is not None else x
+            out.append(z @ weight.T + bias)
+        return out
+
+    @staticmethod
+    def combine(member_logits: list[torch.Tensor], how: str = "probs") -> torch.Tensor:
+        """Log of the averaged softmax probabilities (``probs``) or the averaged log-softmax (``logits``)."""
+        log_probs = torch.stack([torch.log_softmax(s.to(torch.float64), dim=1) for s in member_logits])
+        if how == "probs":
+            return (torch.logsumexp(log_probs, dim=0) - math.log(len(member_logits))).to(torch.float32)
+        return log_probs.mean(0).to(torch.float32)
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        return self.combine(self.member_logits(features), self.config.combine)
+
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        return self(features).argmax(1)
+
+
+class KernelLDAHead:
+    """The incremental head: members' projections and statistics. :meth:`update` with each batch of an increment's
+    rows, then :meth:`solve` for the :class:`KernelLDAClassifier` that scores all labels seen."""
+
+    def __init__(self, config: KernelLDAConfig):
+        self.config = config
+        self.projections: list[RandomFourierFeatures | None] = []
+        self.statistics: list[LDAStatistics] = []
+        if config.num_features == 0 or config.bandwidth is not None:
+            self._build()
+
+    @property
+    def dim(self) -> int:
+        return self.config.num_features or self.config.in_features
+
+    def _build(self, projections: list[RandomFourierFeatures | None] | None = None) -> None:
+        c = self.config
+        if projections is None:
+            projections = [None] if c.num_features == 0 else [
+                RandomFourierFeatures(c.in_features, c.num_features, c.bandwidth, c.member_seed(i))
+                for i in range(c.num_members)]
+        self.projections = projections
+        dtype = getattr(torch, c.statistics_dtype)
+        self.statistics = [LDAStatistics(self.dim, dtype) for _ in projections]
+
+    def set_bandwidth(self, features: torch.Tensor) -> float:
+        """Fix the bandwidth from the first increment's rows (``bandwidth_factor`` x median pairwise distance).
+
+        Raises:
+            DataError: statistics were already accumulated with another bandwidth.
+        """
+        features = _check_features(features, self.config.in_features, "KernelLDAHead.set_bandwidth")
+        if self.statistics and any(s.num_rows for s in self.statistics):
+            raise DataError("set_bandwidth: the statistics already depend on the bandwidth "
+                            f"{self.config.bandwidth}; it cannot change after the first increment. Fix: start a new "
+                            "head (and pass every increment's rows again) to use another bandwidth.")
+        median = median_pairwise_distance(_prepare(features, self.config.normalize), seed=self.config.seed)
+        self.config.bandwidth = self.config.bandwidth_factor * median
+        self._build()
+        return self.config.bandwidth
+
+    def features(self, features: torch.Tensor) -> list[torch.Tensor]:
+        x = _prepare(features, self.config.normalize)
+        return [p(x) if p is not None else x for p in self.projections]
+
+    def update(self, features: torch.Tensor, labels) -> None:
+        """Merge a batch of an increment (features (rows, in_features), label ids (rows,)) into every member."""
+        features = _check_features(features, self.config.in_features, "KernelLDAHead.update")
+        labels = _check_labels(labels, features.shape[0])
+        if not self.statistics:
+            self.set_bandwidth(features)
+        for z, stats in zip(self.features(features), self.statistics):
+            stats.update(z, labels)
+
+    def solve(self) -> KernelLDAClassifier:
+        """Solve every member (float64) and return the inference part."""
+        if not self.statistics:
+            raise DataError("KernelLDAHead.solve: no rows seen yet. Fix: call update() with the first increment.")
+        weights, biases = [], []
+        for stats in self.statistics:
+            weight, bias, _ = solve_lda(stats, self.config.shrinkage, self.config.priors)
+            weights.append(weight)
+            biases.append(bias)
+        return KernelLDAClassifier(self.config, self.projections, weights, biases)
+
+
+def choose_bandwidth(features: torch.Tensor, labels, config: KernelLDAConfig, factors=(0.5, 1.0, 2.0),
+                     held_out_fraction: float = 0.1) -> tuple[float, dict]:
+    """Choose ``bandwidth_factor`` among ``factors`` on held-out rows of the first increment (one member, the
+    config's ``num_features``), by held-out accuracy, then mean log-likelihood, then the larger factor (the smoother
+    kernel: on an easy first increment every factor may score 100 %); return the bandwidth (factor x median
+    pairwise distance of all of ``features``) and a report. Sets ``config.bandwidth`` and ``config.bandwidth_factor``.
+    """
+    features = _check_features(features, config.in_features, "choose_bandwidth")
+    labels = _check_labels(labels, features.shape[0])
+    generator = torch.Generator().manual_seed(config.seed)
+    held = torch.zeros(features.shape[0], dtype=torch.bool)
+    for label in labels.unique():  # a tenth of every label's rows, at least one, never all
+        rows = (labels == label).nonzero().flatten()
+        if rows.numel() >= 2:
+            k = max(1, round(held_out_fraction * rows.numel()))
+            held[rows[torch.randperm(rows.numel(), generator=generator)[:k]]] = True
+    median = median_pairwise_distance(_prepare(features, config.normalize), seed=config.seed)
+    report = {"median_distance": median, "factors": {}}
+    best = None
+    for factor in sorted(factors, reverse=True):  # ties go to the larger bandwidth (the smoother kernel)
+        trial = KernelLDAConfig(**{**asdict(config), "num_members": 1, "bandwidth": factor * median,
+                                   "bandwidth_factor": factor, "labels": []})
+        head = KernelLDAHead(trial)
+        head.update(features[~held], labels[~held])
+        scores = head.solve()(features[held])
+        accuracy = float((scores.argmax(1) == labels[held]).float().mean())
+        log_likelihood = float(torch.log_softmax(scores.double(), 1).gather(1, labels[held, None]).mean())
+        report["factors"][factor] = {"accuracy": accuracy, "log_likelihood": log_likelihood}
+        if best is None or (accuracy, log_likelihood) > best[0]:
+            best = ((accuracy, log_likelihood), factor)
+    config.bandwidth_factor = best[1]
+    config.bandwidth = best[1] * median
+    report["chosen_factor"], report["bandwidth"] = best[1], config.bandwidth
+    return config.bandwidth, report
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Files (safetensors, no pickle)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _fingerprint(config: KernelLDAConfig, projections) -> str:
+    digest = hashlib.sha256(json.dumps({k: v for k, v in config.inference_dict().items() if k != "labels"},
+                                       sort_keys=True).encode())
+    for p in projections:
+        if p is not None:
+            digest.update(p.weight[:4, :16].numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def save_inference(path, classifier: KernelLDAClassifier) -> None:
+    """Write what inference needs (float32): per member ``projection``/``offset`` (when random features), ``weight``
+    (num_labels, D) and ``bias``; the configuration in the metadata."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for i, (p, w, b) in enumerate(zip(classifier.projections, classifier.weights, classifier.biases)):
+        if p is not None:
+            tensors[f"member{i}.projection"] = p.weight
+            tensors[f"member{i}.offset"] = p.offset
+        tensors[f"member{i}.weight"] = w.contiguous()
+        tensors[f"member{i}.bias"] = b.contiguous()
+    metadata = {"format": INFERENCE_FORMAT, "version": FORMAT_VERSION,
+                "config": json.dumps(classifier.config.inference_dict()),
+                "fingerprint": _fingerprint(classifier.config, classifier.projections)}
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def _pack_upper(matrix: torch.Tensor) -> torch.Tensor:
+    return torch.cat([matrix[i, i:] for i in range(matrix.shape[0])])
+
+
+def _unpack_upper(packed: torch.Tensor, dim: int) -> torch.Tensor:
+    matrix = torch.empty(dim, dim, dtype=packed.dtype)
+    start = 0
+    for i in range(dim):
+        row = packed[start : start + dim - i]
+        matrix[i, i:] = row
+        matrix[i:, i] = row
+        start += dim - i
+    return matrix
+
+
+def save_statistics(path, head: KernelLDAHead, dtype: torch.dtype | None = None) -> None:
+    """Write what the next increment needs: counts, per member the label sums and the scatter's upper triangle (in
+    ``dtype``, default the accumulation dtype; float32 halves the file at the error the benchmark reports)."""
+    from safetensors.torch import save_file
+
+    if not head.statistics:
+        raise DataError("save_statistics: the head has no statistics yet. Fix: update() it with an increment first.")
+    tensors = {"counts": head.statistics[0].counts}
+    for i, stats in enumerate(head.statistics):
+        tensors[f"member{i}.sums"] = stats.sums.to(torch.float64).contiguous()
+        tensors[f"member{i}.scatter_upper"] = _pack_upper(stats.scatter.to(dtype or stats.dtype)).contiguous()
+    metadata = {"format": STATISTICS_FORMAT, "version": FORMAT_VERSION,
+                "config": json.dumps({k: v for k, v in asdict(head.config).items() if k != "labels"}),
+                "fingerprint": _fingerprint(head.config, head.projections)}
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def _read(path, expected_format: str, lost: str, fix: str):
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            names = f.keys()  # safe_open is not iterable
+            tensors = {k: f.get_tensor(k) for k in names}
+    except Exception as error:  # a truncated or foreign file
+        raise damaged_file_error(path, f"cannot be read as safetensors ({error})", lost, fix) from error
+    if metadata.get("format") != expected_format:
+        raise damaged_file_error(path, f"is not a {expected_format} file (format {metadata.get('format')!r})", lost,
+                                 fix)
+    return metadata, tensors
+
+
+def load_inference(path) -> KernelLDAClassifier:
+    """The classifier saved by :func:`save_inference` (no statistics needed)."""
+    lost, fix = "the kernel LDA head cannot score", "Restore the file from where the model came from."
+    metadata, tensors = _read(path, INFERENCE_FORMAT, lost, fix)
+    try:
+        config = KernelLDAConfig(**json.loads(metadata["config"]))
+        projections, weights, biases = [], [], []
+        for i in range(config.num_members):
+            projections.append(None if config.num_features == 0 else RandomFourierFeatures(
+                config.in_features, config.num_features, config.bandwidth, config.member_seed(i),
+                tensors[f"member{i}.projection"], tensors[f"member{i}.offset"]))
+            weights.append(tensors[f"member{i}.weight"])
+            biases.append(tensors[f"member{i}.bias"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise damaged_file_error(path, f"is incomplete ({error!r})", lost, fix) from error
+    return KernelLDAClassifier(config, projections, weights, biases)
+
+
+def load_head(inference_path, statistics_path) -> KernelLDAHead:
+    """The incremental head to continue: projections from the inference file, statistics from the statistics file
+    (accumulation continues in the dtype the configuration names)."""
+    classifier = load_inference(inference_path)
+    lost = "the next increment cannot continue the kernel LDA statistics (the old labels would be lost)"
+    fix = "Restore the statistics file saved with this model, or refit from all labels' rows."
+    metadata, tensors = _read(statistics_path, STATISTICS_FORMAT, lost, fix)
+    if metadata.get("fingerprint") != _fingerprint(classifier.config, classifier.projections):
+        raise damaged_file_error(statistics_path, "belongs to another kernel LDA head (fingerprint differs from the "
+                                 "inference file's)", lost, fix)
+    config = KernelLDAConfig(**{**json.loads(metadata["config"]), "labels": classifier.config.labels})
+    head = KernelLDAHead.__new__(KernelLDAHead)
+    head.config = config
+    head._build(classifier.projections)
+    try:
+        for i, stats in enumerate(head.statistics):
+            stats.counts = tensors["counts"].to(torch.float64)
+            stats.sums = tensors[f"member{i}.sums"].to(stats.dtype)
+            stats.scatter = _unpack_upper(tensors[f"member{i}.scatter_upper"].to(stats.dtype), head.dim)
+    except (KeyError, RuntimeError) as error:
+        raise damaged_file_error(statistics_path, f"is incomplete ({error!r})", lost, fix) from error
+    return head
