@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,10 +41,9 @@ from transformers import (
     TrainingArguments,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
 from hf_incr import new_rows
+
+REPO = Path(__file__).resolve().parents[1]
 
 SPLITS = {"banking77": "test", "clinc150": "test", "goemotions": "test"}
 
@@ -68,7 +66,9 @@ class ElsewhereBenchmarkArguments:
     max_length: int = field(default=64, metadata={"help": "Tokens per text."})
     max_train_rows: int = field(
         default=0,
-        metadata={"help": "Seeded subsample of the training rows in play (joint fine-tune; base = its old-label rows)."},
+        metadata={
+            "help": "Seeded subsample of the training rows in play (joint fine-tune; base = its old-label rows)."
+        },
     )
     seed: int = field(default=0, metadata={"help": "Seed of the label order, the shots and the fine-tunes."})
     shots: int = field(default=5, metadata={"help": "Rows of every old label in case (ii)."})
@@ -446,7 +446,8 @@ def write_markdown(result: dict, path: Path) -> None:
         "",
         (
             f"Base fine-tune: {result['base_rows']} rows, {result['base_finetune_seconds']:.0f} s; its old-label "
-            f"{metric}: {result['base_old']:.1f} %. Feature pass: {result['feature_seconds_per_row'] * 1000:.1f} ms/row."
+            f"{metric}: {result['base_old']:.1f} %. Feature pass: "
+            f"{result['feature_seconds_per_row'] * 1000:.1f} ms/row."
         ),
         "",
         "| case | method | old | new | all | old drop | seconds |",
