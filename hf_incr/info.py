@@ -59,6 +59,7 @@ def model_info(source: str, *, revision: str | None = None, token: str | None = 
         "labels": [(i, id2label[i], added_by.get(i)) for i in sorted(id2label)],
         "lineage": lineage,
         "statistics": RIDGE_FILENAME in names,
+        "head_rows": (lineage[-1].get("head_rows") if lineage else None),
         "random_features": RANDOM_FEATURES_FILENAME in names,
         "replay": f"{REPLAY_DIRNAME}/{REPLAY_FILENAME}" in names or REPLAY_FILENAME in names,
         "card": f"{base}/{CARD_FILENAME}" if CARD_FILENAME in names else None,

@@ -44,9 +44,14 @@ def make_record(
     metrics: dict[str, Any],
     num_labels: int,
     data_fingerprint: str | None = None,
+    head_rows: str | None = None,
 ) -> dict[str, Any]:
-    """One lineage record; every value is plain JSON."""
+    """One lineage record; every value is plain JSON. ``head_rows`` says how the head's rows were made:
+    ``"solved"`` (closed form from the statistics), ``"kept"`` (trained rows kept, new rows fitted beside them),
+    ``"refitted"`` (every row refitted on the increment's rows, which held every label) or ``"trained"`` (by
+    gradient)."""
     return {
+        "head_rows": head_rows,
         "kind": kind,
         "labels_added": list(labels_added),
         "label_ids": [int(i) for i in label_ids],

@@ -567,9 +567,17 @@ def record_lineage(run: IncrementRun) -> dict[str, Any]:
                  "seconds": round(run.timings.get("total_s", 0.0), 1)},
         num_labels=len(run.model.config.label2id),
         data_fingerprint=getattr(run.train_dataset, "_fingerprint", None),
+        head_rows=_head_rows(run),
     )
     append_record(run.model, record)
     return record
+
+
+def _head_rows(run: IncrementRun) -> str:
+    """How this increment made the head's rows, for the lineage (``hf-incr info`` says what comes next from it)."""
+    if run.keep_rows:
+        return "kept" if run.statistics.keeps_trained_rows else "refitted"
+    return "solved" if run.closed_form else "trained"
 
 
 def _forgetting(run: IncrementRun) -> float | None:

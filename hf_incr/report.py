@@ -118,7 +118,8 @@ def format_summary(
 
 def next_increment(info: dict[str, Any]) -> str:
     """What the next ``hf-incr increment`` on this model does, from what is saved with it."""
-    if info.get("statistics"):
+    kept = info.get("head_rows") == "kept"
+    if info.get("statistics") and not kept:
         text = (
             "closed-form exact path: the head is solved from the saved statistics, so the new data needs only the new "
             "labels and the old labels' head rows stay exact"
@@ -127,9 +128,10 @@ def next_increment(info: dict[str, Any]) -> str:
             text += " (the random-feature head is refitted too)"
     else:
         text = (
-            "the path for a model trained elsewhere: no saved statistics, so add a few examples of every old label to "
-            "the data once (they are then collected and saved), or the head is trained by gradient with distillation "
-            "and partly forgets the old labels"
+            "the path for a model trained elsewhere"
+            + (" (its statistics mark its trained rows as kept)" if kept else " (no saved statistics)")
+            + ": every trained row of the head is kept bit for bit and only the new labels' rows are fitted beside "
+            "them; a few examples of every old label in the data let hf_incr calibrate new against old"
         )
     if info.get("replay"):
         text += "; the replay memory's stored examples are mixed into the training rows (with replay_per_label > 0)"

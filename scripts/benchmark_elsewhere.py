@@ -32,6 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -221,17 +222,18 @@ def head_inputs(model, tokenizer, texts: list[str], max_length: int, batch_size:
 
 
 def cached_features(model_dir: Path, name: str, texts: list[str], args) -> tuple[torch.Tensor, float]:
-    """Features of ``texts`` under the model in ``model_dir``, cached as ``features_NAME.pt``; (features, seconds)."""
-    path = model_dir / f"features_{name}.pt"
+    """Features of ``texts`` under the model in ``model_dir``, cached as ``features_NAME.safetensors``; (features,
+    seconds)."""
+    path = model_dir / f"features_{name}.safetensors"
     if path.exists():
-        saved = torch.load(path)
-        return saved["features"], saved["seconds"]
+        saved = load_file(str(path))
+        return saved["features"], float(saved["seconds"])
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
     start = time.perf_counter()
     features = head_inputs(model, tokenizer, texts, args.max_length)
     seconds = time.perf_counter() - start
-    torch.save({"features": features, "seconds": seconds}, path)
+    save_file({"features": features.contiguous(), "seconds": torch.tensor(seconds)}, str(path))
     return features, seconds
 
 
@@ -312,7 +314,7 @@ def model_logits(model_dir: Path, texts: list[str], args) -> torch.Tensor:
 
 
 def product_case_i(base_dir: Path, rows: list[dict], test: list[dict], labels: list[str], args) -> dict:
-    """hf_incr.train_increment with defaults on the base model, new labels' rows only (the current fallback)."""
+    """hf_incr.train_increment with defaults on the base model, new labels' rows only (what a user runs)."""
     from datasets import Dataset
 
     import hf_incr

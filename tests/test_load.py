@@ -99,8 +99,8 @@ def _assert_same_state(model, state) -> None:
 
 def test_increment_adds_50_labels_to_1000_with_the_default_recipe(tmp_path, tok, monkeypatch):
     """The default IncrementConfig on a tiny BERT with 1,000 labels trained without hf_incr (no closed-form
-    statistics) and data of the new labels only: the documented fallback (imprint init, 30 cached warm-up epochs
-    with distillation, no fine-tuning), with a warning; grow by 50, save, reload."""
+    statistics) and data of the new labels only: the trained rows are kept and the 50 new rows fitted beside them
+    (no gradient phase), with a warning; grow by 50, save, reload."""
     old = [f"topic_{i:04d}" for i in range(1000)]
     new = [f"new_topic_{i:02d}" for i in range(50)]
     model = tiny_bert(old)
@@ -123,7 +123,7 @@ def test_increment_adds_50_labels_to_1000_with_the_default_recipe(tmp_path, tok,
     assert result.forgetting == pytest.approx(
         result.metrics_before["old_accuracy"] - result.metrics_after["old_accuracy"]
     )
-    assert {"feature_cache_s", "warmup_s"} <= set(result.timings) and "finetune_s" not in result.timings
+    assert {"feature_cache_s", "new_rows_s"} <= set(result.timings) and "finetune_s" not in result.timings
 
     # Reloads with plain transformers, bit for bit, labels in order.
     out = Path(result.output_dir)

@@ -160,16 +160,18 @@ def test_closed_form_without_statistics_falls_back_and_inconsistent_statistics_a
                                                                                  assert_unchanged):
     model = tiny_bert(["refund", "delivery"])
     before = snapshot(model)
-    # No statistics and only new labels (a classifier trained without hf_incr): the gradient warm-up instead, with a
-    # warning naming the labels at risk and the fix; no statistics are kept (they would lack the old labels).
+    # No statistics and only new labels (a classifier trained without hf_incr): its trained rows are kept and the new
+    # rows fitted beside them, with a warning naming the labels that nothing calibrates against and the fix; the
+    # statistics of the new rows are kept, every row marked as a kept, trained row.
     config = IncrementConfig(closed_form_head=True, finetune_layers=0, warmup_epochs=1)
     fallback = tiny_bert(["refund", "delivery"])
     with pytest.warns(UserWarning,
-                      match=r"lacks its label\(s\) \['refund', 'delivery'\].*add a few training examples"):
+                      match=r"lacks its label\(s\) \['refund', 'delivery'\].*Add a few training examples"):
         result = train_increment(fallback, tokenizer(), text_dataset(["login"], 4), config=config,
                                  args=training_args(tmp_path), save=False)
-    assert "warmup" in result.train_metrics and "closed_form_s" not in result.timings
-    assert result.ridge_statistics is None and fallback.config.num_labels == 3
+    assert "new_rows_s" in result.timings and "warmup" not in result.train_metrics
+    assert "closed_form_s" not in result.timings
+    assert result.ridge_statistics.kept.tolist() == [True] * 3 and fallback.config.num_labels == 3
     stats = RidgeStatistics.empty(32, 2)
     with pytest.raises(ConfigError, match="no random-feature head"):
         train_increment(model, tokenizer(), text_dataset(["login"], 4), args=training_args(tmp_path), save=False,

@@ -31,7 +31,9 @@ def test_cached_warmup_trains_only_the_output_linear(tmp_path, tok):
     model = tiny_bert(OLD)
     before = _params(model)
     old_rows = model.classifier.weight.detach().clone()
-    config = IncrementConfig(warmup_epochs=3, warmup_learning_rate=1e-2, init="zeros", finetune_layers=0)
+    # The gradient warm-up (closed_form_head=False): the head is trained by gradient on the cached features.
+    config = IncrementConfig(warmup_epochs=3, warmup_learning_rate=1e-2, init="zeros", finetune_layers=0,
+                             closed_form_head=False)
     result = train_increment(
         model, tok, text_dataset(["repair"], 8), text_dataset(OLD + ["repair"], 4, offset=50),
         config=config, args=training_args(tmp_path), save=False,
@@ -77,7 +79,8 @@ def test_cached_and_plain_warmup_reach_the_same_head(tmp_path, tok):
 def test_pooler_scope_trains_the_pooler_and_not_the_encoder(tmp_path, tok):
     model = tiny_bert(OLD)
     before = _params(model)
-    config = IncrementConfig(warmup_epochs=2, warmup_scope="head", init="mean", finetune_layers=0)
+    config = IncrementConfig(warmup_epochs=2, warmup_scope="head", init="mean", finetune_layers=0,
+                             closed_form_head=False)
     train_increment(model, tok, text_dataset(["repair"], 8), config=config, args=training_args(tmp_path), save=False)
     after = _params(model)
     trained = {n for n in before if not torch.equal(before[n], after[n])}

@@ -501,8 +501,10 @@ def test_files_an_increment_writes_are_never_pickles(tmp_path, tok):
 
     gradient = run(tiny_bert(OLD), tok, text_dataset(["repair"], 3), text_dataset([*OLD, "repair"], 1, 30), tmp_path,
                    save_strategy="epoch")
-    closed = run(tiny_bert(OLD), tok, text_dataset([*OLD, "repair"], 3), None, tmp_path,
-                 config=fast(closed_form_head=True, random_features=16), output_dir=str(tmp_path / "closed"))
+    closed_model = tiny_bert(OLD)
+    closed = train_increment(closed_model, tok, text_dataset(OLD, 3), config=fast(closed_form_head=True,
+                             random_features=16), args=training_args(tmp_path, output_dir=str(tmp_path / "closed")),
+                             kind="base")
     model_files = trainer_files = 0
     for folder in (Path(gradient.output_dir), Path(closed.output_dir)):
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):

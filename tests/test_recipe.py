@@ -1,0 +1,92 @@
+"""The recipe's path for a classifier hf_incr did not train (no saved statistics): its trained rows are kept, the
+new rows are fitted beside them, and the statistics saved make the next increment continue the same way."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from text_models import text_dataset, tiny_bert, tokenizer, training_args
+from transformers import AutoModelForSequenceClassification
+
+import hf_incr
+from hf_incr import IncrementConfig, train_increment
+from hf_incr.closed_form import RidgeStatistics
+
+OLD = ["refund", "delivery", "login"]
+
+
+def _head(model) -> tuple[torch.Tensor, torch.Tensor]:
+    linear = hf_incr.find_classifier_head(model).linear
+    return linear.weight.detach().clone(), linear.bias.detach().clone()
+
+
+def test_new_rows_only_keep_every_trained_row_bit_for_bit_and_save_kept_statistics(tmp_path):
+    model = tiny_bert(OLD, seed=3)
+    weight, bias = _head(model)
+    with pytest.warns(UserWarning, match="no saved statistics.*kept bit for bit"):
+        result = train_increment(model, tokenizer(), text_dataset(["repair"], 6), config=IncrementConfig(),
+                                 args=training_args(tmp_path, output_dir=str(tmp_path / "v2")))
+    grown_weight, grown_bias = _head(model)
+    assert torch.equal(grown_weight[:3], weight) and torch.equal(grown_bias[:3], bias)
+    assert grown_weight[3].abs().sum() > 0 and "new_rows_s" in result.timings
+    assert "warmup" not in result.train_metrics and "closed_form_s" not in result.timings
+    stats = RidgeStatistics.load(tmp_path / "v2")
+    assert stats.count == 6 and stats.num_labels == 4 and stats.kept.tolist() == [True] * 4
+
+    # The next increment of the saved model continues on the same path: every row it has stays.
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "v2")
+    before_weight, before_bias = _head(reloaded)
+    again = train_increment(reloaded, tokenizer(), text_dataset(["colour"], 6), config=IncrementConfig(),
+                            args=training_args(tmp_path, output_dir=str(tmp_path / "v3")))
+    after_weight, after_bias = _head(reloaded)
+    assert again.new_labels == ["colour"]
+    assert torch.equal(after_weight[:4], before_weight) and torch.equal(after_bias[:4], before_bias)
+    stats = RidgeStatistics.load(tmp_path / "v3")
+    assert stats.count == 12 and stats.kept.tolist() == [True] * 5
+
+
+def test_the_new_label_is_learned_beside_the_kept_rows(tmp_path):
+    # A base that really separates its labels: the closed-form head of a tiny encoder, saved without statistics.
+    model = tiny_bert(OLD, seed=1)
+    train_increment(model, tokenizer(), text_dataset(OLD, 8), config=IncrementConfig(finetune_layers=0),
+                    args=training_args(tmp_path), save=False, kind="base")
+    test = text_dataset([*OLD, "repair"], 4, offset=40)
+    with pytest.warns(UserWarning, match="no saved statistics"):
+        result = train_increment(model, tokenizer(), text_dataset(["repair"], 8), test, config=IncrementConfig(),
+                                 args=training_args(tmp_path), save=False)
+    # Chance among 4 labels is 0.25; BANKING77-sized figures are in docs/benchmarks.md.
+    assert result.metrics_after["new_accuracy"] > 0.25
+    # Kept rows, no calibration possible: not the collapse to 0 that training the head on new rows alone gives.
+    assert result.metrics_after["old_accuracy"] > 0.25
+
+
+def test_multi_label_old_predictions_stay_bit_for_bit(tmp_path):
+    model = tiny_bert(OLD, problem_type="multi_label_classification", seed=2)
+    test = text_dataset([*OLD, "repair"], 3, offset=30).map(lambda row: {"labels": [row["label"]]})
+    test = test.remove_columns("label")
+    batch = tokenizer()(list(test["text"]), padding=True, return_tensors="pt")
+    before = model(**batch).logits.detach().clone()
+    train = text_dataset(["repair", "refund"], 6).map(lambda row: {"labels": [row["label"]]}).remove_columns("label")
+    train_increment(model, tokenizer(), train, config=IncrementConfig(label_column="labels"),
+                    args=training_args(tmp_path), save=False)
+    after = model(**batch).logits.detach()
+    assert after.shape[1] == 4
+    # The old rows are the same tensors: the old labels' decisions are identical, their logits equal up to the last
+    # float32 bits of a matmul four outputs wide instead of three.
+    assert torch.equal(after[:, :3] > 0, before > 0)
+    torch.testing.assert_close(after[:, :3], before, rtol=0, atol=1e-6)
+
+
+def test_rows_of_every_label_and_nothing_new_replace_a_worse_head_and_hand_over_to_the_closed_form(tmp_path):
+    # A random head is a worse summary of the labels than a refit on their rows: the held-out check picks the refit,
+    # nothing is marked kept, and the next increment solves the head in closed form.
+    model = tiny_bert(OLD, seed=4)
+    config = IncrementConfig(closed_form_solver="ridge", ridge_lambda=1.0)
+    first = train_increment(model, tokenizer(), text_dataset(OLD, 8), config=config,
+                            args=training_args(tmp_path), save=False)
+    assert first.new_labels == [] and first.ridge_statistics.kept.tolist() == [False] * 3
+    second = train_increment(model, tokenizer(), text_dataset(["repair"], 8), config=config,
+                             args=training_args(tmp_path), save=False, ridge_statistics=first.ridge_statistics)
+    assert "closed_form_s" in second.timings and "new_rows_s" not in second.timings
+    weight, _ = second.ridge_statistics.solve(1.0)
+    torch.testing.assert_close(model.classifier.weight.double(), weight, atol=1e-5, rtol=1e-4)
