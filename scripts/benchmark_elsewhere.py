@@ -76,6 +76,10 @@ class ElsewhereBenchmarkArguments:
     num_threads: int = field(default=1, metadata={"help": "torch intra-op threads (the machine is shared)."})
     joint: bool = field(default=True, metadata={"help": "Also fine-tune jointly on all labels (the reference)."})
     product: bool = field(default=False, metadata={"help": "Also run hf_incr.train_increment with defaults (i)."})
+    product_only: bool = field(
+        default=False,
+        metadata={"help": "Only hf_incr.train_increment with defaults, every case (no module variants, no joint)."},
+    )
     only_finetune: bool = field(default=False, metadata={"help": "Only build the cached fine-tunes."})
     joint_only: bool = field(
         default=False, metadata={"help": "Add the joint fine-tune's row to an existing PREFIX_DATASET.json."}
@@ -313,8 +317,8 @@ def model_logits(model_dir: Path, texts: list[str], args) -> torch.Tensor:
         return head(feats)
 
 
-def product_case_i(base_dir: Path, rows: list[dict], test: list[dict], labels: list[str], args) -> dict:
-    """hf_incr.train_increment with defaults on the base model, new labels' rows only (what a user runs)."""
+def product_case(base_dir: Path, rows: list[dict], test: list[dict], labels: list[str], args) -> dict:
+    """hf_incr.train_increment with defaults on the base model and ``rows`` (what a user runs)."""
     from datasets import Dataset
 
     import hf_incr
@@ -416,6 +420,13 @@ def run_dataset(name: str, args) -> dict:
     }
     for case, mask in cases.items():
         idx = torch.nonzero(mask).flatten()
+        if args.product_only and not multi:
+            out = product_case(base_dir, [train[i] for i in idx.tolist()], test, labels, args)
+            row = {"case": case, "method": "hf_incr.train_increment defaults", **scores(out["logits"], y_test,
+                   num_old, False), "seconds": out["seconds"], "rows": len(idx)}
+            result["rows"].append(row)
+            print(json.dumps(row), flush=True)
+            continue
         for method in ["new_rows"] + ([] if multi else ablations[case]):
             start = time.perf_counter()
             heads = increment(base_dir, train_feats[idx], y_train[idx], num_new, multi, method)
@@ -429,11 +440,11 @@ def run_dataset(name: str, args) -> dict:
                     row["old_logits_max_abs_diff"] = float((logits[:, :num_old] - base_logits).abs().max())
                 result["rows"].append(row)
                 print(json.dumps(row), flush=True)
-    if args.joint:
+    if args.joint and not args.product_only:
         result["rows"].append(joint_row(joint_dir, test, y_test, num_old, multi, joint_seconds, args))
-    if args.product and not multi:
+    if args.product and not args.product_only and not multi:
         idx = torch.nonzero(has_new).flatten().tolist()
-        out = product_case_i(base_dir, [train[i] for i in idx], test, labels, args)
+        out = product_case(base_dir, [train[i] for i in idx], test, labels, args)
         row = {"case": "(i) new rows only", "method": "hf_incr.train_increment defaults (current product)",
                **scores(out["logits"], y_test, num_old, False), "seconds": out["seconds"]}
         result["rows"].append(row)
