@@ -41,7 +41,10 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
+from .closed_form import oas_shrinkage
 from .errors import DataError, damaged_file_error
 
 INFERENCE_FORMAT = "hf_incr.kernel_lda.inference"
@@ -167,18 +170,6 @@ class LDAStatistics:
     def covariance(self) -> torch.Tensor:
         """Pooled within-label covariance ``S / N`` (float64)."""
         return self.scatter.to(torch.float64) / max(self.num_rows, 1.0)
-
-
-def oas_shrinkage(covariance: torch.Tensor, num_rows: float) -> float:
-    """Oracle-Approximating Shrinkage intensity of a (d, d) sample covariance from ``num_rows`` rows (scikit-learn's
-    ``OAS`` formula, as :func:`hf_incr.closed_form.oas_shrinkage`)."""
-    dim = covariance.shape[0]
-    mu = torch.trace(covariance) / dim
-    alpha = (covariance**2).mean()
-    denominator = (num_rows + 1) * (alpha - mu**2 / dim)
-    if denominator <= 0:
-        return 1.0
-    return float(min(((alpha + mu**2) / denominator).item(), 1.0))
 
 
 def solve_lda(stats: LDAStatistics, shrinkage: float | str = "oas", priors: str = "uniform"
@@ -467,7 +458,6 @@ def _fingerprint(config: KernelLDAConfig, projections) -> str:
 def save_inference(path, classifier: KernelLDAClassifier) -> None:
     """Write what inference needs (float32): per member ``projection``/``offset`` (when random features), ``weight``
     (num_labels, D) and ``bias``; the configuration in the metadata."""
-    from safetensors.torch import save_file
 
     tensors = {}
     for i, (p, w, b) in enumerate(zip(classifier.projections, classifier.weights, classifier.biases)):
@@ -500,7 +490,6 @@ def _unpack_upper(packed: torch.Tensor, dim: int) -> torch.Tensor:
 def save_statistics(path, head: KernelLDAHead, dtype: torch.dtype | None = None) -> None:
     """Write what the next increment needs: counts, per member the label sums and the scatter's upper triangle (in
     ``dtype``, default the accumulation dtype; float32 halves the file at the error the benchmark reports)."""
-    from safetensors.torch import save_file
 
     if not head.statistics:
         raise DataError("save_statistics: the head has no statistics yet. Fix: update() it with an increment first.")
@@ -515,7 +504,6 @@ def save_statistics(path, head: KernelLDAHead, dtype: torch.dtype | None = None)
 
 
 def _read(path, expected_format: str, lost: str, fix: str):
-    from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
