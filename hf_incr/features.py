@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -44,19 +45,21 @@ def head_input_batches(
     """
     head = head or find_classifier_head(model)
     device = torch.device(device) if device is not None else head.linear.weight.device
-    rows = list(range(len(texts))) if rows is None else list(rows)
-    lengths = {}
+    # Row ids and lengths as int arrays (4-8 bytes a text), not Python lists and dicts: on a large data set this
+    # bookkeeping is the only memory the pass needs per text.
+    rows = np.arange(len(texts)) if rows is None else np.asarray(rows, dtype=np.int64)
+    lengths = np.empty(len(rows), dtype=np.int32)
     for start in range(0, len(rows), _LENGTH_CHUNK):
         chunk = rows[start : start + _LENGTH_CHUNK]
         encoded = tokenizer([texts[i] for i in chunk], truncation=True, max_length=max_length)["input_ids"]
-        lengths.update(zip(chunk, map(len, encoded)))
-    order = sorted(rows, key=lengths.__getitem__)
+        lengths[start : start + len(chunk)] = [len(ids) for ids in encoded]
+    order = rows[np.argsort(lengths, kind="stable")]  # stable, as sorted() was: the same batches as before
     if show_progress:
         heading(f"{desc}: {len(order)} texts through the frozen encoder")
     progress = tqdm(total=len(order), desc=desc.lower(), unit="text", disable=not show_progress)
     try:
         for start in range(0, len(order), batch_size):
-            index = order[start : start + batch_size]
+            index = order[start : start + batch_size].tolist()
             batch = tokenizer(
                 [texts[i] for i in index], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
             )
