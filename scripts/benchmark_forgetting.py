@@ -709,6 +709,17 @@ def _json_safe(value):
 
 
 def main(args: ForgettingBenchmarkArguments) -> dict:
+    """Run the benchmark; transformers' verbosity and datasets' progress bars are quietened for the run and restored
+    after it (a caller in the same process, e.g. a test, keeps its own settings)."""
+    verbosity, bars = hf_logging.get_verbosity(), datasets.is_progress_bar_enabled()
+    try:
+        return _run(args)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        (datasets.enable_progress_bars if bars else datasets.disable_progress_bars)()
+
+
+def _run(args: ForgettingBenchmarkArguments) -> dict:
     start = time.perf_counter()
     data_dir = shared_data_dir(args.data_dir)
     if data_dir is None:
