@@ -42,6 +42,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from hf_incr.closed_form import RidgeStatistics
 from hf_incr.errors import DataError
 
 # L2 strengths tried by cross-validation, relative to the class-balanced mean loss (scale-free in n).
@@ -604,8 +605,8 @@ def closed_form_statistics(features: torch.Tensor, targets: torch.Tensor, num_la
     else:
         _check_targets(targets, features.shape[0], num_labels)
         y = targets.to(torch.float64)
-    x1 = torch.cat([features.to(torch.float64), torch.ones(features.shape[0], 1, dtype=torch.float64)], dim=1)
-    return {"gram": x1.T @ x1, "cross": x1.T @ y, "count": int(features.shape[0])}
+    statistics = RidgeStatistics.empty(features.shape[1], y.shape[1]).update(features, y)
+    return {"gram": statistics.gram, "cross": statistics.cross, "count": statistics.count}
 
 
 def label_counts(cross: torch.Tensor) -> torch.Tensor:

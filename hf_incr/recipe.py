@@ -441,10 +441,9 @@ def solve_closed_form_head(run: IncrementRun, rows: Dataset, features: torch.Ten
     labels = rows["labels"]
 
     def targets(index) -> torch.Tensor:
-        values = torch.tensor([labels[i] for i in index], dtype=torch.float64)
-        return values if run.multi_label else torch.nn.functional.one_hot(values.long(), num_labels).double()
+        return _targets(torch.tensor([labels[i] for i in index]), num_labels, run.multi_label)
 
-    statistics = run.statistics if run.statistics is not None else RidgeStatistics.empty(linear.in_features, 0)
+    statistics = _statistics_of(run)
     statistics.grow(num_labels)
     random_head = None
     if config.random_features:
@@ -521,14 +520,23 @@ def fit_new_rows_beside_kept_ones(run: IncrementRun) -> None:
             linear.weight[num_old:] = new_weight.to(linear.weight)
             if linear.bias is not None and new_bias is not None:
                 linear.bias[num_old:] = new_bias.to(linear.bias)
-    targets = labels[:own].double()
-    if not run.multi_label:
-        targets = torch.nn.functional.one_hot(labels[:own], linear.out_features).double()
-    statistics = run.statistics if run.statistics is not None else RidgeStatistics.empty(linear.in_features, 0)
-    statistics.grow(linear.out_features).update(features[:own], targets)
+    statistics = _statistics_of(run)
+    statistics.grow(linear.out_features).update(
+        features[:own], _targets(labels[:own], linear.out_features, run.multi_label)
+    )
     # Rows refitted on every label's rows are the data's own fit; otherwise every row is a kept, trained row.
     statistics.kept[:] = not refit
     run.statistics = statistics
+
+
+def _targets(labels: torch.Tensor, num_labels: int, multi_label: bool) -> torch.Tensor:
+    """The statistics' targets of encoded labels: multi-hot rows as they are, label ids one-hot; float64."""
+    return labels.double() if multi_label else torch.nn.functional.one_hot(labels.long(), num_labels).double()
+
+
+def _statistics_of(run: IncrementRun) -> RidgeStatistics:
+    """The statistics this increment adds to: the model's, or empty ones over its head inputs."""
+    return run.statistics if run.statistics is not None else RidgeStatistics.empty(run.head.linear.in_features, 0)
 
 
 def restore_trainable(run: IncrementRun) -> None:
