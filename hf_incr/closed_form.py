@@ -41,6 +41,17 @@ def oas_shrinkage(covariance: torch.Tensor, num_rows: float) -> float:
 MULTI_LABEL_RIDGE_SCALE = 8.0
 
 
+def _shrunk(covariance: torch.Tensor, num_rows: float, shrinkage: float | None) -> torch.Tensor:
+    """``covariance`` shrunk towards ``trace / d * I`` (OAS intensity when ``shrinkage`` is None), plus a tiny ridge
+    that keeps the solve defined when features are collinear and shrinkage is 0."""
+    dim = covariance.shape[0]
+    eye = torch.eye(dim, dtype=torch.float64)
+    mu = torch.trace(covariance) / dim
+    if shrinkage is None:
+        shrinkage = oas_shrinkage(covariance, num_rows)
+    return (1 - shrinkage) * covariance + shrinkage * mu * eye + 1e-9 * mu.clamp_min(1e-12) * eye
+
+
 def ridge_solution(gram: torch.Tensor, cross: torch.Tensor, penalty: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Solve ``(gram + penalty * I) W = cross`` over ``[features, 1]``: weight (num_labels, d) and bias, float64."""
     eye = torch.eye(gram.shape[0], dtype=torch.float64)
@@ -72,11 +83,16 @@ class RidgeStatistics:
         count: int = 0,
         random_features=None,
         kept: torch.Tensor | None = None,
+        unannotated: torch.Tensor | None = None,
     ):
         self.gram = gram.double()
         self.cross = cross.double()
         self.count = int(count)
         self.random_features = random_features
+        # Multi-label: per label, the sum of [x, 1] over rows that did NOT annotate it (an increment whose rows carry
+        # only its new labels says nothing about the old ones). Those rows count in the covariance (a property of
+        # the encoder, not of the labels) but are neither positives nor negatives of that label.
+        self.unannotated = torch.zeros_like(self.cross) if unannotated is None else unannotated.double().clone()
         # Labels whose head rows were trained outside these statistics (a classifier hf_incr did not train) and are
         # kept as they are: while any label is kept, increments fit new rows beside the kept ones instead of
         # re-solving the head (see hf_incr.new_rows).
@@ -95,6 +111,8 @@ class RidgeStatistics:
         extra = num_labels - self.num_labels
         if extra > 0:
             self.cross = torch.cat([self.cross, self.cross.new_zeros(self.cross.shape[0], extra)], dim=1)
+            # A label added now counts every earlier row as annotated (a negative): its name did not exist then.
+            self.unannotated = torch.cat([self.unannotated, self.unannotated.new_zeros(self.cross.shape[0], extra)], 1)
             self.kept = torch.cat([self.kept, self.kept.new_zeros(extra)])
         return self
 
@@ -103,11 +121,20 @@ class RidgeStatistics:
         """Whether some label's head row is a trained row kept as it is (not solvable from these statistics)."""
         return bool(self.kept.any())
 
-    def add(self, other: RidgeStatistics) -> RidgeStatistics:
-        """Add the rows another accumulator saw (same features; its labels a prefix of these); ``kept`` stays."""
+    def add(self, other: RidgeStatistics, annotated: list[int] | None = None) -> RidgeStatistics:
+        """Add the rows another accumulator saw (same features; its labels a prefix of these); ``kept`` stays.
+
+        ``annotated``: the label ids those rows annotate (multi-label; default every label). For any other label the
+        rows are recorded as unannotated, and their targets in that column must be 0 (see
+        :func:`annotated_targets`)."""
         self.grow(other.num_labels)
         self.gram += other.gram
         self.cross[:, : other.num_labels] += other.cross
+        self.unannotated[:, : other.num_labels] += other.unannotated
+        if annotated is not None:
+            missing = torch.ones(self.num_labels, dtype=torch.bool)
+            missing[list(annotated)] = False
+            self.unannotated[:, missing] += other.gram[:, -1:]  # the sum of [x, 1] over the other's rows
         self.count += other.count
         return self
 
@@ -136,45 +163,140 @@ class RidgeStatistics:
         counts = self.cross[-1]
         if (counts <= 0).any():
             raise DataError("LDA needs at least one row of every label; some labels have none in the statistics.")
-        n, dim = float(counts.sum()), self.gram.shape[0] - 1
+        n = float(counts.sum())
         means = (self.cross[:-1] / counts).T
         within = self.gram[:-1, :-1] - (means.T * counts) @ means
-        covariance = within / max(n - len(counts), 1.0)
-        eye = torch.eye(dim, dtype=torch.float64)
-        mu = torch.trace(covariance) / dim
-        if shrinkage is None:
-            shrinkage = oas_shrinkage(covariance, n)
-        covariance = (1 - shrinkage) * covariance + shrinkage * mu * eye
-        # A tiny ridge keeps the solve defined when features are collinear and shrinkage is 0.
-        covariance = covariance + 1e-9 * mu.clamp_min(1e-12) * eye
+        covariance = _shrunk(within / max(n - len(counts), 1.0), n, shrinkage)
         weight = torch.linalg.solve(covariance, means.T).T
         bias = -0.5 * (weight * means).sum(1) + torch.log(counts / n)
         return weight.contiguous(), bias.contiguous()
 
+    def annotated_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per label: how many rows annotate it, ``(labels,)``, and the sum of their features, ``(labels, d)``."""
+        totals = self.gram[:, -1:] - self.unannotated  # sum of [x, 1] over annotated rows, per label
+        return totals[-1], totals[:-1].T
+
+    def solve_binary_lda(self, shrinkage: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A multi-label head, each label its own linear discriminant against the rows that do not carry it.
+
+        Per label ``k``: the mean of its positive rows ``mu_k+`` and of its negative rows ``mu_k-`` (rows that
+        annotate it without carrying it), the label's share ``p_k`` of its annotated rows, and one covariance shared
+        by every label: the covariance of all rows' features (shrunk, OAS), less label k's between-class part
+        ``p_k (1 - p_k) d_k d_k^T`` (``d_k = mu_k+ - mu_k-``). Then ``w_k = Sigma_k^-1 d_k`` (one solve for every
+        label: Sherman-Morrison turns the rank-one correction into a scale) and
+        ``b_k = -w_k (mu_k+ + mu_k-) / 2 + log(p_k / (1 - p_k))``: the logit of the label's posterior under
+        Gaussian classes. Rows of every increment count, so a new label's negatives include the old labels' rows
+        though no text of them is kept.
+        """
+        n = float(self.gram[-1, -1])
+        if n <= 1:
+            raise DataError("A multi-label closed-form head needs rows; the statistics hold none.")
+        mean = self.gram[:-1, -1] / n
+        covariance = self.gram[:-1, :-1] / n - torch.outer(mean, mean)
+        annotated_count, annotated_sum = self.annotated_moments()
+        positives = self.cross[-1]
+        negatives = annotated_count - positives
+        lacking = torch.nonzero((positives <= 0) | (negatives <= 0)).flatten().tolist()
+        if lacking:
+            raise DataError(
+                f"Each label of a multi-label head needs rows that carry it and rows that do not; label id(s) "
+                f"{lacking[:10]} lack one of the two in the statistics. Add rows with and without those labels."
+            )
+        positive_mean = (self.cross[:-1] / positives).T
+        negative_mean = (annotated_sum - self.cross[:-1].T) / negatives[:, None]
+        difference = positive_mean - negative_mean
+        share = positives / annotated_count
+        shrunk = _shrunk(covariance, n, shrinkage)
+        direction = torch.linalg.solve(shrunk, difference.T).T
+        # (S - c d d^T)^-1 d = S^-1 d / (1 - c d^T S^-1 d): positive, as S holds the between-class part.
+        scale = 1.0 / (1.0 - share * (1 - share) * (direction * difference).sum(1)).clamp_min(1e-6)
+        weight = direction * scale[:, None]
+        bias = -0.5 * (weight * (positive_mean + negative_mean)).sum(1) + torch.log(share / (1 - share))
+        return weight.contiguous(), bias.contiguous()
+
+    def decision_thresholds(
+        self, weight: torch.Tensor, bias: torch.Tensor, labels: list[int] | None = None
+    ) -> torch.Tensor:
+        """Per label, the logit above which predicting it maximises that label's F1 on the rows seen.
+
+        A sigmoid's 0.5 (logit 0) maximises accuracy, not F1: a label carried by 2 % of the rows then almost never
+        fires. With the rows' statistics the logit ``w_k x + b_k`` of label k's positive rows has mean
+        ``w_k mu_k+ + b_k`` and of its negative rows ``w_k mu_k- + b_k``, and both the within-label variance
+        ``w_k^T Sigma_k w_k``; taking them as two normal distributions, the threshold maximising the expected
+        ``F1 = 2 TP / (TP + P + FP)`` is found on a grid. No row is held out and no text is kept, so an increment
+        can set the threshold of any label its rows annotate. ``weight`` and ``bias`` are the rows of ``labels``
+        (default: every label), in that order.
+        """
+        columns = list(range(self.num_labels)) if labels is None else list(labels)
+        weight, bias = weight.double(), bias.double()
+        n = float(self.gram[-1, -1])
+        mean = self.gram[:-1, -1] / n
+        covariance = self.gram[:-1, :-1] / n - torch.outer(mean, mean)
+        count, total = self.annotated_moments()
+        annotated_count, annotated_sum, cross = count[columns], total[columns], self.cross[:, columns]
+        positives = cross[-1].clamp_min(1e-12)
+        negatives = (annotated_count - cross[-1]).clamp_min(1e-12)
+        positive_mean = (cross[:-1] / positives).T
+        negative_mean = (annotated_sum - cross[:-1].T) / negatives[:, None]
+        share = positives / (positives + negatives)
+        high = (weight * positive_mean).sum(1) + bias
+        low = (weight * negative_mean).sum(1) + bias
+        variance = ((weight @ covariance) * weight).sum(1) - share * (1 - share) * (high - low) ** 2
+        spread = variance.clamp_min(1e-12).sqrt()
+        steps = torch.linspace(0.0, 1.0, 2001, dtype=torch.float64)
+        start, stop = torch.minimum(low, high) - 4 * spread, torch.maximum(low, high) + 4 * spread
+        grid = start[:, None] + (stop - start)[:, None] * steps  # (labels, points)
+        true_positive = positives[:, None] * torch.special.ndtr((high[:, None] - grid) / spread[:, None])
+        false_positive = negatives[:, None] * torch.special.ndtr((low[:, None] - grid) / spread[:, None])
+        f1 = 2 * true_positive / (true_positive + positives[:, None] + false_positive)
+        return grid.gather(1, f1.argmax(1, keepdim=True)).squeeze(1)
+
     def write_into(
-        self, linear: nn.Linear, ridge_lambda: float, solver: str = "ridge", multi_label: bool = False
-    ) -> None:
-        """Overwrite a model's output Linear with the closed-form solution (in its dtype and device), in place; for a
-        multi-label head the ridge outputs become logits whose sigmoid crosses 0.5 where they cross 0.5."""
-        weight, bias = self.solve(ridge_lambda) if solver == "ridge" else self.solve_lda()
+        self,
+        linear: nn.Linear,
+        ridge_lambda: float,
+        solver: str = "ridge",
+        multi_label: bool = False,
+        labels: list[int] | None = None,
+    ) -> dict[int, float]:
+        """Overwrite a model's output Linear with the closed-form solution (in its dtype and device), in place.
+
+        Multi-label: ``lda`` fits each label against the rest (:meth:`solve_binary_lda`), ``ridge`` maps the 0/1
+        regression onto logits; then each label's F1-optimal threshold (:meth:`decision_thresholds`) is folded into
+        its bias, so a plain pipeline's sigmoid > 0.5 decides as tuned. Only the rows of ``labels`` are written
+        (default: all); the others stay bit for bit. Returns the thresholds folded in, by label id (multi-label).
+        """
         if multi_label:
-            weight, bias = ridge_to_multi_label_logits(weight, bias)
+            weight, bias = self.solve_binary_lda() if solver == "lda" else ridge_to_multi_label_logits(
+                *self.solve(ridge_lambda)
+            )
+        else:
+            weight, bias = self.solve(ridge_lambda) if solver == "ridge" else self.solve_lda()
         if weight.shape != linear.weight.shape:
             raise SavedStateError(
                 f"The closed-form statistics describe {weight.shape[0]} labels x {weight.shape[1]} head inputs but "
                 f"the head is {tuple(linear.weight.shape)}: they belong to another model. {STATISTICS_FIX}"
             )
+        rows = list(range(weight.shape[0])) if labels is None else list(labels)
+        thresholds: dict[int, float] = {}
+        if multi_label and rows and linear.bias is not None:
+            cuts = self.decision_thresholds(weight[rows], bias[rows], rows)
+            bias = bias.clone()
+            bias[rows] -= cuts
+            thresholds = {label: float(cut) for label, cut in zip(rows, cuts, strict=True)}
         with torch.no_grad():
-            linear.weight.copy_(weight.to(linear.weight.dtype))
+            linear.weight[rows] = weight[rows].to(linear.weight)
             if linear.bias is not None:
-                linear.bias.copy_(bias.to(linear.bias.dtype))
+                linear.bias[rows] = bias[rows].to(linear.bias)
             else:
-                logger.warning("The head has no bias; the ridge bias term is dropped.")
+                logger.warning("The head has no bias; the closed-form bias term is dropped.")
+        return thresholds
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / RIDGE_FILENAME
         save_file(
-            {"gram": self.gram.contiguous(), "cross": self.cross.contiguous(), "kept": self.kept.to(torch.uint8)},
+            {"gram": self.gram.contiguous(), "cross": self.cross.contiguous(), "kept": self.kept.to(torch.uint8),
+             "unannotated": self.unannotated.contiguous()},
             str(path),
             metadata={"count": str(self.count), "format": "hf_incr ridge statistics over [head input, 1]"},
         )
@@ -193,9 +315,10 @@ class RidgeStatistics:
         if not path.is_file():
             return None
         tensors, count = read_statistics_file(
-            path, ("gram", "cross"), STATISTICS_LOST, STATISTICS_FIX, optional=("kept",)
+            path, ("gram", "cross"), STATISTICS_LOST, STATISTICS_FIX, optional=("kept", "unannotated")
         )
         gram, cross, kept = tensors["gram"], tensors["cross"], tensors.get("kept")
+        unannotated = tensors.get("unannotated")
         if gram.dim() != 2 or gram.shape[0] != gram.shape[1] or cross.dim() != 2 or cross.shape[0] != gram.shape[0]:
             raise damaged_file_error(
                 path, f"holds tensors of inconsistent shapes (gram {tuple(gram.shape)}, cross {tuple(cross.shape)}; "
@@ -206,7 +329,12 @@ class RidgeStatistics:
                 path, f"has a `kept` flag per label of shape {tuple(kept.shape)} for {cross.shape[1]} labels",
                 STATISTICS_LOST, STATISTICS_FIX,
             )
-        return cls(gram, cross, count, kept=kept)
+        if unannotated is not None and unannotated.shape != cross.shape:
+            raise damaged_file_error(
+                path, f"has unannotated sums of shape {tuple(unannotated.shape)} for cross {tuple(cross.shape)}",
+                STATISTICS_LOST, STATISTICS_FIX,
+            )
+        return cls(gram, cross, count, kept=kept, unannotated=unannotated)
 
 
 # What a user loses without the statistics file, and what to do: said by every error about it.

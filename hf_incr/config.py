@@ -182,10 +182,20 @@ class IncrementConfig:
     closed_form_solver: str = field(
         default="auto",
         metadata={
-            "help": "Closed-form head from the accumulated statistics: ridge regression onto the labels, linear "
-            "discriminant analysis (single-label only; more accurate than ridge in our benchmarks), or auto "
-            "(LDA for single-label models, ridge for multi-label).",
+            "help": "Closed-form head from the accumulated statistics: ridge regression onto the labels, or linear "
+            "discriminant analysis (more accurate than ridge in our benchmarks; multi-label: each label against the "
+            "rows without it). auto: LDA. Multi-label heads get each label's F1-tuned threshold folded into its bias.",
             "choices": ["auto", "ridge", "lda"],
+        },
+    )
+    multi_label_annotation: str = field(
+        default="new",
+        metadata={
+            "help": "Multi-label: which labels the increment's rows annotate. `new`: only the labels it adds (an old "
+            "label missing from a row is unknown, not absent): old labels' rows, thresholds and predictions stay bit "
+            "for bit as they were. `all`: every label (a label missing from a row is absent): old labels are refitted "
+            "too, with the new rows as their negatives.",
+            "choices": ["new", "all"],
         },
     )
     random_features: int = field(
@@ -233,6 +243,11 @@ class IncrementConfig:
         if self.closed_form_solver not in ("auto", "ridge", "lda"):
             raise ConfigError(
                 f"`closed_form_solver` should be 'auto', 'ridge' or 'lda', got {self.closed_form_solver!r}."
+            )
+        if self.multi_label_annotation not in ("new", "all"):
+            raise ConfigError(
+                f"`multi_label_annotation` should be 'new' (rows annotate only the labels the increment adds) or "
+                f"'all' (rows are fully annotated), got {self.multi_label_annotation!r}."
             )
         if self.closed_form_head and self.finetune_layers != 0 and self.finetune_increments:
             raise ConfigError(

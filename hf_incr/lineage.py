@@ -45,13 +45,16 @@ def make_record(
     num_labels: int,
     data_fingerprint: str | None = None,
     head_rows: str | None = None,
+    thresholds: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """One lineage record; every value is plain JSON. ``head_rows`` says how the head's rows were made:
     ``"solved"`` (closed form from the statistics), ``"kept"`` (trained rows kept, new rows fitted beside them),
     ``"refitted"`` (every row refitted on the increment's rows, which held every label) or ``"trained"`` (by
-    gradient)."""
+    gradient). ``thresholds`` (multi-label): the logit each label set by this increment is decided at, folded into
+    its bias (the model's sigmoid > 0.5 applies it; the label's own probability is ``sigmoid(logit + threshold)``)."""
     return {
         "head_rows": head_rows,
+        "thresholds": {name: round(float(value), 4) for name, value in (thresholds or {}).items()},
         "kind": kind,
         "labels_added": list(labels_added),
         "label_ids": [int(i) for i in label_ids],

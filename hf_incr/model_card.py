@@ -194,15 +194,17 @@ def card_context(
     examples = examples or {}
     multi = getattr(config, "problem_type", None) == MULTI_LABEL
     id2label = {int(i): str(name) for i, name in (getattr(config, "id2label", None) or {}).items()}
-    added_in = {}
+    added_in, thresholds = {}, {}
     for record in lineage:
         for name in record.get("labels_added") or []:
             added_in.setdefault(name, record.get("increment"))
+        thresholds.update(record.get("thresholds") or {})  # the latest increment that set a label's decision wins
     labels = [
         {
             "id": i,
             "name": _md(name),
             "added_in": _increment_name(added_in[name], lineage) if name in added_in else "before hf_incr",
+            "threshold": _probability(thresholds[name]) if name in thresholds else "0.5",
             "examples": "<br>".join(_md(_clip(t)) for t in examples.get(name, [])[:_EXAMPLES_PER_LABEL]),
         }
         for i, name in sorted(id2label.items())
@@ -257,6 +259,7 @@ def card_context(
         "increments": increments,
         "growth": _growth(increments),
         "num_increments": len(lineage),
+        "has_thresholds": multi and bool(thresholds),
         "indexed_increments": min(len(lineage), MODEL_INDEX_INCREMENTS),
         "lineage_marker": LINEAGE_MARKER.format(n=len(lineage)),
         "lineage_attribute": LINEAGE_ATTRIBUTE,
@@ -386,6 +389,14 @@ def _final_folder(directory: Path) -> Path:
 
 def _metric_name(config) -> str:
     return "Micro-F1" if getattr(config, "problem_type", None) == MULTI_LABEL else "Accuracy"
+
+
+def _probability(logit: float) -> str:
+    """A decision threshold in logits as the probability it stands for (``sigmoid``), readable at any size."""
+    value = 1 / (1 + math.exp(-min(max(logit, -700.0), 700.0)))
+    if value > 1 - 1e-3:
+        return "> 0.999"
+    return f"{value:.3f}" if value >= 1e-3 else f"{value:.1e}"
 
 
 def _base_model(config, lineage) -> str | None:

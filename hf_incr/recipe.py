@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,10 @@ class IncrementRun:
     fine_tune: bool = False
     closed_form: bool = False
     keep_rows: bool = False  # a classifier hf_incr did not train: trained rows kept, new rows fitted beside them
+    # Multi-label: the label ids this increment's rows annotate (None: every label), and the decision thresholds
+    # (logits) folded into the biases of the rows it fitted, by label id.
+    annotated: list[int] | None = None
+    thresholds: dict[int, float] = field(default_factory=dict)
     teacher: torch.nn.Module | None = None
     old_head: tuple[torch.Tensor, torch.Tensor | None] | None = None
     # grow_head
@@ -252,17 +257,6 @@ def plan_increment(run: IncrementRun) -> None:
     """Decide, once, what this increment does: its new labels, whether the head is solved in closed form, whether
     the encoder is fine-tuned, and whether the gradient phases distill from the model before the increment."""
     model, config = run.model, run.config
-    # Head surgery and training act on the model's own Linear: a random-feature head is refitted (closed form) or
-    # dropped (any other recipe), never trained by gradient.
-    run.head = find_classifier_head(model)
-    run.detached_random_features = detach_random_feature_head(model, run.head)
-    run.fine_tune = config.finetune_layers != 0 and config.finetune_epochs > 0 and (
-        run.is_base or config.finetune_increments
-    )
-    run.keep_rows = config.closed_form_head and not run.is_base and keeps_trained_rows(
-        model, run.statistics, config, label_names_in(run.train_dataset, config.label_column)
-    )
-    run.closed_form = config.closed_form_head and not run.keep_rows
     run.new_labels = find_new_labels(run.train_dataset, model.config.label2id, config.label_column, config.new_labels)
     run.old_ids = list(range(len(model.config.id2label)))
     if run.is_base:
@@ -270,10 +264,68 @@ def plan_increment(run: IncrementRun) -> None:
         if run.new_labels:
             raise DataError(f"The base model lacks the label(s) {run.new_labels} that occur in the training data.")
         run.old_ids = []
+    run.annotated = _annotated_labels(run)  # may refuse the data: before anything is modified
+    run.fine_tune = config.finetune_layers != 0 and config.finetune_epochs > 0 and (
+        run.is_base or config.finetune_increments
+    )
+    run.keep_rows = config.closed_form_head and not run.is_base and keeps_trained_rows(
+        model, run.statistics, config, label_names_in(run.train_dataset, config.label_column)
+    )
+    run.closed_form = config.closed_form_head and not run.keep_rows
+    if run.keep_rows and run.multi_label:
+        _check_new_labels_have_negatives(run)
+    # Head surgery and training act on the model's own Linear: a random-feature head is refitted (closed form) or
+    # dropped (any other recipe), never trained by gradient.
+    run.head = find_classifier_head(model)
+    run.detached_random_features = detach_random_feature_head(model, run.head)
     if any(control.wants_teacher(run) for control in run.controls):
         run.teacher = copy.deepcopy(model).eval()
     linear = run.head.linear
     run.old_head = (linear.weight.detach().clone(), None if linear.bias is None else linear.bias.detach().clone())
+
+
+def _annotated_labels(run: IncrementRun) -> list[int] | None:
+    """The label ids the rows of a multi-label increment annotate (``multi_label_annotation``); None: every label.
+
+    With ``new`` (the default) an old label missing from a row is unknown, not absent: learning it as a negative would
+    teach the head that the old label never occurs in the new data. Old labels present in rows are ignored then,
+    which the warning says (and how to use them)."""
+    if not run.multi_label or run.is_base or run.config.multi_label_annotation == "all":
+        return None
+    old_names = set(run.model.config.label2id)
+    carrying = sum(
+        any(name in old_names for name in names)
+        for names in row_label_names(run.train_dataset, run.config.label_column)
+    )
+    if not run.new_labels:
+        raise DataError(
+            "This multi-label increment brings no new label, and `multi_label_annotation='new'` says its rows "
+            "annotate only new labels: there is nothing to learn. If the rows are fully annotated (a label missing "
+            "from a row is absent), set `multi_label_annotation='all'` (`--multi_label_annotation all`)."
+        )
+    if carrying:
+        warnings.warn(
+            f"{carrying} of {len(run.train_dataset)} rows carry old labels, which `multi_label_annotation='new'` "
+            "ignores: old labels keep their rows and thresholds. If every row is fully annotated (a label missing "
+            "from it is absent), set `multi_label_annotation='all'` to refit the old labels too.",
+            UserWarning,
+            stacklevel=2,
+        )
+    first_new = len(run.model.config.id2label)
+    return list(range(first_new, first_new + len(run.new_labels)))
+
+
+def _check_new_labels_have_negatives(run: IncrementRun) -> None:
+    """A multi-label model without statistics learns each new label from this increment's rows alone: a label that
+    every row carries cannot be told apart from anything (with statistics, earlier rows would be its negatives)."""
+    rows = row_label_names(run.train_dataset, run.config.label_column)
+    everywhere = [name for name in run.new_labels if all(name in names for names in rows)]
+    if everywhere:
+        raise DataError(
+            f"The new label(s) {everywhere[:10]} are carried by every row of this increment, and the model has no "
+            "saved statistics (it was trained without hf_incr) whose earlier rows could serve as rows without them. "
+            "Add rows that do not carry them (e.g. a few rows of the old labels) to this increment's data."
+        )
 
 
 def grow_head(run: IncrementRun) -> None:
@@ -441,7 +493,7 @@ def solve_closed_form_head(run: IncrementRun, rows: Dataset, features: torch.Ten
     labels = rows["labels"]
 
     def targets(index) -> torch.Tensor:
-        return _targets(torch.tensor([labels[i] for i in index]), num_labels, run.multi_label)
+        return _targets(torch.tensor([labels[i] for i in index]), num_labels, run.multi_label, run.annotated)
 
     statistics = _statistics_of(run)
     statistics.grow(num_labels)
@@ -453,7 +505,8 @@ def solve_closed_form_head(run: IncrementRun, rows: Dataset, features: torch.Ten
         random_head.grow(num_labels)
     if features is not None:
         every_row = targets(range(len(rows)))
-        statistics.update(features, every_row)
+        share = RidgeStatistics.empty(linear.in_features, num_labels).update(features, every_row)
+        statistics.add(share, run.annotated)
         if random_head is not None:
             random_head.update(features, every_row)
     else:
@@ -471,13 +524,12 @@ def solve_closed_form_head(run: IncrementRun, rows: Dataset, features: torch.Ten
             total = torch.tensor([float(part.count)], dtype=torch.float64)
             sum_over_processes(part.gram, part.cross, total)
             part.count = int(total.item())
-        statistics.add(share)
+        statistics.add(share, run.annotated)
         if random_head is not None:
             random_head.statistics.add(random_share.statistics)
-    solver = config.closed_form_solver
-    if solver == "auto":
-        solver = "ridge" if run.multi_label else "lda"
-    statistics.write_into(linear, config.ridge_lambda, solver, run.multi_label)
+    solver = "lda" if config.closed_form_solver == "auto" else config.closed_form_solver
+    # Rows of labels the data does not annotate stay as they are (multi_label_annotation='new').
+    run.thresholds = statistics.write_into(linear, config.ridge_lambda, solver, run.multi_label, run.annotated)
     if random_head is not None:
         random_head.solve(config.random_features_lambda, run.multi_label)
         statistics.random_features = random_head
@@ -521,17 +573,34 @@ def fit_new_rows_beside_kept_ones(run: IncrementRun) -> None:
             if linear.bias is not None and new_bias is not None:
                 linear.bias[num_old:] = new_bias.to(linear.bias)
     statistics = _statistics_of(run)
-    statistics.grow(linear.out_features).update(
-        features[:own], _targets(labels[:own], linear.out_features, run.multi_label)
+    share = RidgeStatistics.empty(linear.in_features, linear.out_features).update(
+        features[:own], _targets(labels[:own], linear.out_features, run.multi_label, run.annotated)
     )
+    statistics.add(share, run.annotated)
+    if run.multi_label and run.new_ids and linear.bias is not None:
+        # Each new label decides at its F1-tuned threshold, folded into its bias (old rows are not touched).
+        cuts = statistics.decision_thresholds(new_weight.double(), new_bias.double(), run.new_ids)
+        with torch.no_grad():
+            linear.bias[num_old:] -= cuts.to(linear.bias)
+        run.thresholds = {num_old + k: float(cut) for k, cut in enumerate(cuts)}
     # Rows refitted on every label's rows are the data's own fit; otherwise every row is a kept, trained row.
     statistics.kept[:] = not refit
     run.statistics = statistics
 
 
-def _targets(labels: torch.Tensor, num_labels: int, multi_label: bool) -> torch.Tensor:
-    """The statistics' targets of encoded labels: multi-hot rows as they are, label ids one-hot; float64."""
-    return labels.double() if multi_label else torch.nn.functional.one_hot(labels.long(), num_labels).double()
+def _targets(
+    labels: torch.Tensor, num_labels: int, multi_label: bool, annotated: list[int] | None = None
+) -> torch.Tensor:
+    """The statistics' targets of encoded labels: multi-hot rows (0 for labels the rows do not annotate, see
+    ``RidgeStatistics.add``), label ids one-hot; float64."""
+    if not multi_label:
+        return torch.nn.functional.one_hot(labels.long(), num_labels).double()
+    targets = labels.double()
+    if annotated is not None:
+        unknown = torch.ones(targets.shape[1], dtype=torch.bool)
+        unknown[annotated] = False
+        targets[:, unknown] = 0.0
+    return targets
 
 
 def _statistics_of(run: IncrementRun) -> RidgeStatistics:
@@ -576,6 +645,7 @@ def record_lineage(run: IncrementRun) -> dict[str, Any]:
         num_labels=len(run.model.config.label2id),
         data_fingerprint=getattr(run.train_dataset, "_fingerprint", None),
         head_rows=_head_rows(run),
+        thresholds={run.model.config.id2label[i]: value for i, value in run.thresholds.items()},
     )
     append_record(run.model, record)
     return record

@@ -68,13 +68,6 @@ def check_increment_inputs(
     check_labels(model, train_dataset, eval_dataset, config)
     check_tokenizer(model, tokenizer, {"training data": train_dataset, "eval data": eval_dataset}, config)
     check_max_length(model, config.max_length)
-    check_recipe_fits_model(model, config)
-
-
-def check_recipe_fits_model(model, config: IncrementConfig) -> None:
-    """Settings that depend on the model's kind: the LDA solver is for single-label models."""
-    if config.closed_form_head and config.closed_form_solver == "lda" and is_multi_label_model(model):
-        raise ConfigError("`closed_form_solver='lda'` is for single-label models; use 'ridge' for multi-label.")
 
 
 # -- the model --------------------------------------------------------------------------------------------------------

@@ -88,19 +88,6 @@ def test_lda_from_accumulated_statistics_matches_a_direct_fit():
     assert ((x @ weight.T + bias).argmax(1) == ids).double().mean() > 0.9
 
 
-def test_lda_solver_is_refused_for_multi_label(tmp_path):
-    from hf_incr import ConfigError
-
-    model = tiny_bert(["a", "b"], problem_type="multi_label_classification")
-    config = IncrementConfig(closed_form_head=True, closed_form_solver="lda", finetune_layers=0, label_column="labels")
-    from datasets import Dataset
-
-    data = Dataset.from_dict({"text": ["x y", "z w"], "labels": [["a"], ["b"]]})
-    with pytest.raises(ConfigError, match="single-label"):
-        train_increment(model, tokenizer(), data, config=config, args=training_args(tmp_path), save=False)
-    assert model.config.num_labels == 2
-
-
 def test_lda_default_shrinkage_is_scikit_learns_oas_and_helps_with_fewer_rows_than_dimensions():
     from sklearn.covariance import oas
 
@@ -149,3 +136,169 @@ def test_multi_label_ridge_head_decides_at_the_sigmoid_threshold():
     assert (predicted == regression_says).float().mean() > 0.999
     assert (predicted == targets.bool()).float().mean() > 0.95
     assert (predicted_unmapped == targets.bool()).float().mean() < 0.8  # the bug this mapping fixes
+
+
+# -- multi-label: each label against the rows without it, tuned thresholds, unannotated rows -------------------------
+
+
+def _multi_label_rows(n: int, generator: torch.Generator, prevalence=(0.3, 0.2, 0.03), dim=12, scale=2.0):
+    """Rows whose labels each shift the features along their own direction (label 2 is rare)."""
+    centres = scale * torch.randn(len(prevalence), dim, generator=generator, dtype=torch.float64)
+    targets = (torch.rand(n, len(prevalence), generator=generator) < torch.tensor(prevalence)).double()
+    return targets @ centres + torch.randn(n, dim, generator=generator, dtype=torch.float64), targets
+
+
+def test_binary_lda_is_each_labels_discriminant_against_the_rows_without_it():
+    generator = torch.Generator().manual_seed(5)
+    x, targets = _multi_label_rows(600, generator)
+    stats = RidgeStatistics.empty(x.shape[1], 3).update(x, targets)
+    weight, bias = stats.solve_binary_lda(shrinkage=0.0)
+    for k in range(3):
+        positive, negative = x[targets[:, k] == 1], x[targets[:, k] == 0]
+        mu_p, mu_n = positive.mean(0), negative.mean(0)
+        within = ((positive - mu_p).T @ (positive - mu_p) + (negative - mu_n).T @ (negative - mu_n)) / len(x)
+        expected = torch.linalg.solve(within, mu_p - mu_n)
+        share = len(positive) / len(x)
+        torch.testing.assert_close(weight[k], expected, rtol=1e-6, atol=1e-8)
+        expected_bias = -0.5 * expected @ (mu_p + mu_n) + torch.log(torch.tensor(share / (1 - share)))
+        torch.testing.assert_close(bias[k], expected_bias.double(), rtol=1e-6, atol=1e-8)
+
+
+def test_tuned_thresholds_make_a_rare_label_fire_and_fold_into_the_bias():
+    # Labels that overlap (small shifts): a sigmoid's 0.5 then misses most rows of the rare label.
+    x, targets = _multi_label_rows(3000, torch.Generator().manual_seed(6), scale=0.5)
+    test_x, test_targets = x[1500:], targets[1500:]
+    x, targets = x[:1500], targets[:1500]
+    stats = RidgeStatistics.empty(x.shape[1], 3).update(x, targets)
+    weight, bias = stats.solve_binary_lda()
+
+    def f1(logits, k):
+        predicted, actual = logits[:, k] > 0, test_targets[:, k] == 1
+        true_positive = (predicted & actual).sum().item()
+        return 2 * true_positive / (predicted.sum().item() + actual.sum().item())
+
+    cuts = stats.decision_thresholds(weight, bias)
+    assert cuts[2] < 0  # the rare label: predicted below posterior 0.5
+    at_half, tuned = test_x @ weight.T + bias, test_x @ weight.T + bias - cuts
+    assert f1(tuned, 2) > f1(at_half, 2) + 0.1
+    # write_into folds the same thresholds into the bias; tuning the folded rows again moves nothing.
+    linear = nn.Linear(x.shape[1], 3).double()
+    folded = stats.write_into(linear, 1e-3, "lda", multi_label=True)
+    assert list(folded) == [0, 1, 2]
+    torch.testing.assert_close(torch.tensor(list(folded.values()), dtype=torch.float64), cuts)
+    torch.testing.assert_close(linear.bias.detach(), bias - cuts)
+    again = stats.decision_thresholds(linear.weight.detach(), linear.bias.detach())
+    assert again.abs().max() < 0.05 * cuts.abs().max()
+
+
+def test_write_into_only_some_labels_leaves_the_other_rows_bit_for_bit():
+    generator = torch.Generator().manual_seed(7)
+    x, targets = _multi_label_rows(400, generator)
+    stats = RidgeStatistics.empty(x.shape[1], 3).update(x, targets)
+    linear = nn.Linear(x.shape[1], 3)
+    weight, bias = linear.weight.detach().clone(), linear.bias.detach().clone()
+    thresholds = stats.write_into(linear, 1e-3, "lda", multi_label=True, labels=[2])
+    assert list(thresholds) == [2]
+    assert torch.equal(linear.weight[:2], weight[:2]) and torch.equal(linear.bias[:2], bias[:2])
+    assert not torch.equal(linear.weight[2], weight[2])
+
+
+def test_rows_that_do_not_annotate_a_label_are_neither_its_positives_nor_its_negatives(tmp_path):
+    generator = torch.Generator().manual_seed(8)
+    x, targets = _multi_label_rows(500, generator)
+    first, second = slice(0, 300), slice(300, 500)
+    # The second batch annotates only label 2: its label-0/1 columns are unknown (and given as 0).
+    unknown = targets[second].clone()
+    unknown[:, :2] = 0
+    stats = RidgeStatistics.empty(x.shape[1], 3).update(x[first], targets[first])
+    stats.add(RidgeStatistics.empty(x.shape[1], 3).update(x[second], unknown), annotated=[2])
+    only_first = RidgeStatistics.empty(x.shape[1], 3).update(x[first], targets[first])
+    count, total = stats.annotated_moments()
+    first_count, first_total = only_first.annotated_moments()
+    torch.testing.assert_close(count[:2], first_count[:2])
+    torch.testing.assert_close(total[:2], first_total[:2])
+    assert count[2] == 500  # label 2: every row annotates it
+    # ... while every row describes the features' covariance, and the sums survive saving.
+    assert stats.count == 500
+    stats.save(tmp_path)
+    loaded = RidgeStatistics.load(tmp_path)
+    torch.testing.assert_close(loaded.unannotated, stats.unannotated)
+    torch.testing.assert_close(loaded.solve_binary_lda()[0], stats.solve_binary_lda()[0])
+
+
+OLD = ["refund", "delivery", "login"]
+
+
+def _multi_label(dataset, extra: str | None = None):
+    """Single-label rows as label lists; ``extra`` also put on every other row (rows carrying two labels)."""
+    return dataset.map(
+        lambda row, i: {"labels": [row["label"]] + ([extra] if extra and i % 2 and row["label"] != extra else [])},
+        with_indices=True,
+    ).remove_columns("label")
+
+
+def _multi_label_base(tmp_path):
+    model = tiny_bert(OLD, problem_type="multi_label_classification", seed=2)
+    base = train_increment(model, tokenizer(), _multi_label(text_dataset(OLD, 8)),
+                           config=IncrementConfig(label_column="labels", finetune_layers=0),
+                           args=training_args(tmp_path), save=False, kind="base")
+    return model, base.ridge_statistics
+
+
+def test_multi_label_increment_of_new_labels_keeps_old_rows_and_saves_its_thresholds(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    model, statistics = _multi_label_base(tmp_path)
+    assert set(model.config.hf_incr_lineage[-1]["thresholds"]) == set(OLD)  # the base tuned every label
+    weight, bias = model.classifier.weight.detach().clone(), model.classifier.bias.detach().clone()
+    test = _multi_label(text_dataset([*OLD, "repair"], 3, offset=30))
+    batch = tokenizer()(list(test["text"]), padding=True, return_tensors="pt")
+    with torch.no_grad():
+        before = model(**batch).logits.clone()
+    # Rows of the new label, half of them also carrying an old one (which 'new' annotation does not use).
+    train = _multi_label(text_dataset(["repair"], 8), extra="refund")
+    with pytest.warns(UserWarning, match=r"rows carry old labels.*multi_label_annotation='all'"):
+        result = train_increment(model, tokenizer(), train, config=IncrementConfig(label_column="labels"),
+                                 args=training_args(tmp_path, output_dir=str(tmp_path / "v2")),
+                                 ridge_statistics=statistics)
+    assert torch.equal(model.classifier.weight[:3], weight) and torch.equal(model.classifier.bias[:3], bias)
+    with torch.no_grad():
+        after = model(**batch).logits
+    assert torch.equal(after[:, :3] > 0, before > 0)
+    assert list(result.record["thresholds"]) == ["repair"]
+    # The statistics say no row of this increment annotated an old label.
+    count, _ = result.ridge_statistics.annotated_moments()
+    assert count.tolist() == [24.0, 24.0, 24.0, 32.0]
+    # A plain transformers load applies the folded threshold: the same logits, no hf_incr needed.
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "v2").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, after)
+    card = (tmp_path / "v2" / "README.md").read_text()
+    assert "| Decides at |" in card and "`repair`" in card
+
+
+def test_fully_annotated_multi_label_increment_refits_and_retunes_old_labels(tmp_path):
+    model, statistics = _multi_label_base(tmp_path)
+    weight = model.classifier.weight.detach().clone()
+    train = _multi_label(text_dataset(["repair", "refund"], 8), extra="refund")
+    result = train_increment(model, tokenizer(), train,
+                             config=IncrementConfig(label_column="labels", multi_label_annotation="all"),
+                             args=training_args(tmp_path), save=False, ridge_statistics=statistics)
+    assert not torch.equal(model.classifier.weight[:3], weight)
+    assert set(result.record["thresholds"]) == {*OLD, "repair"}
+    count, _ = result.ridge_statistics.annotated_moments()
+    assert count.tolist() == [40.0] * 4
+
+
+def test_multi_label_rows_without_a_new_label_under_new_annotation_are_refused(
+    tmp_path, snapshot, assert_unchanged
+):
+    from hf_incr import DataError
+
+    model, statistics = _multi_label_base(tmp_path)
+    before = snapshot(model)
+    with pytest.raises(DataError, match=r"brings no new label.*multi_label_annotation='all'"):
+        train_increment(model, tokenizer(), _multi_label(text_dataset(["refund"], 4)),
+                        config=IncrementConfig(label_column="labels"), args=training_args(tmp_path), save=False,
+                        ridge_statistics=statistics)
+    assert_unchanged(model, before)

@@ -90,3 +90,23 @@ def test_rows_of_every_label_and_nothing_new_replace_a_worse_head_and_hand_over_
     assert "closed_form_s" in second.timings and "new_rows_s" not in second.timings
     weight, _ = second.ridge_statistics.solve(1.0)
     torch.testing.assert_close(model.classifier.weight.double(), weight, atol=1e-5, rtol=1e-4)
+
+
+def test_multi_label_new_label_on_every_row_is_refused_without_statistics(tmp_path, snapshot, assert_unchanged):
+    from hf_incr import DataError
+
+    model = tiny_bert(OLD, problem_type="multi_label_classification", seed=2)
+    before = snapshot(model)
+    only_new = text_dataset(["repair"], 6).map(lambda row: {"labels": [row["label"]]}).remove_columns("label")
+    with pytest.raises(DataError, match=r"carried by every row.*Add rows that do not carry them"):
+        train_increment(model, tokenizer(), only_new, config=IncrementConfig(label_column="labels"),
+                        args=training_args(tmp_path), save=False)
+    assert_unchanged(model, before)
+
+
+def test_multi_label_new_rows_beside_kept_ones_get_a_tuned_threshold(tmp_path):
+    model = tiny_bert(OLD, problem_type="multi_label_classification", seed=2)
+    train = text_dataset(["repair", "refund"], 6).map(lambda row: {"labels": [row["label"]]}).remove_columns("label")
+    result = train_increment(model, tokenizer(), train, config=IncrementConfig(label_column="labels"),
+                             args=training_args(tmp_path), save=False)
+    assert result.record["head_rows"] == "kept" and list(result.record["thresholds"]) == ["repair"]
