@@ -145,7 +145,7 @@ def run_demo(demo: DemoArguments) -> dict:
     print(f"\nTest {metric} ({len(full_test)} rows), old labels = the base's 7, new label = {NEW_LABEL!r}:")
     print(format_summary(
         "demo", rows, multi_label=demo.multi_label, labels_added=grown.new_labels,
-        timings=grown.timings,
+        timings=grown.timings, thresholds=grown.record.get("thresholds"),
         output_dir=grown.output_dir, card=os.path.join(grown_dir, "README.md"),
         plot=os.path.join(grown_dir, PLOT_FILENAME), lineage=os.path.join(grown_dir, "lineage.json"),
     ))

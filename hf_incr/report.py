@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 # IncrementResult.timings keys, with the names a reader sees.
@@ -62,6 +63,14 @@ def format_timings(timings: dict[str, float] | None) -> str | None:
     return "Time: " + ", ".join(parts)
 
 
+def format_thresholds(thresholds: dict[str, float], shown: int = 5) -> str:
+    """One line: the labels whose decision threshold was tuned, as the probability each is predicted above."""
+    parts = [f"{name} {1 / (1 + math.exp(-min(max(logit, -700.0), 700.0))):.3f}"
+             for name, logit in list(thresholds.items())[:shown]]
+    more = f" and {len(thresholds) - shown} more (lineage.json)" if len(thresholds) > shown else ""
+    return f"Thresholds tuned (probability, folded into the biases): {', '.join(parts)}{more}"
+
+
 def format_usage(model: str) -> str:
     """The one line that uses the model with plain transformers."""
     return f'pipeline("text-classification", model="{model}")'
@@ -81,6 +90,7 @@ def format_summary(
     plot: str | None = None,
     hub_url: str | None = None,
     model: str | None = None,
+    thresholds: dict[str, float] | None = None,
 ) -> str:
     """The block printed at the end of every command.
 
@@ -91,6 +101,7 @@ def format_summary(
         labels_added, forgetting, timings: From :class:`~hf_incr.IncrementResult`.
         output_dir, card, lineage, plot, hub_url: Where things were written (``None``: not written).
         model: What the usage line loads; default: ``hub_url``'s repo or ``output_dir``.
+        thresholds: Multi-label decision thresholds (logits) this run tuned and folded into the biases, by label.
     """
     metric = metric_name(multi_label)
     lines = [f"== hf-incr {title}: summary =="]
@@ -102,6 +113,8 @@ def format_summary(
             lines.append(line)
     if labels_added is not None:
         lines.append(f"Labels added: {', '.join(labels_added) if labels_added else 'none'}")
+    if thresholds:
+        lines.append(format_thresholds(thresholds))
     timing = format_timings(timings)
     if timing:
         lines.append(timing)

@@ -205,3 +205,12 @@ def test_demo_comparison_chart_is_written(tmp_path):
     rows = {CLASSIC: {"old_accuracy": 0.2, "new_accuracy": 1.0, "accuracy": 0.3}, HF_INCR: AFTER}
     path = plot_comparison(rows, str(tmp_path / "out" / "comparison.png"), metric="micro-F1")
     assert (tmp_path / "out" / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.endswith(".png")
+
+
+def test_summary_names_the_tuned_thresholds_as_probabilities():
+    from hf_incr.report import format_summary
+
+    text = format_summary("increment", {}, multi_label=True, thresholds={"complaint": 0.0, "praise": -2.0})
+    assert "Thresholds tuned (probability, folded into the biases): complaint 0.500, praise 0.119" in text
+    many = format_summary("increment", {}, thresholds={f"l{i}": 0.0 for i in range(8)})
+    assert "and 3 more (lineage.json)" in many
