@@ -77,6 +77,8 @@ class RidgeStatistics:
         self.cross = cross.double()
         self.count = int(count)
         self.random_features = random_features
+        # The kernel LDA head (hf_incr.kernel_attach.KernelHeadState), carried and saved the same way.
+        self.kernel_lda = None
         # Labels whose head rows were trained outside these statistics (a classifier hf_incr did not train) and are
         # kept as they are: while any label is kept, increments fit new rows beside the kept ones instead of
         # re-solving the head (see hf_incr.new_rows).
@@ -180,6 +182,8 @@ class RidgeStatistics:
         )
         if self.random_features is not None:
             self.random_features.save(directory)
+        if self.kernel_lda is not None:
+            self.kernel_lda.save(directory)
         return path
 
     @classmethod
