@@ -28,8 +28,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers.utils import logging
 
-from .errors import ConfigError, HeadConfigMismatchError, damaged_file_error
+from .errors import ConfigError, HeadConfigMismatchError
 from .head import ClassifierHead, find_classifier_head
 from .kernel_head import (
     KernelLDAClassifier,
@@ -42,22 +43,14 @@ from .kernel_head import (
     save_statistics,
 )
 
+logger = logging.get_logger(__name__)
+
 KERNEL_FILENAME = "hf_incr_kernel_lda.safetensors"
 KERNEL_STATISTICS_FILENAME = "hf_incr_kernel_lda_statistics.safetensors"
 POOLING_CHOICES = ("auto", "mean", "cls")
 # Rows pooled before a statistics update: one (rows x D) @ (D x rows) product per chunk is much faster than one per
 # encoder batch of 64 (the scatter update is the cost of the whole head).
 UPDATE_CHUNK = 2048
-
-KERNEL_LOST = (
-    "the model gives the logits of its linear head instead of its kernel LDA head, and the next increment cannot "
-    "continue the kernel LDA statistics"
-)
-KERNEL_FIX = (
-    f"Restore {KERNEL_FILENAME} and {KERNEL_STATISTICS_FILENAME} from where the model came from (a copy, or the Hub), "
-    "or delete both to use the model's linear head (plain `from_pretrained` loads that one anyway)."
-)
-
 
 # Pooling ------------------------------------------------------------------------------------------------------------
 
@@ -234,22 +227,23 @@ class KernelHeadState:
 
     @classmethod
     def load(cls, directory: str | Path) -> KernelHeadState | None:
-        """The head saved in a model folder with its statistics, or ``None`` if the folder has no kernel head.
+        """The head saved in a model folder with its statistics, or ``None`` if the folder has no kernel head, or
+        only its inference file (pushed with ``kernel_push_statistics=False``): then a warning says that the next
+        increment cannot continue it (and an increment with ``kernel_features`` refuses to start).
 
         Raises:
-            SavedStateError: the inference file is there but its statistics file is missing or damaged.
+            SavedStateError: a file is damaged, or the statistics belong to another head.
         """
         inference, statistics = Path(directory) / KERNEL_FILENAME, Path(directory) / KERNEL_STATISTICS_FILENAME
         if not inference.is_file():
             return None
         if not statistics.is_file():
-            raise damaged_file_error(
-                statistics, f"is missing beside {KERNEL_FILENAME} (it was not pushed, or was deleted)",
-                "the next increment cannot continue the kernel LDA statistics (the old labels would be lost)",
-                "Restore it from the folder the model was trained in, or train the next increment with "
-                "`kernel_features=0` (the linear closed-form head, whose statistics are in "
-                "hf_incr_ridge.safetensors).",
+            logger.warning(
+                "%s has %s but not %s (pushed without statistics?): the kernel LDA head serves predictions, but the "
+                "next increment cannot continue it. Start increments from the folder the model was trained in.",
+                directory, KERNEL_FILENAME, KERNEL_STATISTICS_FILENAME,
             )
+            return None
         head = load_head(inference, statistics)
         return cls(head, load_inference(inference), file_dtype=_stored_dtype(statistics))
 

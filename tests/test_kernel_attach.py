@@ -176,6 +176,18 @@ def test_an_increment_with_kernel_features_needs_the_models_kernel_statistics(tm
                         args=training_args(tmp_path, output_dir=str(tmp_path / "b")))
 
 
+def test_without_its_statistics_file_the_head_still_predicts_but_an_increment_refuses(tmp_path, caplog):
+    tok, config, model, *_ = _train_base(tmp_path)
+    folder = tmp_path / "a"
+    (folder / KERNEL_STATISTICS_FILENAME).unlink()  # as a push with kernel_push_statistics=False leaves the Hub
+    loaded = hf_incr.load_model(str(folder))
+    torch.testing.assert_close(_logits(loaded, tok), _logits(model, tok), rtol=1e-5, atol=1e-5)
+    assert load_statistics(folder).kernel_lda is None
+    with pytest.raises(ConfigError, match="was not pushed"):
+        train_increment(loaded, tok, text_dataset(["login"], 4), config=config,
+                        args=training_args(tmp_path, output_dir=str(tmp_path / "b")))
+
+
 @pytest.mark.parametrize(
     "values, message",
     [
