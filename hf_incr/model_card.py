@@ -585,7 +585,8 @@ def kernel_lda_summary(directory: str | Path, model_or_config) -> dict[str, Any]
     return {
         "num_features": settings.get("num_features"),
         "num_members": settings.get("num_members"),
-        "pooling": settings.get("pooling", "mean") + (" + L2 normalisation" if settings.get("normalize") else ""),
+        "pooling": {"cls": "first-token"}.get(settings.get("pooling"), "mean-pooled")
+        + (", L2-normalised" if settings.get("normalize") else ""),
         "bandwidth": None if bandwidth is None else f"{bandwidth:.4g}",
         "bandwidth_factor": settings.get("bandwidth_factor"),
         "inference_mb": _megabytes(inference),

@@ -16,6 +16,7 @@ import hf_incr
 from hf_incr import ConfigError, IncrementConfig, train_increment
 from hf_incr import model_card as model_card_module
 from hf_incr.hub import push_to_hub
+from hf_incr.info import model_info
 from hf_incr.kernel_attach import (
     KERNEL_FILENAME,
     KERNEL_STATISTICS_FILENAME,
@@ -27,6 +28,7 @@ from hf_incr.kernel_attach import (
 )
 from hf_incr.kernel_head import KernelLDAConfig, KernelLDAHead
 from hf_incr.loading import load_statistics
+from hf_incr.report import format_info, next_increment
 
 CONFIG = dict(closed_form_head=True, kernel_features=64, kernel_members=2, kernel_statistics_dtype="float64",
               finetune_layers=0, replay_per_label=0, distill_weight=0.0)
@@ -183,6 +185,10 @@ def test_without_its_statistics_file_the_head_still_predicts_but_an_increment_re
     loaded = hf_incr.load_model(str(folder))
     torch.testing.assert_close(_logits(loaded, tok), _logits(model, tok), rtol=1e-5, atol=1e-5)
     assert load_statistics(folder).kernel_lda is None
+    info = model_info(str(folder))
+    assert info["kernel_lda"] and not info["kernel_lda_statistics"]
+    assert "kernel LDA head: yes, without its statistics" in format_info(info)
+    assert "its kernel LDA head cannot be continued" in next_increment(info)
     with pytest.raises(ConfigError, match="was not pushed"):
         train_increment(loaded, tok, text_dataset(["login"], 4), config=config,
                         args=training_args(tmp_path, output_dir=str(tmp_path / "b")))
