@@ -209,6 +209,21 @@ class KernelHeadState:
     def __init__(self, head: KernelLDAHead, classifier: KernelLDAClassifier | None = None,
                  file_dtype: str = "float32"):
         self.head, self.classifier, self.file_dtype = head, classifier, file_dtype
+        # How the bandwidth was chosen (held-out accuracy per factor), set by the increment that chose it.
+        self.bandwidth_report: dict | None = None
+
+    def lineage_entry(self) -> dict:
+        """What the lineage records of the head: its settings, the bandwidth (fixed at the first increment) and, in
+        the record of the increment that chose it, how it was chosen."""
+        c = self.config
+        entry = {"num_features": c.num_features, "num_members": c.num_members, "pooling": c.pooling,
+                 "normalize": c.normalize, "bandwidth": c.bandwidth, "bandwidth_factor": c.bandwidth_factor}
+        if self.bandwidth_report is not None:
+            entry["bandwidth_choice"] = {
+                "median_distance": self.bandwidth_report["median_distance"],
+                "held_out_accuracy": {str(k): v["accuracy"] for k, v in self.bandwidth_report["factors"].items()},
+            }
+        return entry
 
     @property
     def config(self) -> KernelLDAConfig:
@@ -305,6 +320,7 @@ class KernelStatisticsAccumulator:
             rows, labels = torch.cat(self.rows), torch.cat(self.labels)
             _, self.bandwidth_report = choose_bandwidth(rows, labels, head.config)
             head.build()
+        self.state.bandwidth_report = self.bandwidth_report  # None unless this increment chose it
         self._flush()
         head.grow(num_labels)
         self.state.classifier = head.solve()

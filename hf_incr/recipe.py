@@ -647,6 +647,9 @@ def record_lineage(run: IncrementRun) -> dict[str, Any]:
         data_fingerprint=getattr(run.train_dataset, "_fingerprint", None),
         head_rows=_head_rows(run),
     )
+    kernel = getattr(run.statistics, "kernel_lda", None) if run.closed_form else None
+    if kernel is not None:  # its bandwidth, chosen at the first increment, is part of what the model is
+        record["kernel_lda"] = kernel.lineage_entry()
     append_record(run.model, record)
     return record
 

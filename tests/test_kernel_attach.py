@@ -105,8 +105,13 @@ def test_kernel_head_round_trip_continuation_and_plain_transformers(tmp_path):
         assert torch.equal(mine.counts, theirs.counts)
         assert ((mine.sums - theirs.sums).norm() / theirs.sums.norm()).item() <= 1e-8
         assert ((mine.scatter - theirs.scatter).norm() / theirs.scatter.norm()).item() <= 1e-8
-    # ... with the bandwidth of the first increment, and the same predictions after loading.
+    # ... with the bandwidth of the first increment (recorded in the lineage, with how it was chosen), and the same
+    # predictions after loading.
     assert continued.config.bandwidth == state.config.bandwidth
+    lineage = hf_incr.get_lineage(reloaded)
+    assert [r["kernel_lda"]["bandwidth"] for r in lineage] == [state.config.bandwidth] * 2
+    assert set(lineage[0]["kernel_lda"]["bandwidth_choice"]["held_out_accuracy"]) == {"0.5", "1.0", "2.0"}
+    assert "bandwidth_choice" not in lineage[1]["kernel_lda"]
     torch.testing.assert_close(_logits(hf_incr.load_model(str(folder_b)), tok), _logits(reloaded, tok), rtol=1e-5,
                                atol=1e-5)
     with torch.no_grad():
