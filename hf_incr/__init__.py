@@ -19,6 +19,7 @@ from .errors import (
 from .freezing import freeze_all_but_head, head_parameter_names, param_groups_layer_lr, unfreeze_top_layers
 from .head import ClassifierHead, HeadLocation, add_labels, align_weights, find_classifier_head, head_inputs
 from .hub import push_saved_model, push_to_hub
+from .kernel_attach import attach_kernel_head, attached_kernel_head, detach_kernel_head
 from .layers import encoder_layers, parameter_depths
 from .lineage import get_lineage
 from .loading import load_model
@@ -50,7 +51,10 @@ __all__ = [
     "UnsupportedModelError",
     "add_labels",
     "align_weights",
+    "attach_kernel_head",
     "attach_random_feature_head",
+    "attached_kernel_head",
+    "detach_kernel_head",
     "detach_random_feature_head",
     "encoder_layers",
     "find_classifier_head",

@@ -246,6 +246,7 @@ def run_push(script_args: ScriptArguments, recipe: IncrementConfig, training_arg
     return push_to_hub(
         script_args.model_name_or_path, script_args.repo_id, token=training_args.hub_token,
         private=bool(training_args.hub_private_repo), revision=getattr(training_args, "hub_revision", None),
+        push_kernel_statistics=recipe.kernel_push_statistics,  # `--kernel_push_statistics false`: inference only
     )
 
 

@@ -93,6 +93,8 @@ class RidgeStatistics:
         # only its new labels says nothing about the old ones). Those rows count in the covariance (a property of
         # the encoder, not of the labels) but are neither positives nor negatives of that label.
         self.unannotated = torch.zeros_like(self.cross) if unannotated is None else unannotated.double().clone()
+        # The kernel LDA head (hf_incr.kernel_attach.KernelHeadState), carried and saved the same way.
+        self.kernel_lda = None
         # Labels whose head rows were trained outside these statistics (a classifier hf_incr did not train) and are
         # kept as they are: while any label is kept, increments fit new rows beside the kept ones instead of
         # re-solving the head (see hf_incr.new_rows).
@@ -302,6 +304,8 @@ class RidgeStatistics:
         )
         if self.random_features is not None:
             self.random_features.save(directory)
+        if self.kernel_lda is not None:
+            self.kernel_lda.save(directory)
         return path
 
     @classmethod

@@ -31,6 +31,8 @@ class IncrementConfig:
     > Keeping the old labels
         replay_per_label, replay_selection, replay_balance, distill_weight, distill_temperature, weight_align,
         closed_form_head,        ridge_lambda, closed_form_solver, random_features, random_features_lambda
+    > Kernel LDA head
+        kernel_features, kernel_members, kernel_pooling, kernel_statistics_dtype, kernel_push_statistics
     > Evaluation
         threshold
 
@@ -215,6 +217,53 @@ class IncrementConfig:
         },
     )
 
+    # Kernel LDA head (hf_incr.kernel_attach): an extra head on the encoder's pooled last hidden states
+    kernel_features: int = field(
+        default=0,
+        metadata={
+            "help": "With closed_form_head: also solve a kernel LDA head (KLDA) on this many random Fourier features "
+            "of the encoder's pooled last hidden states (see kernel_pooling), the most accurate head on a frozen "
+            "encoder (docs/benchmarks.md, 'Kernel LDA'; 5000 is what was measured). The Gaussian kernel's bandwidth "
+            "is chosen from the first increment's rows and kept. Like random_features it is an extra module: "
+            "plain transformers loads the linear closed-form head, `hf_incr.load_model` the kernel head. Files: "
+            "hf_incr_kernel_lda.safetensors (inference, ~9 MB per member at 5000) and "
+            "hf_incr_kernel_lda_statistics.safetensors (next increment, ~50 MB per member in float32). 0: off."
+        },
+    )
+    kernel_members: int = field(
+        default=1,
+        metadata={
+            "help": "Ensemble members of the kernel LDA head (each its own random features, seeds seed, seed+1, ...; "
+            "their probabilities are averaged). Time and files grow with it."
+        },
+    )
+    kernel_pooling: str = field(
+        default="auto",
+        metadata={
+            "help": "Sentence vector the kernel LDA head reads, L2-normalised: the attention-mask weighted mean of "
+            "the last hidden states (`mean`), the first token's (`cls`), or `auto`: what a sentence-transformers "
+            "model saved in a local folder was trained with (its 1_Pooling config), else `mean`. Recorded in the "
+            "head's file.",
+            "choices": ["auto", "mean", "cls"],
+        },
+    )
+    kernel_statistics_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "Precision of the saved kernel LDA statistics (they are accumulated in float64): float32 halves "
+            "the file; measured effect on the solved head 1e-5 relative, no prediction changed "
+            "(docs/benchmarks.md). float64 continues increments exactly.",
+            "choices": ["float32", "float64"],
+        },
+    )
+    kernel_push_statistics: bool = field(
+        default=True,
+        metadata={
+            "help": "Upload the kernel LDA statistics file with a push. False: the Hub gets only what inference "
+            "needs; the statistics stay in the local folder, which the next increment must start from."
+        },
+    )
+
     # Evaluation
     threshold: float = field(
         default=0.5, metadata={"help": "Multi-label: a label is predicted when its sigmoid exceeds this."}
@@ -261,10 +310,40 @@ class IncrementConfig:
                 f"`random_features={self.random_features}` is a closed-form head over random features: set "
                 "`closed_form_head=True` (`--closed_form_head`) with it, or `random_features=0`."
             )
+        self._check_kernel_fields()
         if self.random_features_lambda <= 0:
             raise ConfigError(f"`random_features_lambda` should be > 0, got {self.random_features_lambda}.")
         if self.new_labels is not None:
             self.new_labels = list(self.new_labels)
+
+    def _check_kernel_fields(self) -> None:
+        if self.kernel_features < 0 or self.kernel_members < 1:
+            raise ConfigError(
+                f"`kernel_features` should be >= 0 and `kernel_members` >= 1, got {self.kernel_features} and "
+                f"{self.kernel_members}."
+            )
+        if self.kernel_pooling not in ("auto", "mean", "cls"):
+            raise ConfigError(f"`kernel_pooling` should be 'auto', 'mean' or 'cls', got {self.kernel_pooling!r}.")
+        if self.kernel_statistics_dtype not in ("float32", "float64"):
+            raise ConfigError(
+                f"`kernel_statistics_dtype` should be 'float32' or 'float64', got {self.kernel_statistics_dtype!r}."
+            )
+        if self.kernel_features and not self.closed_form_head:
+            raise ConfigError(
+                f"`kernel_features={self.kernel_features}` is a closed-form head: set `closed_form_head=True` "
+                "(`--closed_form_head`) with it, or `kernel_features=0`."
+            )
+        if self.kernel_features and self.random_features:
+            raise ConfigError(
+                f"`kernel_features={self.kernel_features}` and `random_features={self.random_features}` are two "
+                "extra heads and a model answers with one: keep one of them (the kernel LDA head was the more "
+                "accurate in docs/benchmarks.md), set the other to 0."
+            )
+        if self.kernel_features and self.multi_label:
+            raise ConfigError(
+                "`kernel_features` is a kernel LDA head, which scores one label per text: set `kernel_features=0` "
+                "for a multi-label classifier (`random_features` works with multi-label)."
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form, as recorded in the lineage."""

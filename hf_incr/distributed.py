@@ -21,6 +21,11 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def distributed_launch() -> bool:
+    """Whether this process is one of several (a distributed launch with more than one process)."""
+    return _distributed()
+
+
 def rows_of_this_process(num_rows: int) -> list[int]:
     """The row indices this process encodes: a contiguous share of ``range(num_rows)``, at most ``ceil(n / N)``."""
     if not _distributed():

@@ -9,9 +9,10 @@ uploads the same files again: the lineage lives in ``config.json``, so nothing i
 already holds (including large files uploaded before the failure) are skipped.
 
 A push mirrors the folder for hf_incr's own files: the replay memory (``replay_memory/``), the closed-form head's
-files (``hf_incr_ridge.safetensors``, ``hf_incr_random_features.safetensors``), ``lineage.json`` and the card's plot
-are deleted on the Hub, in the same commit, when the saved folder no longer has them, so the Hub never serves a stale
-replay memory or head beside a new model. No other file on the Hub is ever deleted (see :data:`MIRRORED_PATTERNS`).
+files (``hf_incr_ridge.safetensors``, ``hf_incr_random_features.safetensors``, the kernel LDA head's two files),
+``lineage.json`` and the card's plot are deleted on the Hub, in the same commit, when the saved folder no longer has
+them, so the Hub never serves a stale replay memory or head beside a new model. No other file on the Hub is ever
+deleted (see :data:`MIRRORED_PATTERNS`).
 
 :func:`hf_incr.load_model` reads the random-feature file from the commit the model's weights came from (transformers
 resolves ``revision`` once and records it as ``config._commit_hash``), so a commit of this module's push (which
@@ -36,6 +37,7 @@ from transformers.utils import logging
 
 from .closed_form import RIDGE_FILENAME
 from .errors import HubPushError
+from .kernel_attach import KERNEL_FILENAME, KERNEL_STATISTICS_FILENAME
 from .lineage import LINEAGE_FILENAME, get_lineage, write_lineage_file
 from .model_card import CARD_FILENAME, PLOT_FILENAME, card_has_lineage, write_model_card
 from .random_features import RANDOM_FEATURES_FILENAME
@@ -48,7 +50,10 @@ logger = logging.get_logger(__name__)
 IGNORE_PATTERNS = [f"{name}/*" for name in KEPT_ENTRIES]
 # hf_incr's own files: deleted on the Hub when the pushed folder no longer has them. Matched from the repo root;
 # a user's other files (and these names in subfolders) are never deleted.
-MIRRORED_PATTERNS = [f"{REPLAY_DIRNAME}/*", RIDGE_FILENAME, RANDOM_FEATURES_FILENAME, LINEAGE_FILENAME, PLOT_FILENAME]
+MIRRORED_PATTERNS = [
+    f"{REPLAY_DIRNAME}/*", RIDGE_FILENAME, RANDOM_FEATURES_FILENAME, KERNEL_FILENAME, KERNEL_STATISTICS_FILENAME,
+    LINEAGE_FILENAME, PLOT_FILENAME,
+]
 RETRY_CLI = "hf-incr push --model_name_or_path {folder} --repo_id {repo_id}"
 _TOKEN_LIKE = re.compile(r"hf_[A-Za-z0-9]{8,}")
 _BEARER = re.compile(r"(?i)(bearer\s+)\S+")
@@ -70,6 +75,7 @@ def push_to_hub(
     replay=None,
     ridge=None,
     endpoint: str | None = None,
+    push_kernel_statistics: bool = True,
     **card_data_kwargs: Any,
 ):
     """Save locally, then upload model, tokenizer, config (with the lineage), ``lineage.json``, card, plot and (if
@@ -91,6 +97,8 @@ def push_to_hub(
         save_dir: Where a model is saved. Default: ``./<repo name>``; an existing folder is only replaced when it
             holds a saved model (a ``config.json``).
         endpoint: The Hub URL. Default: ``HF_ENDPOINT``, else huggingface.co.
+        push_kernel_statistics: Upload the kernel LDA head's statistics file (what the next increment needs, not
+            inference). ``False`` keeps it local only, and removes an older one from the Hub in the same commit.
         **card_data_kwargs: Extra card metadata (``license``, ``language``, ``datasets``, ...).
 
     Returns:
@@ -131,7 +139,7 @@ def push_to_hub(
                 commit_message=message,
                 commit_description=_commit_description(lineage),
                 revision=revision,
-                ignore_patterns=IGNORE_PATTERNS,
+                ignore_patterns=IGNORE_PATTERNS + ([] if push_kernel_statistics else [KERNEL_STATISTICS_FILENAME]),
                 delete_patterns=MIRRORED_PATTERNS,
             )
     except KeyboardInterrupt:

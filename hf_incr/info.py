@@ -15,6 +15,7 @@ from huggingface_hub import HfApi, constants, hf_hub_download
 from .closed_form import RIDGE_FILENAME
 from .data import MULTI_LABEL
 from .errors import ConfigError
+from .kernel_attach import KERNEL_FILENAME, KERNEL_STATISTICS_FILENAME
 from .lineage import LINEAGE_ATTRIBUTE
 from .model_card import CARD_FILENAME, PLOT_FILENAME
 from .random_features import RANDOM_FEATURES_FILENAME
@@ -61,6 +62,8 @@ def model_info(source: str, *, revision: str | None = None, token: str | None = 
         "statistics": RIDGE_FILENAME in names,
         "head_rows": (lineage[-1].get("head_rows") if lineage else None),
         "random_features": RANDOM_FEATURES_FILENAME in names,
+        "kernel_lda": KERNEL_FILENAME in names,
+        "kernel_lda_statistics": KERNEL_STATISTICS_FILENAME in names,
         "replay": f"{REPLAY_DIRNAME}/{REPLAY_FILENAME}" in names or REPLAY_FILENAME in names,
         "card": f"{base}/{CARD_FILENAME}" if CARD_FILENAME in names else None,
         "plot": f"{base}/{PLOT_FILENAME}" if PLOT_FILENAME in names else None,

@@ -230,8 +230,17 @@ class RandomFourierFeatures:
         self.weight = weight.to(torch.float32).contiguous()
         self.offset = offset.to(torch.float32).contiguous()
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return math.sqrt(2.0 / self.num_features) * torch.cos(x.to(torch.float32) @ self.weight + self.offset)
+    def __call__(self, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The features of ``x`` (rows, in_features), computed in ``dtype``: float32 for inference; the statistics
+        use float64, so that a row's features do not depend on the batch it came in (a float32 product can differ
+        in its last bit with the batch's shape) and increments continue exactly."""
+        weight, offset = self.weight.to(dtype), self.offset.to(dtype)
+        return math.sqrt(2.0 / self.num_features) * torch.cos(x.to(dtype) @ weight + offset)
+
+    def to(self, device) -> RandomFourierFeatures:
+        """Move the projection to ``device`` (in place; returns self)."""
+        self.weight, self.offset = self.weight.to(device), self.offset.to(device)
+        return self
 
 
 def median_pairwise_distance(features: torch.Tensor, max_rows: int = 1000, seed: int = 0) -> float:
@@ -268,6 +277,8 @@ class KernelLDAConfig:
     bandwidth_factor: float = 1.0
     seed: int = 0
     normalize: bool = False
+    # How the encoder's token states become the vector ``x`` (hf_incr.kernel_attach.pool): "mean" or "cls".
+    pooling: str = "mean"
     shrinkage: float | str = "oas"
     priors: str = "uniform"
     combine: str = "probs"
@@ -282,6 +293,8 @@ class KernelLDAConfig:
             raise DataError("KernelLDAConfig: linear LDA (num_features=0) has exactly one member; set num_members=1.")
         if self.combine not in ("probs", "logits"):
             raise DataError(f"KernelLDAConfig: combine must be 'probs' or 'logits', got {self.combine!r}.")
+        if self.pooling not in ("mean", "cls"):
+            raise DataError(f"KernelLDAConfig: pooling must be 'mean' or 'cls', got {self.pooling!r}.")
         if self.statistics_dtype not in ("float32", "float64"):
             raise DataError(f"KernelLDAConfig: statistics_dtype must be 'float32' or 'float64', got "
                             f"{self.statistics_dtype!r}.")
@@ -291,12 +304,12 @@ class KernelLDAConfig:
 
     def inference_dict(self) -> dict:
         keys = ("in_features", "num_features", "num_members", "bandwidth", "bandwidth_factor", "seed", "normalize",
-                "combine", "labels")
+                "pooling", "combine", "labels")
         return {k: v for k, v in asdict(self).items() if k in keys}
 
 
-def _prepare(x: torch.Tensor, normalize: bool) -> torch.Tensor:
-    x = x.to(torch.float32)
+def _prepare(x: torch.Tensor, normalize: bool, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    x = x.to(dtype)
     return torch.nn.functional.normalize(x, dim=1) if normalize else x
 
 
@@ -313,6 +326,19 @@ class KernelLDAClassifier:
     @property
     def num_labels(self) -> int:
         return self.weights[0].shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.weights[0].device
+
+    def to(self, device) -> KernelLDAClassifier:
+        """Move every tensor to ``device`` (in place; returns self), e.g. the encoder's GPU."""
+        for projection in self.projections:
+            if projection is not None:
+                projection.to(device)
+        self.weights = [w.to(device) for w in self.weights]
+        self.biases = [b.to(device) for b in self.biases]
+        return self
 
     def member_logits(self, features: torch.Tensor) -> list[torch.Tensor]:
         """Each member's LDA scores (rows, num_labels)."""
@@ -364,6 +390,19 @@ class KernelLDAHead:
         dtype = getattr(torch, c.statistics_dtype)
         self.statistics = [LDAStatistics(self.dim, dtype) for _ in projections]
 
+    def build(self) -> None:
+        """Draw the members' projections and start empty statistics, once ``config.bandwidth`` is set (e.g. by
+        :func:`choose_bandwidth`)."""
+        if self.config.num_features and self.config.bandwidth is None:
+            raise DataError("KernelLDAHead.build: the bandwidth is not set yet. Fix: call choose_bandwidth() or "
+                            "set_bandwidth() with the first increment's rows first.")
+        self._build()
+
+    def grow(self, num_labels: int) -> None:
+        """Make room for labels ``< num_labels`` in every member (labels without rows cannot be solved yet)."""
+        for stats in self.statistics:
+            stats.grow(num_labels)
+
     def set_bandwidth(self, features: torch.Tensor) -> float:
         """Fix the bandwidth from the first increment's rows (``bandwidth_factor`` x median pairwise distance).
 
@@ -381,8 +420,10 @@ class KernelLDAHead:
         return self.config.bandwidth
 
     def features(self, features: torch.Tensor) -> list[torch.Tensor]:
-        x = _prepare(features, self.config.normalize)
-        return [p(x) if p is not None else x for p in self.projections]
+        """Each member's features of ``features``, in the statistics' dtype (see :class:`RandomFourierFeatures`)."""
+        dtype = getattr(torch, self.config.statistics_dtype)
+        x = _prepare(features, self.config.normalize, dtype)
+        return [p(x, dtype) if p is not None else x for p in self.projections]
 
     def update(self, features: torch.Tensor, labels) -> None:
         """Merge a batch of an increment (features (rows, in_features), label ids (rows,)) into every member."""
@@ -451,7 +492,7 @@ def _fingerprint(config: KernelLDAConfig, projections) -> str:
                                        sort_keys=True).encode())
     for p in projections:
         if p is not None:
-            digest.update(p.weight[:4, :16].numpy().tobytes())
+            digest.update(p.weight[:4, :16].cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -462,10 +503,10 @@ def save_inference(path, classifier: KernelLDAClassifier) -> None:
     tensors = {}
     for i, (p, w, b) in enumerate(zip(classifier.projections, classifier.weights, classifier.biases)):
         if p is not None:
-            tensors[f"member{i}.projection"] = p.weight
-            tensors[f"member{i}.offset"] = p.offset
-        tensors[f"member{i}.weight"] = w.contiguous()
-        tensors[f"member{i}.bias"] = b.contiguous()
+            tensors[f"member{i}.projection"] = p.weight.cpu()
+            tensors[f"member{i}.offset"] = p.offset.cpu()
+        tensors[f"member{i}.weight"] = w.cpu().contiguous()
+        tensors[f"member{i}.bias"] = b.cpu().contiguous()
     metadata = {"format": INFERENCE_FORMAT, "version": FORMAT_VERSION,
                 "config": json.dumps(classifier.config.inference_dict()),
                 "fingerprint": _fingerprint(classifier.config, classifier.projections)}

@@ -16,32 +16,46 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from .closed_form import RidgeStatistics
 from .errors import ConfigError, HfIncrError
+from .kernel_attach import KERNEL_FILENAME, KernelHeadState, attach_kernel_head, load_kernel_classifier
 from .random_features import RANDOM_FEATURES_FILENAME, RandomFeatureHead, attach_random_feature_head
 from .saving import recover_interrupted_save
 from .validation import check_checkpoint
 
 
 def load_model(model_name_or_path: str, **kwargs):
-    """``AutoModelForSequenceClassification.from_pretrained`` plus the random-feature head saved beside the model,
-    if there is one (``closed_form_head=True, random_features=N``). For every other model it is exactly
+    """``AutoModelForSequenceClassification.from_pretrained`` plus the extra head saved beside the model, if there is
+    one: the random-feature head (``closed_form_head=True, random_features=N``) or the kernel LDA head
+    (``kernel_features=N``; only its inference file is read). For every other model it is exactly
     ``from_pretrained``. Keyword arguments go to ``from_pretrained``; ``trust_remote_code`` stays off unless set."""
     model = AutoModelForSequenceClassification.from_pretrained(model_name_or_path, **kwargs)
     folder = Path(model_name_or_path)
-    if not folder.is_dir():
-        try:
-            folder = Path(hf_hub_download(
-                # The commit the weights came from (transformers resolves the revision once): a push landing in
-                # between cannot pair these weights with another version's random-feature head.
-                str(model_name_or_path), RANDOM_FEATURES_FILENAME,
-                revision=getattr(model.config, "_commit_hash", None) or kwargs.get("revision"),
-                token=kwargs.get("token"), cache_dir=kwargs.get("cache_dir"),
-            )).parent
-        except EntryNotFoundError:
-            return model  # a model without a random-feature head: exactly from_pretrained
-    head = RandomFeatureHead.load(folder)
+    if folder.is_dir():
+        random_folder = kernel_folder = folder
+    else:
+        random_folder = _hub_file_folder(model, model_name_or_path, RANDOM_FEATURES_FILENAME, kwargs)
+        kernel_folder = _hub_file_folder(model, model_name_or_path, KERNEL_FILENAME, kwargs)
+    device = next(model.parameters()).device
+    head = RandomFeatureHead.load(random_folder) if random_folder is not None else None
     if head is not None:
-        attach_random_feature_head(model, head.to(next(model.parameters()).device))
+        attach_random_feature_head(model, head.to(device))
+    kernel = load_kernel_classifier(kernel_folder) if kernel_folder is not None else None
+    if kernel is not None:
+        attach_kernel_head(model, kernel.to(device))
     return model
+
+
+def _hub_file_folder(model, repo_id: str, filename: str, kwargs: dict) -> Path | None:
+    """The local folder of ``filename`` downloaded from ``repo_id``, or ``None`` when the repo has no such file."""
+    try:
+        return Path(hf_hub_download(
+            # The commit the weights came from (transformers resolves the revision once): a push landing in
+            # between cannot pair these weights with another version's extra head.
+            str(repo_id), filename,
+            revision=getattr(model.config, "_commit_hash", None) or kwargs.get("revision"),
+            token=kwargs.get("token"), cache_dir=kwargs.get("cache_dir"),
+        )).parent
+    except EntryNotFoundError:
+        return None  # a model without this head
 
 
 def load_classifier(path: str, trust_remote_code: bool = False):
@@ -65,10 +79,12 @@ def load_classifier(path: str, trust_remote_code: bool = False):
 
 def load_statistics(directory: str | os.PathLike) -> RidgeStatistics | None:
     """The closed-form statistics saved in a model folder, with its random-feature head (if any) attached to them as
-    ``random_features``; ``None`` if the folder has no statistics."""
+    ``random_features`` and its kernel LDA head (with statistics) as ``kernel_lda``; ``None`` if the folder has no
+    statistics."""
     statistics = RidgeStatistics.load(directory)
     if statistics is not None:
         statistics.random_features = RandomFeatureHead.load(directory)
+        statistics.kernel_lda = KernelHeadState.load(directory)
     return statistics
 
 

@@ -88,6 +88,7 @@ def write_model_card(
         model_id=model_id,
         plot_filename=plot_filename if has_plot else None,
         examples=_replay_examples(directory),
+        kernel_lda=kernel_lda_summary(directory, config),
         **card_data_kwargs,
     )
     path = directory / CARD_FILENAME
@@ -102,13 +103,16 @@ def render_model_card(
     plot_filename: str | None = PLOT_FILENAME,
     examples: dict[str, list[str]] | None = None,
     versions: dict[str, str] | None = None,
+    kernel_lda: dict[str, Any] | None = None,
     **card_data_kwargs: Any,
 ) -> ModelCard:
-    """The card as a ``huggingface_hub.ModelCard`` (metadata header with ``model-index``, and the Markdown body)."""
+    """The card as a ``huggingface_hub.ModelCard`` (metadata header with ``model-index``, and the Markdown body).
+    ``kernel_lda``: the kernel LDA head's summary (:func:`kernel_lda_summary`), when the model has one."""
     config = getattr(model_or_config, "config", model_or_config)
     context = card_context(
         config, model_id=model_id, plot_filename=plot_filename, examples=examples, versions=versions
     )
+    context["kernel_lda"] = kernel_lda
     card_data = build_card_data(config, model_id=model_id, **card_data_kwargs)
     return ModelCard.from_template(card_data, template_path=str(template_path()), **context)
 
@@ -557,3 +561,48 @@ def _md(text: str) -> str:
 def _py_string(text: str) -> str:
     """A Python string literal for the code snippets."""
     return repr(str(text))
+
+
+# The kernel LDA head ----------------------------------------------------------------------------------------------
+
+
+def _megabytes(path: Path) -> float:
+    return round(path.stat().st_size / 1e6, 1)
+
+
+def kernel_lda_summary(directory: str | Path, model_or_config) -> dict[str, Any] | None:
+    """What the card says about a kernel LDA head saved in ``directory`` (``None`` without one): its settings (read
+    from its inference file) and the sizes of the files a push uploads, against the model's own weights."""
+    import json
+
+    from safetensors import safe_open
+
+    from .kernel_attach import KERNEL_FILENAME, KERNEL_STATISTICS_FILENAME
+
+    directory = Path(directory)
+    inference = directory / KERNEL_FILENAME
+    if not inference.is_file():
+        return None
+    try:
+        with safe_open(str(inference), framework="pt") as f:
+            settings = json.loads((f.metadata() or {}).get("config", "{}"))
+    except Exception:  # a damaged file: load_model says so; the card still names the sizes
+        settings = {}
+    weights = sum(p.stat().st_size for p in directory.glob("*.safetensors") if not p.name.startswith("hf_incr_"))
+    statistics = directory / KERNEL_STATISTICS_FILENAME
+    lineage = get_lineage(getattr(model_or_config, "config", model_or_config))
+    recipe = ((lineage[-1] if lineage else {}) or {}).get("recipe") or {}
+    bandwidth = settings.get("bandwidth")
+    return {
+        "num_features": settings.get("num_features"),
+        "num_members": settings.get("num_members"),
+        "pooling": {"cls": "first-token"}.get(settings.get("pooling"), "mean-pooled")
+        + (", L2-normalised" if settings.get("normalize") else ""),
+        "bandwidth": None if bandwidth is None else f"{bandwidth:.4g}",
+        "bandwidth_factor": settings.get("bandwidth_factor"),
+        "inference_mb": _megabytes(inference),
+        "weights_mb": round(weights / 1e6, 1),
+        "ratio": round(inference.stat().st_size / weights, 2) if weights else None,
+        "statistics_mb": _megabytes(statistics) if statistics.is_file() else None,
+        "statistics_pushed": bool(recipe.get("kernel_push_statistics", True)),
+    }

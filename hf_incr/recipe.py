@@ -46,12 +46,22 @@ from .data import (
     row_label_names,
     tokenize,
 )
-from .distributed import sum_over_processes
-from .errors import DataError
+from .distributed import distributed_launch, sum_over_processes
+from .errors import ConfigError, DataError
 from .features import accumulate_head_statistics, extract_head_inputs
 from .freezing import freeze_all_but_head, unfreeze_top_layers
 from .head import ClassifierHead, add_labels, find_classifier_head
 from .hub import push_saved_model
+from .kernel_attach import (
+    KernelHeadState,
+    KernelStatisticsAccumulator,
+    PooledCapture,
+    attach_kernel_head,
+    base_model_of,
+    detach_kernel_head,
+    sentence_pooling,
+)
+from .kernel_head import KernelLDAClassifier, KernelLDAConfig, KernelLDAHead
 from .lineage import append_record, find_rerun, make_record
 from .loading import saved_state_folder
 from .new_rows import add_new_rows, fit_multilabel_new_rows, refit_if_better
@@ -114,6 +124,7 @@ class IncrementRun:
     source_dir: Path | None = None
     head: ClassifierHead | None = None
     detached_random_features: RandomFeatureHead | None = None
+    detached_kernel: KernelLDAClassifier | None = None
     new_labels: list[str] = field(default_factory=list)
     new_ids: list[int] = field(default_factory=list)
     old_ids: list[int] = field(default_factory=list)
@@ -278,6 +289,7 @@ def plan_increment(run: IncrementRun) -> None:
     # dropped (any other recipe), never trained by gradient.
     run.head = find_classifier_head(model)
     run.detached_random_features = detach_random_feature_head(model, run.head)
+    run.detached_kernel = detach_kernel_head(model, run.head)
     if any(control.wants_teacher(run) for control in run.controls):
         run.teacher = copy.deepcopy(model).eval()
     linear = run.head.linear
@@ -400,6 +412,9 @@ def measure(run: IncrementRun, *, before: bool) -> dict[str, float]:
     attached = run.detached_random_features if before else None
     if attached is not None:
         attach_random_feature_head(run.model, attached.grow(len(run.model.config.label2id)), run.head)
+    kernel = run.detached_kernel if before else None
+    if kernel is not None:  # the old kernel head scores the old labels; the grown Linear's new rows are not scored
+        attach_kernel_head(run.model, kernel, run.head, fewer_labels_ok=True)
     try:
         return evaluate_model(
             run.model, run.eval_tokenized, run.args, run.old_ids, multi_label=run.multi_label,
@@ -408,6 +423,8 @@ def measure(run: IncrementRun, *, before: bool) -> dict[str, float]:
     finally:
         if attached is not None:
             detach_random_feature_head(run.model, run.head)
+        if kernel is not None:
+            detach_kernel_head(run.model, run.head)
 
 
 # 7-9. Train ---------------------------------------------------------------------------------------------------------
@@ -503,7 +520,9 @@ def solve_closed_form_head(run: IncrementRun, rows: Dataset, features: torch.Ten
             linear.in_features, config.random_features, num_labels, run.args.seed
         )
         random_head.grow(num_labels)
-    if features is not None:
+    kernel = kernel_head_state(run, statistics)
+    kernel_share = None
+    if features is not None and kernel is None:
         every_row = targets(range(len(rows)))
         share = RidgeStatistics.empty(linear.in_features, num_labels).update(features, every_row)
         statistics.add(share, run.annotated)
@@ -512,12 +531,24 @@ def solve_closed_form_head(run: IncrementRun, rows: Dataset, features: torch.Ten
     else:
         share = RidgeStatistics.empty(linear.in_features, num_labels)
         random_share = random_head.accumulator() if random_head is not None else None
-        count = accumulate_head_statistics(
-            run.model, run.tokenizer, rows[config.text_column], targets,
-            [share] + ([random_share] if random_share is not None else []),
-            batch_size=config.feature_batch_size, max_length=config.max_length, device=run.args.device,
-            show_progress=run.show_progress, head=run.head,
-        )
+        hook = None
+        if kernel is not None:
+            # The kernel head reads the pooled last hidden states of the same forward pass that yields the Linear's
+            # inputs: a hook on the encoder records them for the accumulator.
+            capture = PooledCapture(kernel.config.pooling)
+            hook = base_model_of(run.model).register_forward_hook(capture, with_kwargs=True)
+            kernel_share = KernelStatisticsAccumulator(kernel, capture)
+        try:
+            count = accumulate_head_statistics(
+                run.model, run.tokenizer, rows[config.text_column], targets,
+                [share] + ([random_share] if random_share is not None else [])
+                + ([kernel_share] if kernel_share is not None else []),
+                batch_size=config.feature_batch_size, max_length=config.max_length, device=run.args.device,
+                show_progress=run.show_progress, head=run.head,
+            )
+        finally:
+            if hook is not None:
+                hook.remove()
         run.rows_encoded = count
         shares = [share] + ([random_share.statistics] if random_share is not None else [])
         for part in shares:
@@ -534,7 +565,46 @@ def solve_closed_form_head(run: IncrementRun, rows: Dataset, features: torch.Ten
         random_head.solve(config.random_features_lambda, run.multi_label)
         statistics.random_features = random_head
         attach_random_feature_head(run.model, random_head.to(linear.weight.device), run.head)
+    if kernel_share is not None:
+        started = time.perf_counter()
+        statistics.kernel_lda = kernel_share.finish(num_labels)
+        run.timed("kernel_lda_s", started)
+        attach_kernel_head(run.model, statistics.kernel_lda.classifier, run.head)
     run.statistics = statistics
+
+
+def kernel_head_state(run: IncrementRun, statistics: RidgeStatistics) -> KernelHeadState | None:
+    """The kernel LDA head this increment continues (the model's, or a new one at its first increment), or ``None``
+    when ``kernel_features=0`` (a kernel head the model had is then dropped, with a warning: its statistics would
+    miss this increment's rows)."""
+    config = run.config
+    if not config.kernel_features:
+        if statistics.kernel_lda is not None:
+            logger.warning(
+                "The model has a kernel LDA head but `kernel_features=0`: it is dropped (it would lack this "
+                "increment's labels). Keep `kernel_features=%d` to continue it.",
+                statistics.kernel_lda.config.num_features,
+            )
+            statistics.kernel_lda = None
+        return None
+    if distributed_launch():
+        raise ConfigError(
+            "`kernel_features` under a distributed launch: the kernel LDA statistics are not merged across "
+            "processes yet. Run the increment in one process, or use `random_features` (whose statistics are sums)."
+        )
+    state = statistics.kernel_lda
+    if state is None:
+        if config.kernel_pooling == "auto":
+            pooling, normalize = sentence_pooling(run.model)
+        else:
+            pooling, normalize = config.kernel_pooling, True
+        head_config = KernelLDAConfig(
+            in_features=run.model.config.hidden_size, num_features=config.kernel_features,
+            num_members=config.kernel_members, seed=run.args.seed, normalize=normalize, pooling=pooling,
+        )
+        state = KernelHeadState(KernelLDAHead(head_config))
+    state.file_dtype = config.kernel_statistics_dtype
+    return state
 
 
 def fit_new_rows_beside_kept_ones(run: IncrementRun) -> None:
@@ -647,6 +717,9 @@ def record_lineage(run: IncrementRun) -> dict[str, Any]:
         head_rows=_head_rows(run),
         thresholds={run.model.config.id2label[i]: value for i, value in run.thresholds.items()},
     )
+    kernel = getattr(run.statistics, "kernel_lda", None) if run.closed_form else None
+    if kernel is not None:  # its bandwidth, chosen at the first increment, is part of what the model is
+        record["kernel_lda"] = kernel.lineage_entry()
     append_record(run.model, record)
     return record
 
@@ -681,7 +754,9 @@ def save_and_push(run: IncrementRun, record: dict[str, Any]) -> IncrementResult:
         if run.train_encoded is not None and run.args.push_to_hub:
             # Trainer's own push is off in every phase (it would upload a card without the lineage); the saved
             # folder, card and lineage included, is pushed once here.
-            result.hub_url = str(push_saved_model(result.output_dir, run.args))
+            result.hub_url = str(push_saved_model(
+                result.output_dir, run.args, push_kernel_statistics=run.config.kernel_push_statistics
+            ))
     return result
 
 

@@ -139,6 +139,10 @@ def next_increment(info: dict[str, Any]) -> str:
         )
         if info.get("random_features"):
             text += " (the random-feature head is refitted too)"
+        if info.get("kernel_lda"):
+            text += (" (the kernel LDA head is continued too)" if info.get("kernel_lda_statistics") else
+                     " (its kernel LDA head cannot be continued: its statistics file was not saved here; train with "
+                     "`--kernel_features 0` or start from the folder it was trained in)")
     else:
         text = (
             "the path for a model trained elsewhere"
@@ -202,6 +206,7 @@ def format_info(info: dict[str, Any]) -> str:
         "Saved with it:",
         f"  closed-form statistics (hf_incr_ridge.safetensors): {'yes' if info.get('statistics') else 'no'}",
         f"  random-feature head: {'yes' if info.get('random_features') else 'no'}",
+        f"  kernel LDA head: {_kernel_line(info)}",
         f"  replay memory: {'yes' if info.get('replay') else 'no'}",
         "",
         f"Next increment: {next_increment(info)}.",
@@ -211,3 +216,9 @@ def format_info(info: dict[str, Any]) -> str:
             lines.append(f"{name}: {info[key]}")
     lines.append(f"Use it: {format_usage(info['source'])}")
     return "\n".join(lines)
+
+
+def _kernel_line(info: dict) -> str:
+    if not info.get("kernel_lda"):
+        return "no"
+    return "yes, with its statistics" if info.get("kernel_lda_statistics") else "yes, without its statistics"

@@ -484,6 +484,7 @@ def keeps_trained_rows(
             f"{config.random_features}`. Keep the number it was trained with: `random_features="
             f"{features.num_features}`."
         )
+    _check_kernel_head(statistics, config, keep)
     absent = [name for name in model.config.label2id if name not in set(labels_in_data)]
     if statistics is None and absent:
         warnings.warn(
@@ -496,3 +497,25 @@ def keeps_trained_rows(
             stacklevel=4,
         )
     return keep
+
+
+def _check_kernel_head(statistics: RidgeStatistics | None, config: IncrementConfig, keep: bool) -> None:
+    """A later increment with ``kernel_features`` needs the kernel LDA statistics of every old label, of as many
+    features as it was trained with."""
+    if not config.kernel_features:
+        return
+    kernel = statistics.kernel_lda if statistics is not None else None
+    if keep or kernel is None:
+        raise ConfigError(
+            f"`kernel_features={config.kernel_features}`, but the model has no kernel LDA head with statistics (the "
+            "base was trained without it, by another library, or its hf_incr_kernel_lda_statistics.safetensors was "
+            "not pushed), so the old labels' kernel statistics are missing. Start from the folder the model was "
+            "trained in, train the base with `kernel_features` set, or keep `kernel_features=0`."
+        )
+    if kernel.config.num_features != config.kernel_features or kernel.config.num_members != config.kernel_members:
+        raise ConfigError(
+            f"The model's kernel LDA head has {kernel.config.num_features} features x {kernel.config.num_members} "
+            f"member(s) but `kernel_features={config.kernel_features}`, `kernel_members={config.kernel_members}`. "
+            f"Keep what it was trained with: `kernel_features={kernel.config.num_features}`, "
+            f"`kernel_members={kernel.config.num_members}`."
+        )

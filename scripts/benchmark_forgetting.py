@@ -53,6 +53,10 @@ layers are fine-tuned when training the base (increment 0) only, and frozen afte
   adapted_replay     adapted; then cached warm-ups with replay + distillation
   adapted_lda        adapted; then closed-form LDA heads (no stored text)
   adapted_random_features  adapted; then the random-feature closed-form head (no stored text; needs hf_incr to load)
+  kernel_lda         frozen; kernel LDA head (``kernel_features`` = --random_features random Fourier features of the
+                     normalised mean-pooled last hidden states, 1 member, bandwidth chosen at increment 0; no stored
+                     text; needs hf_incr.load_model for that head); single-label only
+  adapted_kernel_lda adapted; then the kernel LDA head
   recommended        the library's defaults (IncrementConfig()); shown as "= <method>" when they equal a row above
   full_annotated     setting (a): frozen recipe on all seen labels' rows, warm-started
   full_annotated_finetune  setting (a): warm-started, cached warm-up then 1 epoch of the top 2 layers, every increment
@@ -100,6 +104,7 @@ from transformers.utils import logging as hf_logging
 from hf_incr import IncrementConfig, find_classifier_head, train_base_classifier, train_increment
 from hf_incr.closed_form import RidgeStatistics
 from hf_incr.features import extract_head_inputs
+from hf_incr.kernel_attach import attached_kernel_head, pool
 from hf_incr.loading import load_statistics
 from hf_incr.metrics import make_compute_metrics
 from hf_incr.replay import ReplayMemory
@@ -118,7 +123,8 @@ DATASETS = {
 }
 METHODS = (
     "naive", "frozen_head", "replay", "distill", "weight_align", "replay_distill", "ridge", "lda", "random_features",
-    "finetune_replay", "adapted_replay", "adapted_lda", "adapted_random_features", "recommended", "full_annotated",
+    "finetune_replay", "adapted_replay", "adapted_lda", "adapted_random_features", "kernel_lda", "adapted_kernel_lda",
+    "recommended", "full_annotated",
     "full_annotated_finetune", "joint", "joint_frozen", "joint_ridge", "joint_probe",
 )
 JOINT_METHODS = ("joint", "joint_frozen", "joint_ridge", "joint_probe")
@@ -127,12 +133,14 @@ CUMULATIVE_METHODS = ("full_annotated", "full_annotated_finetune", *JOINT_METHOD
 # setting is spelled out (not left to IncrementConfig's defaults), so a row keeps its meaning when defaults change.
 FROZEN = dict(warmup_epochs=30.0, warmup_learning_rate=1e-2, warmup_scope="output", cache_features=True,
               finetune_layers=0, finetune_increments=True, replay_per_label=0, distill_weight=0.0,
-              weight_align=False, closed_form_head=False, random_features=0, init="imprint")
+              weight_align=False, closed_form_head=False, random_features=0, kernel_features=0, init="imprint")
 FINETUNE = dict(finetune_layers=2, finetune_epochs=5.0, finetune_learning_rate=1e-4, layer_lr_decay=0.8)
 ADAPTED = dict(FINETUNE, finetune_increments=False)  # fine-tune the base only
 REPLAY_DISTILL = dict(replay_per_label=10, distill_weight=1.0, distill_temperature=2.0)
 RANDOM_FEATURES = dict(closed_form_head=True, random_features=5000, random_features_lambda=1e-3,
                        closed_form_solver="auto")
+KERNEL_LDA = dict(closed_form_head=True, kernel_features=5000, kernel_members=1, kernel_pooling="auto",
+                  closed_form_solver="auto")
 CONTROLS = {
     "frozen_head": {},
     "replay": dict(replay_per_label=10),
@@ -146,6 +154,8 @@ CONTROLS = {
     "adapted_replay": dict(ADAPTED, **REPLAY_DISTILL),
     "adapted_lda": dict(ADAPTED, closed_form_head=True, closed_form_solver="auto"),
     "adapted_random_features": dict(ADAPTED, **RANDOM_FEATURES),
+    "kernel_lda": KERNEL_LDA,
+    "adapted_kernel_lda": dict(ADAPTED, **KERNEL_LDA),
     "full_annotated": {},
     "full_annotated_finetune": dict(FINETUNE, finetune_epochs=1.0),
     "joint": FINETUNE,
@@ -359,6 +369,29 @@ class Scorer:
         self.frozen_features: torch.Tensor | None = None
         self.frozen_fingerprint: float | None = None
         self.checked = False
+        self.pooled_cache: tuple[float, str, torch.Tensor] | None = None
+
+    def pooled(self, model, mode: str) -> torch.Tensor:
+        """The encoder's pooled last hidden states of every test row (what a kernel LDA head reads), computed once
+        per encoder (fingerprint) and pooling mode."""
+        fingerprint = _encoder_fingerprint(model)
+        if self.pooled_cache is not None and self.pooled_cache[:2] == (fingerprint, mode):
+            return self.pooled_cache[2]
+        texts, device = self.task.test_texts, _device(model)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = torch.empty(len(texts), model.config.hidden_size)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            for start in range(0, len(order), 128):
+                index = order[start : start + 128]
+                batch = self.tokenizer([texts[i] for i in index], truncation=True, max_length=self.max_length,
+                                       padding=True, return_tensors="pt").to(device)
+                hidden = model.base_model(**batch).last_hidden_state
+                out[index] = pool(hidden, batch["attention_mask"], mode).cpu()
+        model.train(was_training)
+        self.pooled_cache = (fingerprint, mode, out)
+        return out
 
     def features(self, model, needed: np.ndarray, frozen_encoder: bool) -> torch.Tensor:
         """Head inputs of the test rows: for a frozen (pretrained) encoder all rows, once, reused while the encoder
@@ -395,9 +428,13 @@ class Scorer:
         mask = self.task.seen_test(t)
         # Rows scored now: those of the labels seen so far, and those the next increment's "before" will need.
         needed = mask | self.task.seen_test(min(t + 1, len(self.task.increments) - 1))
+        kernel = attached_kernel_head(model)
         with torch.no_grad():
-            features = self.features(model, needed, frozen_encoder).to(_device(model))
-            logits = find_classifier_head(model).linear(features).float().cpu()
+            if kernel is not None:  # it reads the pooled last hidden states, not the Linear's inputs
+                logits = kernel(self.pooled(model, kernel.config.pooling).to(_device(model))).float().cpu()
+            else:
+                features = self.features(model, needed, frozen_encoder).to(_device(model))
+                logits = find_classifier_head(model).linear(features).float().cpu()
         rows = np.flatnonzero(mask)
         num = logits.shape[1]
         if self.task.multi_label:
@@ -448,6 +485,8 @@ def _config(task: Task, args: ForgettingBenchmarkArguments, method: str) -> Incr
         overrides["replay_per_label"] = replay_budget(args)
     if overrides.get("random_features"):
         overrides["random_features"] = args.random_features
+    if overrides.get("kernel_features"):
+        overrides["kernel_features"] = args.random_features  # the same feature budget as the random-feature rows
     if method == "naive":
         return IncrementConfig(**{**FROZEN, **common, **dict(
             warmup_epochs=0, finetune_layers=-1, finetune_epochs=args.naive_epochs,
@@ -778,6 +817,8 @@ def _run(args: ForgettingBenchmarkArguments) -> dict:
             if method in results:
                 print(f"  [{name}] {method}: kept from {output_dir / 'results.json'}", flush=True)
                 continue
+            if method in ("kernel_lda", "adapted_kernel_lda") and task.multi_label:
+                continue  # the kernel LDA head is single-label
             same = None
             if method == "recommended":
                 same = next((m for m, r in results.items() if m in CONTROLS and m != "recommended"

@@ -1,0 +1,237 @@
+"""The kernel LDA head wired into the recipe (``kernel_features``): attached on the encoder's pooled last hidden
+states, saved as an inference file and a statistics file, loaded back by ``hf_incr.load_model`` (folder and Hub),
+continued exactly by the next increment, while plain ``from_pretrained`` keeps the linear closed-form head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from test_hub import REPO, TOKEN, hub  # noqa: F401  (the fake Hub fixture and its credentials)
+from text_models import minilm_path, text_dataset, tiny_bert, tokenizer, training_args
+from transformers import AutoModelForSequenceClassification
+
+import hf_incr
+from hf_incr import ConfigError, IncrementConfig, train_increment
+from hf_incr import model_card as model_card_module
+from hf_incr.hub import push_to_hub
+from hf_incr.info import model_info
+from hf_incr.kernel_attach import (
+    KERNEL_FILENAME,
+    KERNEL_STATISTICS_FILENAME,
+    PooledCapture,
+    attached_kernel_head,
+    detach_kernel_head,
+    pool,
+    sentence_pooling,
+)
+from hf_incr.kernel_head import KernelLDAConfig, KernelLDAHead
+from hf_incr.loading import load_statistics
+from hf_incr.report import format_info, next_increment
+
+CONFIG = dict(closed_form_head=True, kernel_features=64, kernel_members=2, kernel_statistics_dtype="float64",
+              finetune_layers=0, replay_per_label=0, distill_weight=0.0)
+TEXTS = ["please help with password number 3", "please help with parcel number 1", "refund number 40"]
+
+
+@pytest.fixture(autouse=True)
+def _this_checkouts_template(monkeypatch):
+    # The editable install maps hf_incr.model_cards to one checkout; the card must come from this one's template.
+    template = Path(__file__).resolve().parents[1] / "model_cards" / model_card_module.TEMPLATE_NAME
+    monkeypatch.setattr(model_card_module, "template_path", lambda: template)
+
+
+def _logits(model, tok, texts=TEXTS):
+    batch = tok(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def _pooled(model, tok, texts):
+    """The mean-pooled last hidden states the kernel head reads, straight from the encoder: one padded batch, rows
+    in the frozen pass's order (by length), so each row is the same floats as in the recipe's pass."""
+    texts = list(texts)
+    order = sorted(range(len(texts)), key=lambda i: len(tok(texts[i])["input_ids"]))
+    batch = tok([texts[i] for i in order], return_tensors="pt", padding=True, truncation=True, max_length=128)
+    with torch.no_grad():
+        hidden = model.bert(**batch).last_hidden_state
+    pooled = torch.empty(len(texts), hidden.shape[-1])
+    pooled[order] = pool(hidden, batch["attention_mask"], "mean")
+    return pooled
+
+
+def _train_base(tmp_path, config=None):
+    tok = tokenizer()
+    config = IncrementConfig(**(config or CONFIG))
+    model = tiny_bert(["refund", "delivery"])
+    first = text_dataset(["refund", "delivery"], 6)
+    base = train_increment(model, tok, first, config=config,
+                           args=training_args(tmp_path, output_dir=str(tmp_path / "a")), kind="base")
+    return tok, config, model, first, base
+
+
+def test_kernel_head_round_trip_continuation_and_plain_transformers(tmp_path):
+    tok, config, model, first, base = _train_base(tmp_path)
+    state = base.ridge_statistics.kernel_lda
+    assert state is not None and attached_kernel_head(model) is state.classifier
+    assert state.config.bandwidth is not None and state.config.pooling == "mean" and state.config.normalize
+    folder_a = tmp_path / "a"
+    assert (folder_a / KERNEL_FILENAME).is_file() and (folder_a / KERNEL_STATISTICS_FILENAME).is_file()
+
+    # Same predictions after save + hf_incr.load_model; the bandwidth chosen at the first increment is recorded.
+    reloaded = hf_incr.load_model(str(folder_a))
+    loaded = attached_kernel_head(reloaded)
+    assert loaded is not None and loaded.config.bandwidth == state.config.bandwidth
+    torch.testing.assert_close(_logits(reloaded, tok), _logits(model, tok), rtol=1e-5, atol=1e-5)
+    # The kernel head's logits are the classifier's scores of the pooled states (not the pooler's Linear).
+    torch.testing.assert_close(_logits(model, tok), state.classifier(_pooled(model, tok, TEXTS)), rtol=1e-5,
+                               atol=1e-5)
+
+    # A second increment continues the statistics exactly: equal to one head fed every row at once.
+    second = text_dataset(["login"], 6)
+    test = text_dataset(["refund", "delivery", "login"], 3, offset=50)
+    result = train_increment(reloaded, tok, second, test, config=config,
+                             args=training_args(tmp_path, output_dir=str(tmp_path / "b")))
+    assert result.metrics_before["old_accuracy"] is not None and "accuracy" in result.metrics_after
+    folder_b = tmp_path / "b"
+    continued = load_statistics(folder_b).kernel_lda
+    joint = KernelLDAHead(KernelLDAConfig(**{**vars(continued.config), "labels": []}))
+    # Pooled as the recipe's frozen pass batched them (one padded batch per increment), so that the rows are the
+    # same floats and only the accumulation differs.
+    rows = torch.cat([_pooled(reloaded, tok, first["text"]), _pooled(reloaded, tok, second["text"])])
+    joint.update(rows, torch.tensor([0] * 6 + [1] * 6 + [2] * 6))
+    for mine, theirs in zip(continued.head.statistics, joint.statistics):
+        assert torch.equal(mine.counts, theirs.counts)
+        assert ((mine.sums - theirs.sums).norm() / theirs.sums.norm()).item() <= 1e-8
+        assert ((mine.scatter - theirs.scatter).norm() / theirs.scatter.norm()).item() <= 1e-8
+    # ... with the bandwidth of the first increment (recorded in the lineage, with how it was chosen), and the same
+    # predictions after loading.
+    assert continued.config.bandwidth == state.config.bandwidth
+    lineage = hf_incr.get_lineage(reloaded)
+    assert [r["kernel_lda"]["bandwidth"] for r in lineage] == [state.config.bandwidth] * 2
+    assert set(lineage[0]["kernel_lda"]["bandwidth_choice"]["held_out_accuracy"]) == {"0.5", "1.0", "2.0"}
+    assert "bandwidth_choice" not in lineage[1]["kernel_lda"]
+    torch.testing.assert_close(_logits(hf_incr.load_model(str(folder_b)), tok), _logits(reloaded, tok), rtol=1e-5,
+                               atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(_logits(reloaded, tok), joint.solve()(_pooled(reloaded, tok, TEXTS)), rtol=1e-4,
+                                   atol=1e-4)
+
+    # Plain transformers loads every weight and serves the linear closed-form head (the model's own Linear).
+    plain, loading = AutoModelForSequenceClassification.from_pretrained(folder_b, output_loading_info=True)
+    assert not any(loading.values()), loading
+    batch = tok(TEXTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(**batch).logits, plain.classifier(plain.bert(**batch).pooler_output))
+    assert attached_kernel_head(plain) is None
+
+    # The card says how to get the kernel head and what each file weighs.
+    card = (folder_b / "README.md").read_text()
+    assert "This model has a kernel LDA head** (2 × 64 random Fourier" in card
+    assert "`hf_incr_kernel_lda.safetensors` | inference with the kernel head |" in card
+    assert "`hf_incr_kernel_lda_statistics.safetensors` | the next increment only |" in card
+
+    # Detaching gives the model's own Linear back.
+    assert detach_kernel_head(reloaded) is not None and attached_kernel_head(reloaded) is None
+    torch.testing.assert_close(_logits(reloaded, tok), plain(**batch).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_float32_statistics_file_is_half_the_size_and_continues_closely(tmp_path):
+    *_, base = _train_base(tmp_path, {**CONFIG, "kernel_statistics_dtype": "float32", "kernel_members": 1})
+    size32 = (tmp_path / "a" / KERNEL_STATISTICS_FILENAME).stat().st_size
+    base.ridge_statistics.kernel_lda.save(tmp_path, statistics=True)  # the same head, float32 again
+    state = load_statistics(tmp_path / "a").kernel_lda
+    exact = base.ridge_statistics.kernel_lda.head.statistics[0]
+    assert state.file_dtype == "float32" and state.head.statistics[0].scatter.dtype == torch.float64
+    error = (state.head.statistics[0].scatter - exact.scatter).norm() / exact.scatter.norm()
+    assert error.item() < 1e-6
+    base.ridge_statistics.kernel_lda.file_dtype = "float64"
+    base.ridge_statistics.kernel_lda.save(tmp_path)
+    assert (tmp_path / KERNEL_STATISTICS_FILENAME).stat().st_size > 1.8 * size32
+
+
+def test_hub_round_trip_through_load_model_and_pushing_without_statistics(hub, tmp_path):  # noqa: F811
+    tok, _, model, *_ = _train_base(tmp_path)
+    folder = tmp_path / "a"
+    push_to_hub(folder, REPO, token=TOKEN, push_kernel_statistics=False)
+    repo = hub.repos[REPO]
+    files = repo.trees[repo.branches["main"]]
+    assert KERNEL_FILENAME in files and KERNEL_STATISTICS_FILENAME not in files
+    from_hub = hf_incr.load_model(REPO, token=TOKEN, cache_dir=tmp_path / "cache")
+    assert attached_kernel_head(from_hub) is not None
+    torch.testing.assert_close(_logits(from_hub, tok), _logits(model, tok), rtol=1e-5, atol=1e-5)
+    # Plain transformers from the Hub: the linear head, no kernel file read.
+    plain = AutoModelForSequenceClassification.from_pretrained(REPO, token=TOKEN, cache_dir=tmp_path / "cache2")
+    assert attached_kernel_head(plain) is None
+
+    push_to_hub(folder, REPO, token=TOKEN)  # now with the statistics the next increment needs
+    files = repo.trees[repo.branches["main"]]
+    assert KERNEL_STATISTICS_FILENAME in files and files[KERNEL_STATISTICS_FILENAME] == (
+        folder / KERNEL_STATISTICS_FILENAME).read_bytes()
+
+
+def test_an_increment_with_kernel_features_needs_the_models_kernel_statistics(tmp_path):
+    tok = tokenizer()
+    linear_only = {**CONFIG, "kernel_features": 0}
+    model = tiny_bert(["refund", "delivery"])
+    train_increment(model, tok, text_dataset(["refund", "delivery"], 4), config=IncrementConfig(**linear_only),
+                    args=training_args(tmp_path, output_dir=str(tmp_path / "a")), kind="base")
+    reloaded = hf_incr.load_model(str(tmp_path / "a"))
+    with pytest.raises(ConfigError, match="no kernel LDA head with statistics"):
+        train_increment(reloaded, tok, text_dataset(["login"], 4), config=IncrementConfig(**CONFIG),
+                        args=training_args(tmp_path, output_dir=str(tmp_path / "b")))
+
+
+def test_without_its_statistics_file_the_head_still_predicts_but_an_increment_refuses(tmp_path, caplog):
+    tok, config, model, *_ = _train_base(tmp_path)
+    folder = tmp_path / "a"
+    (folder / KERNEL_STATISTICS_FILENAME).unlink()  # as a push with kernel_push_statistics=False leaves the Hub
+    loaded = hf_incr.load_model(str(folder))
+    torch.testing.assert_close(_logits(loaded, tok), _logits(model, tok), rtol=1e-5, atol=1e-5)
+    assert load_statistics(folder).kernel_lda is None
+    info = model_info(str(folder))
+    assert info["kernel_lda"] and not info["kernel_lda_statistics"]
+    assert "kernel LDA head: yes, without its statistics" in format_info(info)
+    assert "its kernel LDA head cannot be continued" in next_increment(info)
+    with pytest.raises(ConfigError, match="was not pushed"):
+        train_increment(loaded, tok, text_dataset(["login"], 4), config=config,
+                        args=training_args(tmp_path, output_dir=str(tmp_path / "b")))
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"kernel_features": 64, "random_features": 64}, "keep one of them"),
+        ({"kernel_features": 64, "closed_form_head": False}, "closed_form_head=True"),
+        ({"kernel_features": 64, "multi_label": True}, "multi-label"),
+        ({"kernel_members": 0}, "kernel_members"),
+        ({"kernel_pooling": "max"}, "kernel_pooling"),
+    ],
+)
+def test_config_refuses_inconsistent_kernel_settings(values, message):
+    with pytest.raises(ConfigError, match=message):
+        IncrementConfig(**values)
+
+
+def test_pooling_follows_the_sentence_transformers_model_and_the_attention_mask():
+    minilm = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
+    assert sentence_pooling(minilm) == ("mean", True)  # all-MiniLM-L6-v2: mean pooling, then Normalize
+    assert sentence_pooling(tiny_bert(["a", "b"])) == ("mean", True)  # no sentence-transformers files: the default
+    hidden = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    torch.testing.assert_close(pool(hidden, mask, "mean"), torch.stack([hidden[0, :2].mean(0), hidden[1].mean(0)]))
+    torch.testing.assert_close(pool(hidden, mask, "cls"), hidden[:, 0])
+    # The hook pools what the encoder returned with the mask it was called with (padding changes nothing).
+    tok = tokenizer()
+    model = tiny_bert(["a", "b"])
+    capture = PooledCapture("mean")
+    handle = model.bert.register_forward_hook(capture, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(**tok(["short", "a much longer text than the first one"], return_tensors="pt", padding=True))
+            padded = capture.pooled[0].clone()
+            model(**tok(["short"], return_tensors="pt"))
+    finally:
+        handle.remove()
+    torch.testing.assert_close(padded, capture.pooled[0], rtol=1e-5, atol=1e-5)
