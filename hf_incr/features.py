@@ -72,7 +72,7 @@ def head_input_batches(
     restored afterwards. ``head``: the model's output Linear, when the caller has found it already.
 
     ``texts``: a sequence of strings, or a datasets column (``dataset["text"]``), which is read from its Arrow table
-    in bounded chunks: only the row ids and token lengths (12 bytes a text) are held for the whole set.
+    in bounded chunks: only int arrays of row ids and token lengths (about 20 bytes a text) are held for the whole set.
     """
     head = head or find_classifier_head(model)
     device = torch.device(device) if device is not None else head.linear.weight.device
