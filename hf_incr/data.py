@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, Features, IterableDataset, List, Value, load_dataset
 from datasets import Sequence as HFSequence
 from transformers.utils import logging
 
@@ -103,6 +103,14 @@ def check_texts(dataset: Dataset, text_column: str = "text", what: str = "data s
 
     ``what`` names the data set in the message (``"training data"``, ``"eval data"``).
     """
+    if isinstance(dataset, IterableDataset):
+        raise DataError(
+            f"The {what} is a streamed IterableDataset (no length, one pass); an increment needs a map-style Dataset "
+            "(it encodes the labels, tokenizes and fingerprints the rows). Load it without `streaming=True` (datasets "
+            "memory-maps it from disk, so it need not fit in memory) or convert it: `Dataset.from_generator(lambda: "
+            "(yield from dataset), features=dataset.features)`. To only add a stream to closed-form statistics, use "
+            "`hf_incr.features.accumulate_streamed_head_statistics`."
+        )
     if text_column not in dataset.column_names:
         raise DataError(
             f"The {what} has no text column {text_column!r}; its columns are {dataset.column_names}. "

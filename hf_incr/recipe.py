@@ -507,10 +507,11 @@ def solve_closed_form_head(run: IncrementRun, rows: Dataset, features: torch.Ten
     memory stays independent of the number of rows, and every process solves the same head."""
     config, linear = run.config, run.head.linear
     num_labels = linear.out_features
-    labels = rows["labels"]
+    # A batch's labels read at once from Arrow: `rows["labels"][i]` builds a Dataset per row.
+    labels = rows.select_columns(["labels"])
 
     def targets(index) -> torch.Tensor:
-        return _targets(torch.tensor([labels[i] for i in index]), num_labels, run.multi_label, run.annotated)
+        return _targets(torch.tensor(labels[list(index)]["labels"]), num_labels, run.multi_label, run.annotated)
 
     statistics = _statistics_of(run)
     statistics.grow(num_labels)

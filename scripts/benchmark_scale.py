@@ -1,11 +1,14 @@
 """Scale of the frozen pass behind a closed-form increment: time and peak memory against the number of texts.
 
 Each measurement runs in a fresh process (so its peak resident memory is its own), over BANKING77's training texts
-repeated up to ``--sizes`` rows, with two ways to feed the closed-form statistics:
+repeated up to ``--sizes`` rows. The texts and labels stay in a datasets ``Dataset`` (Arrow, memory-mapped from the
+datasets cache: ``concatenate_datasets`` of the split repeated), as a user feeds them, never a Python list. Modes:
 
-  streamed  ``hf_incr.features.accumulate_head_statistics``: batch by batch into the statistics (what an increment
-            does); under ``accelerate launch --num_processes N`` each process encodes its share and the shares are
-            summed.
+  streamed  ``hf_incr.features.accumulate_head_statistics`` on ``dataset["text"]``: batch by batch into the
+            statistics (what an increment does), labels read per batch from Arrow; under
+            ``accelerate launch --num_processes N`` each process encodes its share and the shares are summed.
+  iterable  ``accumulate_streamed_head_statistics`` on ``dataset.to_iterable_dataset(num_shards=64)`` (what
+            ``load_dataset(..., streaming=True)`` gives): one pass, sorted by length within a window.
   cached    ``extract_head_inputs`` first (the whole ``N x hidden`` float32 matrix), then one statistics update:
             how the pass worked before it was streamed.
   forward   a plain ``Trainer.predict`` over the same texts (the floor: the encoder alone).
@@ -13,6 +16,8 @@ repeated up to ``--sizes`` rows, with two ways to feed the closed-form statistic
     python scripts/benchmark_scale.py --sizes 10000 30000 100000 --modes streamed cached forward
     accelerate launch --multi_gpu --num_processes 2 scripts/benchmark_scale.py --child streamed --rows 30000 --use_cpu
     python scripts/benchmark_scale.py --model_layers 1 --sizes 10000 300000 --modes streamed cached   # cheap encoder
+
+Each row also records the machine's 1-minute load average when its run started (other work on the machine slows it).
 
 Results: a Markdown table printed and written to ``--output_dir/scale.md`` with ``scale.json``.
 """
@@ -33,6 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from accelerate import PartialState
 from benchmark_data import load_shared_split
+from datasets import Dataset, concatenate_datasets
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -44,7 +50,7 @@ from transformers import (
 
 from hf_incr.closed_form import RidgeStatistics
 from hf_incr.distributed import sum_over_processes
-from hf_incr.features import accumulate_head_statistics, extract_head_inputs
+from hf_incr.features import accumulate_head_statistics, accumulate_streamed_head_statistics, extract_head_inputs
 from hf_incr.loading import default_encoder
 
 
@@ -53,7 +59,7 @@ class ScaleArguments:
     sizes: list[int] = field(default_factory=lambda: [10_000, 30_000, 100_000], metadata={"help": "Numbers of texts."})
     modes: list[str] = field(
         default_factory=lambda: ["streamed", "cached", "forward"],
-        metadata={"help": "streamed / cached / forward (see the module docstring)."},
+        metadata={"help": "streamed / iterable / cached / forward (see the module docstring)."},
     )
     processes: list[int] = field(
         default_factory=lambda: [1], metadata={"help": "Process counts for `streamed` (2: accelerate launch, gloo)."}
@@ -69,9 +75,12 @@ class ScaleArguments:
     use_cpu: bool = field(default=False, metadata={"help": "Run on the CPU even if a GPU is present."})
 
 
-def _texts(rows: int) -> list[str]:
-    base = load_shared_split(None, "banking77", "train")["text"]
-    return [base[i % len(base)] for i in range(rows)]
+def _data(rows: int) -> tuple[Dataset, dict[str, int]]:
+    """BANKING77's training split repeated to ``rows`` rows (``text``, ``label`` names), memory-mapped Arrow (the
+    datasets cache of the JSON file; nothing is written, so parallel processes share it), and the label ids."""
+    base = load_shared_split(None, "banking77", "train").select_columns(["text", "label"])
+    label2id = {name: i for i, name in enumerate(sorted(set(base["label"])))}
+    return concatenate_datasets([base] * -(-rows // len(base))).select(range(rows)), label2id  # a slice, no copy
 
 
 def _model(args: ScaleArguments):
@@ -86,29 +95,35 @@ def _model(args: ScaleArguments):
 def run_child(args: ScaleArguments) -> dict:
     PartialState(cpu=args.use_cpu)  # joins the process group under accelerate launch
     model, tokenizer, device = _model(args)
-    texts = _texts(args.rows)
-    labels = torch.arange(args.rows) % 77
+    data, label2id = _data(args.rows)
+    labels = data.select_columns(["label"])  # a batch's labels are read from Arrow when it needs them
+
+    def one_hot(names) -> torch.Tensor:
+        return torch.nn.functional.one_hot(torch.tensor([label2id[name] for name in names]), 77).double()
+
     start = time.perf_counter()
     encoded = args.rows
-    if args.child == "streamed":
+    if args.child in ("streamed", "iterable"):
         statistics = RidgeStatistics.empty(model.config.hidden_size, 77)
-        encoded = accumulate_head_statistics(
-            model, tokenizer, texts, lambda index: torch.nn.functional.one_hot(labels[index], 77).double(),
-            [statistics], batch_size=args.batch_size, max_length=args.max_length, device=device, show_progress=False,
-        )
+        options = dict(batch_size=args.batch_size, max_length=args.max_length, device=device, show_progress=False)
+        if args.child == "streamed":
+            encoded = accumulate_head_statistics(
+                model, tokenizer, data["text"], lambda index: one_hot(labels[index]["label"]), [statistics], **options
+            )
+        else:
+            encoded = accumulate_streamed_head_statistics(
+                model, tokenizer, data.to_iterable_dataset(num_shards=64), lambda batch: one_hot(batch["label"]),
+                [statistics], **options,
+            )
         sum_over_processes(statistics.gram, statistics.cross)
     elif args.child == "cached":
-        features = extract_head_inputs(model, tokenizer, texts, batch_size=args.batch_size,
+        features = extract_head_inputs(model, tokenizer, data["text"], batch_size=args.batch_size,
                                        max_length=args.max_length, device=device, show_progress=False)
-        RidgeStatistics.empty(model.config.hidden_size, 77).update(
-            features, torch.nn.functional.one_hot(labels, 77).double()
-        )
+        RidgeStatistics.empty(model.config.hidden_size, 77).update(features, one_hot(data["label"]))
     else:
-        from datasets import Dataset
-
-        data = Dataset.from_dict({"text": texts}).map(
+        data = data.map(
             lambda b: tokenizer(b["text"], truncation=True, max_length=args.max_length), batched=True,
-            remove_columns=["text"],
+            remove_columns=["text", "label"],
         )
         trainer = Trainer(model=model, args=TrainingArguments(
             output_dir=str(Path(args.output_dir) / "predict"), per_device_eval_batch_size=args.batch_size,
@@ -151,20 +166,21 @@ def main(args: ScaleArguments) -> None:
     rows_out = []
     for rows in args.sizes:
         for mode in args.modes:
-            for processes in args.processes if mode == "streamed" else [1]:
+            for processes in args.processes if mode in ("streamed", "iterable") else [1]:
+                load = os.getloadavg()[0]
                 runs = _measure(args, mode, rows, processes, out)
                 slowest = max(run["seconds"] for run in runs)
                 rows_out.append({"mode": mode, "rows": rows, "processes": processes, "seconds": slowest,
                                  "texts_per_s": rows / slowest, "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
-                                 "max_rows_per_process": max(r["rows_encoded_here"] for r in runs)})
+                                 "max_rows_per_process": max(r["rows_encoded_here"] for r in runs), "load": load})
                 print(rows_out[-1], flush=True)
     layers = args.model_layers or 6
     table = [f"MiniLM ({layers} layers), batch {args.batch_size}, max_length {args.max_length}, "
              f"{'CPU' if args.use_cpu or not torch.cuda.is_available() else 'GPU'}, {os.cpu_count()} cores", "",
-             "| mode | texts | processes | seconds | texts/s | peak RSS (MB) | rows per process |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| mode | texts | processes | seconds | texts/s | peak RSS (MB) | rows per process | load at start |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     table += [f"| {r['mode']} | {r['rows']:,} | {r['processes']} | {r['seconds']:.1f} | {r['texts_per_s']:.0f} | "
-              f"{r['peak_rss_mb']:.0f} | {r['max_rows_per_process']:,} |" for r in rows_out]
+              f"{r['peak_rss_mb']:.0f} | {r['max_rows_per_process']:,} | {r['load']:.2f} |" for r in rows_out]
     (out / "scale.md").write_text("\n".join(table) + "\n")
     (out / "scale.json").write_text(json.dumps(rows_out, indent=1))
     print("\n".join(table))

@@ -41,10 +41,48 @@ def closed_form(out_dir: Path) -> None:
     }))
 
 
+def streamed(out_dir: Path) -> None:
+    """The closed-form statistics pass alone over the same 14 rows fed three ways: a map-style column (split by
+    rows_of_this_process), a streamed IterableDataset of 1 shard (split_dataset_by_node: every 2nd row) and of 2
+    shards (a shard a process); writes each one's summed statistics and the rows this process encoded."""
+    import torch
+    import torch.nn.functional as F
+
+    from hf_incr.closed_form import RidgeStatistics
+    from hf_incr.distributed import sum_over_processes
+    from hf_incr.features import accumulate_head_statistics, accumulate_streamed_head_statistics
+
+    labels = ["repair", "colour"]
+    data = text_dataset(labels, 7)
+    data = data.add_column("labels", [labels.index(name) for name in data["label"]])
+    args = training_args(out_dir)  # joins the process group under accelerate launch
+    model, tok = tiny_bert(labels, dropout=0.0), tokenizer()
+    targets = F.one_hot(torch.tensor(data["labels"]), 2).double()
+    tensors, encoded = {}, {}
+    for kind in ("column", "stream1", "stream2"):
+        statistics = RidgeStatistics.empty(32, 2)
+        # One text per batch: features independent of which texts share a batch, so the test sees the split alone.
+        if kind == "column":
+            count = accumulate_head_statistics(model, tok, data["text"], lambda index: targets[index], [statistics],
+                                               batch_size=1, show_progress=False)
+        else:
+            stream = data.to_iterable_dataset(num_shards=int(kind[-1]))
+            count = accumulate_streamed_head_statistics(
+                model, tok, stream, lambda batch: F.one_hot(torch.tensor(batch["labels"]), 2).double(), [statistics],
+                window=4, batch_size=1, show_progress=False,
+            )
+        sum_over_processes(statistics.gram, statistics.cross)
+        tensors[f"{kind}_gram"], tensors[f"{kind}_cross"] = statistics.gram, statistics.cross
+        encoded[kind] = count
+    rank = args.process_index
+    save_file(tensors, str(out_dir / f"rank{rank}.safetensors"))
+    (out_dir / f"rank{rank}.json").write_text(json.dumps({"world_size": args.world_size, "rows_encoded": encoded}))
+
+
 def main(out: str, batch_size: int, accumulation: int, phase: str) -> None:
     out_dir = Path(out)
-    if phase == "closed_form":
-        closed_form(out_dir)
+    if phase in ("closed_form", "streamed"):
+        (closed_form if phase == "closed_form" else streamed)(out_dir)
         return
     model = tiny_bert(["refund", "delivery", "login"], dropout=0.0)
     if phase == "warmup":

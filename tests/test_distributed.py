@@ -88,3 +88,24 @@ def test_two_processes_share_the_closed_form_pass_and_solve_the_same_head(tmp_pa
         torch.testing.assert_close(tensors["weight"], single["weight"], rtol=1e-5, atol=1e-6)
     assert sum(info["rows_encoded"] for _, info in ranks) == rows
     assert torch.equal(ranks[0][0]["weight"], ranks[1][0]["weight"])
+
+
+@pytest.mark.slow
+def test_two_processes_share_a_column_and_a_streamed_data_set_and_sum_to_the_one_process_statistics(tmp_path):
+    _run(tmp_path / "single", 1, 1, "streamed")
+    _run(tmp_path / "ddp", 1, 1, "streamed", processes=2)
+    single, single_info = _load(tmp_path / "single", 0)
+    ranks = [_load(tmp_path / "ddp", rank) for rank in (0, 1)]
+    rows = 14
+    for kind in ("column", "stream1", "stream2"):
+        assert single_info["rows_encoded"][kind] == rows
+        assert sum(info["rows_encoded"][kind] for _, info in ranks) == rows
+        for tensors, info in ranks:
+            assert info["world_size"] == 2, "accelerate ran fewer than 2 processes"
+            assert info["rows_encoded"][kind] <= -(-rows // 2)  # ceil(N / 2) rows at most per process
+            for name in (f"{kind}_gram", f"{kind}_cross"):
+                error = (tensors[name] - single[name]).abs().max() / single[name].abs().max()
+                assert error <= 1e-10, f"{name}: relative error {error:.1e}"
+            # The streamed pass sums to the same statistics as the in-memory one.
+            error = (tensors[f"{kind}_gram"] - single["column_gram"]).abs().max() / single["column_gram"].abs().max()
+            assert error <= 1e-10, f"{kind} against the column: relative error {error:.1e}"
