@@ -455,6 +455,7 @@ class Scorer:
             "old_accuracy": after.get("old_accuracy") if old_ids else None,
             "new_accuracy": after.get("new_accuracy"),
             "first_labels_accuracy": compute(logits, first_ids)["old_accuracy"],
+            "macro_f1": after.get("macro_f1"),  # rare labels weigh as much as frequent ones (multi-label: per label)
             "test_rows": len(rows),
         }
         if prev_logits is not None and old_ids:
@@ -663,6 +664,7 @@ def summarize(method: str, config: IncrementConfig, increments: list[dict], subs
                    "joint" if method.startswith("joint") else "b (strictly incremental)",
         "config": config.to_dict(),
         "accuracy_per_increment": accuracies,
+        "final_macro_f1": last.get("macro_f1"),
         "average_accuracy": float(np.mean(accuracies)) if increments[0]["increment"] == 0 else None,
         "final_accuracy": last["accuracy"],
         "final_old_accuracy": last["old_accuracy"],
