@@ -155,6 +155,9 @@ def test_multi_label_increment(tmp_path, tok):
     for i, text in enumerate(text_dataset(["repair"], 8)["text"]):
         rows["text"].append(text)
         rows["labels"].append(["repair", "refund"] if i % 2 else ["repair"])
+    for text in text_dataset(["refund"], 4)["text"]:  # rows without the new label: what it is told apart from
+        rows["text"].append(text)
+        rows["labels"].append(["refund"])
     eval_rows = {"text": text_dataset(OLD, 2, offset=30)["text"], "labels": [[n] for n in OLD for _ in range(2)]}
     config = IncrementConfig(label_column="labels", warmup_epochs=2)
     result = train_increment(
