@@ -178,6 +178,21 @@ class RidgeStatistics:
         totals = self.gram[:, -1:] - self.unannotated  # sum of [x, 1] over annotated rows, per label
         return totals[-1], totals[:-1].T
 
+    def _label_moments(self, labels: list[int] | None = None) -> tuple[torch.Tensor, ...]:
+        """What a per-label discriminant reads, for ``labels`` (default: all): the covariance of every row's features,
+        each label's positive and negative row counts, and the means of its positive and negative rows."""
+        columns = list(range(self.num_labels)) if labels is None else list(labels)
+        n = float(self.gram[-1, -1])
+        mean = self.gram[:-1, -1] / n
+        covariance = self.gram[:-1, :-1] / n - torch.outer(mean, mean)
+        count, total = self.annotated_moments()
+        cross = self.cross[:, columns]
+        positives = cross[-1]
+        negatives = count[columns] - positives
+        positive_mean = (cross[:-1] / positives.clamp_min(1e-12)).T
+        negative_mean = (total[columns] - cross[:-1].T) / negatives.clamp_min(1e-12)[:, None]
+        return covariance, positives, negatives, positive_mean, negative_mean
+
     def solve_binary_lda(self, shrinkage: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """A multi-label head, each label its own linear discriminant against the rows that do not carry it.
 
@@ -193,21 +208,15 @@ class RidgeStatistics:
         n = float(self.gram[-1, -1])
         if n <= 1:
             raise DataError("A multi-label closed-form head needs rows; the statistics hold none.")
-        mean = self.gram[:-1, -1] / n
-        covariance = self.gram[:-1, :-1] / n - torch.outer(mean, mean)
-        annotated_count, annotated_sum = self.annotated_moments()
-        positives = self.cross[-1]
-        negatives = annotated_count - positives
+        covariance, positives, negatives, positive_mean, negative_mean = self._label_moments()
         lacking = torch.nonzero((positives <= 0) | (negatives <= 0)).flatten().tolist()
         if lacking:
             raise DataError(
                 f"Each label of a multi-label head needs rows that carry it and rows that do not; label id(s) "
                 f"{lacking[:10]} lack one of the two in the statistics. Add rows with and without those labels."
             )
-        positive_mean = (self.cross[:-1] / positives).T
-        negative_mean = (annotated_sum - self.cross[:-1].T) / negatives[:, None]
         difference = positive_mean - negative_mean
-        share = positives / annotated_count
+        share = positives / (positives + negatives)
         shrunk = _shrunk(covariance, n, shrinkage)
         direction = torch.linalg.solve(shrunk, difference.T).T
         # (S - c d d^T)^-1 d = S^-1 d / (1 - c d^T S^-1 d): positive, as S holds the between-class part.
@@ -229,17 +238,9 @@ class RidgeStatistics:
         can set the threshold of any label its rows annotate. ``weight`` and ``bias`` are the rows of ``labels``
         (default: every label), in that order.
         """
-        columns = list(range(self.num_labels)) if labels is None else list(labels)
         weight, bias = weight.double(), bias.double()
-        n = float(self.gram[-1, -1])
-        mean = self.gram[:-1, -1] / n
-        covariance = self.gram[:-1, :-1] / n - torch.outer(mean, mean)
-        count, total = self.annotated_moments()
-        annotated_count, annotated_sum, cross = count[columns], total[columns], self.cross[:, columns]
-        positives = cross[-1].clamp_min(1e-12)
-        negatives = (annotated_count - cross[-1]).clamp_min(1e-12)
-        positive_mean = (cross[:-1] / positives).T
-        negative_mean = (annotated_sum - cross[:-1].T) / negatives[:, None]
+        covariance, positives, negatives, positive_mean, negative_mean = self._label_moments(labels)
+        positives, negatives = positives.clamp_min(1e-12), negatives.clamp_min(1e-12)
         share = positives / (positives + negatives)
         high = (weight * positive_mean).sum(1) + bias
         low = (weight * negative_mean).sum(1) + bias

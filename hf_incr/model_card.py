@@ -25,6 +25,7 @@ from transformers.utils import logging
 from .data import MULTI_LABEL
 from .lineage import LINEAGE_ATTRIBUTE, get_lineage
 from .replay import REPLAY_DIRNAME, REPLAY_FILENAME
+from .report import threshold_probability
 
 logger = logging.get_logger(__name__)
 
@@ -397,7 +398,7 @@ def _metric_name(config) -> str:
 
 def _probability(logit: float) -> str:
     """A decision threshold in logits as the probability it stands for (``sigmoid``), readable at any size."""
-    value = 1 / (1 + math.exp(-min(max(logit, -700.0), 700.0)))
+    value = threshold_probability(logit)
     if value > 1 - 1e-3:
         return "> 0.999"
     return f"{value:.3f}" if value >= 1e-3 else f"{value:.1e}"

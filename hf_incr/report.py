@@ -63,10 +63,14 @@ def format_timings(timings: dict[str, float] | None) -> str | None:
     return "Time: " + ", ".join(parts)
 
 
+def threshold_probability(logit: float) -> float:
+    """The probability a decision threshold in logits stands for (``sigmoid``), for any size of logit."""
+    return 1 / (1 + math.exp(-min(max(logit, -700.0), 700.0)))
+
+
 def format_thresholds(thresholds: dict[str, float], shown: int = 5) -> str:
     """One line: the labels whose decision threshold was tuned, as the probability each is predicted above."""
-    parts = [f"{name} {1 / (1 + math.exp(-min(max(logit, -700.0), 700.0))):.3f}"
-             for name, logit in list(thresholds.items())[:shown]]
+    parts = [f"{name} {threshold_probability(logit):.3f}" for name, logit in list(thresholds.items())[:shown]]
     more = f" and {len(thresholds) - shown} more (lineage.json)" if len(thresholds) > shown else ""
     return f"Thresholds tuned (probability, folded into the biases): {', '.join(parts)}{more}"
 
