@@ -274,7 +274,7 @@ def summary_of(result, title: str, *, multi_label: bool, rows: dict | None = Non
         multi_label=multi_label, labels_added=result.new_labels, forgetting=result.forgetting,
         timings=result.timings, output_dir=result.output_dir, card=written(CARD_FILENAME),
         lineage=written("lineage.json"), plot=written(PLOT_FILENAME), hub_url=result.hub_url, model=hub_id,
-        thresholds=(result.record or {}).get("thresholds"),
+        thresholds=(result.record or {}).get("thresholds"), adaptation=(result.record or {}).get("adaptation"),
     )
 
 

@@ -28,6 +28,8 @@ class IncrementConfig:
         warmup_epochs, warmup_learning_rate, warmup_scope, cache_features, feature_batch_size, cached_batch_size
     > Phase 2, fine-tuning (top layers unfrozen)
         finetune_layers, finetune_epochs, finetune_learning_rate, layer_lr_decay, finetune_increments
+    > A classifier trained elsewhere (no saved statistics)
+        adapt_trained_elsewhere, adapt_epochs, adapt_learning_rate
     > Keeping the old labels
         replay_per_label, replay_selection, replay_balance, distill_weight, distill_temperature, weight_align,
         closed_form_head,        ridge_lambda, closed_form_solver, random_features, random_features_lambda
@@ -126,6 +128,24 @@ class IncrementConfig:
             "a cheap frozen-encoder step; a closed-form head needs this once it has statistics)."
         },
     )
+
+    # A classifier trained elsewhere
+    adapt_trained_elsewhere: bool = field(
+        default=True,
+        metadata={
+            "help": "For a single-label model hf_incr did not train (no saved statistics) whose data holds the old "
+            "labels about as well as the new ones (rows of every old label, the median old label at least half as "
+            "many as the median new label: the user's full data): fine-tune the whole model once on all rows (a "
+            "joint fine-tune warm-started from the trained model), then solve the head from the adapted encoder's "
+            "statistics, as for a base that hf_incr trains. With eval_dataset it is kept only if it is at least as "
+            "accurate there as keeping the trained rows, on the old labels and on all. False: keep the trained rows "
+            "and the encoder."
+        },
+    )
+    adapt_epochs: float = field(
+        default=1.0, metadata={"help": "Epochs of that fine-tune (a joint fine-tune from scratch needs several)."}
+    )
+    adapt_learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of that fine-tune."})
 
     # Keeping the old labels
     replay_per_label: int = field(
@@ -281,8 +301,8 @@ class IncrementConfig:
         for name in ("feature_batch_size", "cached_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"`{name}` should be >= 1, got {getattr(self, name)}.")
-        for name in ("warmup_epochs", "finetune_epochs", "replay_per_label", "distill_weight", "ridge_lambda",
-                     "random_features"):
+        for name in ("warmup_epochs", "finetune_epochs", "adapt_epochs", "adapt_learning_rate", "replay_per_label",
+                     "distill_weight", "ridge_lambda", "random_features"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"`{name}` should be >= 0, got {getattr(self, name)}.")
         if self.max_length < 1:

@@ -9,7 +9,9 @@ One increment, top to bottom (each step is a function below that reads and fills
 5. :func:`grow_head`: replayed rows mixed in, the head grown in place, the labels encoded onto it.
 6. :func:`measure` (before): the model as the user had it, scored on the old labels.
 7. :func:`warm_up_or_solve`: the output Linear trained on a frozen encoder, or solved from the statistics.
-8. :func:`fine_tune`: the top layers in a new Trainer with layer-wise learning rates (the base, by default).
+8. :func:`adapt_trained_elsewhere`: a model hf_incr did not train, given its old labels' data too: the whole model
+   fine-tuned once, the head solved from the adapted encoder's statistics.
+   :func:`fine_tune`: the top layers in a new Trainer with layer-wise learning rates (the base, by default).
 9. :func:`after_training`: trainable flags restored, the controls' last word (memory update, weight aligning).
 10. :func:`measure` (after), :func:`record_lineage`, :func:`save_and_push`.
 
@@ -20,6 +22,7 @@ A base classifier (increment 0) and a later increment differ only in :class:`Inc
 from __future__ import annotations
 
 import copy
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -62,9 +65,11 @@ from .kernel_attach import (
     sentence_pooling,
 )
 from .kernel_head import KernelLDAClassifier, KernelLDAConfig, KernelLDAHead
+from .layers import encoder_layers
 from .lineage import append_record, find_rerun, make_record
 from .loading import saved_state_folder
-from .new_rows import add_new_rows, fit_multilabel_new_rows, refit_if_better
+from .new_rows import add_new_rows, fit_multilabel_new_rows, fit_new_rows, refit_if_better, represents_old_labels
+from .new_rows import grow_head as grow_rows
 from .random_features import RandomFeatureHead, attach_random_feature_head, detach_random_feature_head
 from .replay import ReplayMemory
 from .saving import save_increment
@@ -131,6 +136,8 @@ class IncrementRun:
     fine_tune: bool = False
     closed_form: bool = False
     keep_rows: bool = False  # a classifier hf_incr did not train: trained rows kept, new rows fitted beside them
+    adapt: bool = False  # ... and given its old labels' data: the encoder is fine-tuned once (adapt_trained_elsewhere)
+    adaptation: dict[str, Any] = field(default_factory=dict)  # what that step did, for the lineage and the summary
     # Multi-label: the label ids this increment's rows annotate (None: every label), and the decision thresholds
     # (logits) folded into the biases of the rows it fitted, by label id.
     annotated: list[int] | None = None
@@ -206,6 +213,7 @@ def train_increment(
     run.metrics_before = measure(run, before=True)
     try:
         warm_up_or_solve(run)
+        adapt_trained_elsewhere(run)
         fine_tune(run)
     finally:
         restore_trainable(run)
@@ -285,6 +293,7 @@ def plan_increment(run: IncrementRun) -> None:
     run.closed_form = config.closed_form_head and not run.keep_rows
     if run.keep_rows and run.multi_label:
         _check_new_labels_have_negatives(run)
+    run.adapt = run.keep_rows and run.statistics is None and config.adapt_trained_elsewhere and _holds_old_labels(run)
     # Head surgery and training act on the model's own Linear: a random-feature head is refitted (closed form) or
     # dropped (any other recipe), never trained by gradient.
     run.head = find_classifier_head(model)
@@ -325,6 +334,20 @@ def _annotated_labels(run: IncrementRun) -> list[int] | None:
         )
     first_new = len(run.model.config.id2label)
     return list(range(first_new, first_new + len(run.new_labels)))
+
+
+def _holds_old_labels(run: IncrementRun) -> bool:
+    """Whether a single-label increment's rows hold every old label about as well as the new ones
+    (:func:`hf_incr.new_rows.represents_old_labels`), from the label names alone (before the head grows)."""
+    if run.multi_label or not run.new_labels or not run.old_ids:
+        return False
+    ids = {name: i for i, name in enumerate(list(run.model.config.label2id) + list(run.new_labels))}
+    names = run.train_dataset.select_columns([run.config.label_column])[run.config.label_column]
+    feature = run.train_dataset.features[run.config.label_column]
+    if hasattr(feature, "int2str"):  # ClassLabel: the column holds ids of the data's own names
+        names = feature.int2str(names)
+    labels = torch.tensor([ids[name] for name in names])
+    return represents_old_labels(labels, len(run.old_ids), len(ids))
 
 
 def _check_new_labels_have_negatives(run: IncrementRun) -> None:
@@ -465,6 +488,64 @@ def warm_up_or_solve(run: IncrementRun) -> None:
     else:
         run.train_metrics["warmup"] = _train_phase(run, "warmup", config.warmup_epochs, config.warmup_learning_rate)
     run.timed("warmup_s", started)
+
+
+def adapt_trained_elsewhere(run: IncrementRun) -> None:
+    """A model hf_incr did not train, given every old label's rows about as well as the new ones (``run.adapt``):
+    its encoder, trained for the old labels only, is what limits any head on it. So the whole model is fine-tuned
+    once on every row (a joint fine-tune warm-started from the trained model: ``adapt_epochs``), and the head is
+    solved from the adapted encoder's statistics, as for a base that hf_incr trains; those statistics cover every
+    label, so later increments take the closed-form path with the encoder frozen.
+
+    With eval data, the kept trained rows on the frozen encoder are scored first; the adapted model replaces them only
+    if it is at least as accurate there on the old labels' rows and on all rows. Otherwise every weight and the
+    statistics go back to the kept state (a CPU copy of the weights is held meanwhile)."""
+    if not run.adapt:
+        return
+    config, model = run.config, run.model
+    started = time.perf_counter()
+    kept_state = kept_metrics = None
+    if run.eval_tokenized is not None:
+        kept_metrics = _evaluate(run)
+        kept_state = ({k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}, run.statistics)
+    # Every block and the head; the token embeddings stay as trained (half of a small encoder's weights, and the
+    # costliest part of the optimizer step on CPU; the new labels' words are in the vocabulary already).
+    unfreeze_top_layers(model, len(encoder_layers(model)), "head", run.head)
+    run.train_metrics["adapt"] = _train_phase(run, "adapt", config.adapt_epochs, config.adapt_learning_rate)
+    model.eval()
+    run.statistics = None  # statistics of the adapted encoder, from every row of this increment
+    solve_closed_form_head(run, run.train_encoded.select(range(len(run.train_dataset))))
+    run.adaptation = {"epochs": config.adapt_epochs, "learning_rate": config.adapt_learning_rate, "kept": False}
+    if kept_metrics is not None:
+        adapted_metrics = _evaluate(run)
+        run.adaptation.update(eval_kept_rows=_accuracies(kept_metrics), eval_adapted=_accuracies(adapted_metrics))
+        if not _at_least_as_accurate(adapted_metrics, kept_metrics):
+            state, statistics = kept_state
+            model.load_state_dict(state)
+            run.statistics = statistics
+            run.adaptation["kept"] = True
+    run.timed("adapt_s", started)
+
+
+def _evaluate(run: IncrementRun) -> dict[str, float]:
+    return evaluate_model(
+        run.model, run.eval_tokenized, run.args, run.old_ids, multi_label=run.multi_label,
+        threshold=run.config.threshold, tokenizer=run.tokenizer,
+    )
+
+
+def _accuracies(metrics: dict[str, float]) -> dict[str, float]:
+    return {key: round(float(metrics[key]), 4) for key in ("old_accuracy", "accuracy") if key in metrics}
+
+
+def _at_least_as_accurate(candidate: dict[str, float], reference: dict[str, float]) -> bool:
+    """``candidate`` is at least as accurate as ``reference`` on the old labels' rows and on all rows (a figure that
+    is NaN on either side, e.g. no old label in the eval data, is not compared)."""
+    for key in ("old_accuracy", "accuracy"):
+        new, old = candidate.get(key, math.nan), reference.get(key, math.nan)
+        if not (math.isnan(new) or math.isnan(old)) and new < old:
+            return False
+    return True
 
 
 def fine_tune(run: IncrementRun) -> None:
@@ -626,7 +707,13 @@ def fit_new_rows_beside_kept_ones(run: IncrementRun) -> None:
             new_weight, new_bias = fitted["new_weight"], fitted["new_bias"]
     else:
         old = (old_weight.float().cpu(), None if old_bias is None else old_bias.float().cpu())
-        if run.new_ids:
+        if run.new_ids and run.adapt and run.eval_tokenized is None:
+            # Only the start of the adaptation (the whole head is solved again after it): one fit of the new rows
+            # against the frozen old ones, without the held-out calibration, which costs more than the fine-tune's
+            # first steps undo.
+            grown = grow_rows(*old, *fit_new_rows(features, labels, *old, len(run.new_ids), scale="free"))
+            fitted = {"refit": False, "weight": grown[0], "bias": grown[1]}
+        elif run.new_ids:
             fitted = add_new_rows(features, labels, *old, len(run.new_ids), seed=run.args.seed)
         else:  # only the model's own labels: nothing to add, a refit only if it wins a held-out check
             fitted = refit_if_better(features, labels, *old, seed=run.args.seed)
@@ -718,6 +805,8 @@ def record_lineage(run: IncrementRun) -> dict[str, Any]:
         head_rows=_head_rows(run),
         thresholds={run.model.config.id2label[i]: value for i, value in run.thresholds.items()},
     )
+    if run.adaptation:
+        record["adaptation"] = dict(run.adaptation)
     kernel = getattr(run.statistics, "kernel_lda", None) if run.closed_form else None
     if kernel is not None:  # its bandwidth, chosen at the first increment, is part of what the model is
         record["kernel_lda"] = kernel.lineage_entry()
@@ -727,6 +816,8 @@ def record_lineage(run: IncrementRun) -> dict[str, Any]:
 
 def _head_rows(run: IncrementRun) -> str:
     """How this increment made the head's rows, for the lineage (``hf-incr info`` says what comes next from it)."""
+    if run.adaptation and not run.adaptation["kept"]:
+        return "adapted"
     if run.keep_rows:
         return "kept" if run.statistics.keeps_trained_rows else "refitted"
     return "solved" if run.closed_form else "trained"

@@ -16,6 +16,7 @@ PHASE_TIMINGS = {
     "feature_cache_s": "encoding",
     "warmup_s": "warm-up",
     "finetune_s": "fine-tuning",
+    "adapt_s": "adapting the encoder",
     "closed_form_s": "closed-form head",
     "total_s": "total",
 }
@@ -68,6 +69,23 @@ def threshold_probability(logit: float) -> float:
     return 1 / (1 + math.exp(-min(max(logit, -700.0), 700.0)))
 
 
+def format_adaptation(adaptation: dict) -> str:
+    """One line: whether the encoder of a model trained elsewhere was adapted, and the eval figures that decided."""
+    checked = ""
+    if "eval_kept_rows" in adaptation:
+        kept, adapted = adaptation["eval_kept_rows"], adaptation["eval_adapted"]
+        checked = "; eval accuracy old / all labels: kept rows {} %, adapted {} %".format(
+            " / ".join(f"{100 * kept.get(k, float('nan')):.1f}" for k in ("old_accuracy", "accuracy")),
+            " / ".join(f"{100 * adapted.get(k, float('nan')):.1f}" for k in ("old_accuracy", "accuracy")),
+        )
+    if adaptation.get("kept"):
+        return f"Encoder not adapted: the kept trained rows did better on the eval data{checked}"
+    how = f"fine-tuned {adaptation.get('epochs', 0):g} epoch(s) on every old and new label's rows, head solved from it"
+    if not checked:
+        checked = " (not checked: pass eval data to compare it with keeping the trained rows)"
+    return f"Encoder adapted (a model trained elsewhere, given its old labels' data): {how}{checked}"
+
+
 def format_thresholds(thresholds: dict[str, float], shown: int = 5) -> str:
     """One line: the labels whose decision threshold was tuned, as the probability each is predicted above."""
     parts = [f"{name} {threshold_probability(logit):.3f}" for name, logit in list(thresholds.items())[:shown]]
@@ -95,6 +113,7 @@ def format_summary(
     hub_url: str | None = None,
     model: str | None = None,
     thresholds: dict[str, float] | None = None,
+    adaptation: dict | None = None,
 ) -> str:
     """The block printed at the end of every command.
 
@@ -106,6 +125,7 @@ def format_summary(
         output_dir, card, lineage, plot, hub_url: Where things were written (``None``: not written).
         model: What the usage line loads; default: ``hub_url``'s repo or ``output_dir``.
         thresholds: Multi-label decision thresholds (logits) this run tuned and folded into the biases, by label.
+        adaptation: The lineage's ``adaptation`` entry (a model trained elsewhere whose encoder was fine-tuned).
     """
     metric = metric_name(multi_label)
     lines = [f"== hf-incr {title}: summary =="]
@@ -119,6 +139,8 @@ def format_summary(
         lines.append(f"Labels added: {', '.join(labels_added) if labels_added else 'none'}")
     if thresholds:
         lines.append(format_thresholds(thresholds))
+    if adaptation:
+        lines.append(format_adaptation(adaptation))
     timing = format_timings(timings)
     if timing:
         lines.append(timing)

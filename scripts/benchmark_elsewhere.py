@@ -327,9 +327,13 @@ def product_case(base_dir: Path, rows: list[dict], test: list[dict], labels: lis
     model = AutoModelForSequenceClassification.from_pretrained(base_dir)
     train = Dataset.from_list([{"text": r["text"], "label": r["labels"][0]} for r in rows])
     out = Path(args.cache_dir) / "product_i"
-    training_args = TrainingArguments(output_dir=str(out), use_cpu=True, report_to="none", seed=args.seed)
+    # The batch size the user fine-tuned with (it sets the batch of the adaptation's fine-tune, when that runs).
+    training_args = TrainingArguments(
+        output_dir=str(out), use_cpu=True, report_to="none", seed=args.seed,
+        per_device_train_batch_size=args.batch_size,
+    )
     start = time.perf_counter()
-    hf_incr.train_increment(model, tokenizer, train, args=training_args, save=False)
+    result = hf_incr.train_increment(model, tokenizer, train, args=training_args, save=False)
     seconds = time.perf_counter() - start
     model.eval()
     feats = head_inputs(model, tokenizer, [r["text"] for r in test], args.max_length)
@@ -338,7 +342,8 @@ def product_case(base_dir: Path, rows: list[dict], test: list[dict], labels: lis
         logits = model.classifier(feats)
     # Map the model's label order onto the benchmark's.
     order = torch.tensor([label2id[lab] for lab in labels])
-    return {"logits": logits[:, order], "seconds": seconds}
+    return {"logits": logits[:, order], "seconds": seconds, "timings": result.timings,
+            "head_rows": result.record.get("head_rows")}
 
 
 def joint_row(joint_dir: Path, test, y_test, num_old: int, multi: bool, seconds: float, args) -> dict:
@@ -422,8 +427,9 @@ def run_dataset(name: str, args) -> dict:
         idx = torch.nonzero(mask).flatten()
         if args.product_only and not multi:
             out = product_case(base_dir, [train[i] for i in idx.tolist()], test, labels, args)
-            row = {"case": case, "method": "hf_incr.train_increment defaults", **scores(out["logits"], y_test,
-                   num_old, False), "seconds": out["seconds"], "rows": len(idx)}
+            row = {"case": case, "method": f"hf_incr.train_increment defaults (head rows {out['head_rows']})",
+                   **scores(out["logits"], y_test, num_old, False), "seconds": out["seconds"], "rows": len(idx),
+                   "timings": out["timings"]}
             result["rows"].append(row)
             print(json.dumps(row), flush=True)
             continue
@@ -440,7 +446,7 @@ def run_dataset(name: str, args) -> dict:
                     row["old_logits_max_abs_diff"] = float((logits[:, :num_old] - base_logits).abs().max())
                 result["rows"].append(row)
                 print(json.dumps(row), flush=True)
-    if args.joint and not args.product_only:
+    if args.joint:
         result["rows"].append(joint_row(joint_dir, test, y_test, num_old, multi, joint_seconds, args))
     if args.product and not args.product_only and not multi:
         idx = torch.nonzero(has_new).flatten().tolist()

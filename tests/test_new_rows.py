@@ -193,3 +193,17 @@ def test_bad_inputs_raise_data_error_saying_what_and_how(call, match):
         call(x, y, w, b)
     assert isinstance(info.value, ValueError)
     assert "found" in str(info.value)
+
+
+def test_old_labels_are_represented_when_their_median_has_half_the_new_median_rows():
+    # Labels 0-2 old, 3-5 new with 10, 10, 40 rows: the median new label has 10, so the median old label needs 5.
+    def labels(old_counts):
+        counts = [*old_counts, 10, 10, 40]
+        return torch.cat([torch.full((c,), i) for i, c in enumerate(counts)])
+
+    assert nr.represents_old_labels(labels([1, 5, 12]), 3, 6)  # unbalanced, as real data is
+    assert not nr.represents_old_labels(labels([4, 4, 12]), 3, 6)  # a few rows per old label
+    assert not nr.represents_old_labels(labels([0, 12, 12]), 3, 6)  # an old label without rows
+    # Nothing old, or nothing new: no joint fine-tune to run.
+    assert not nr.represents_old_labels(labels([5, 5, 12]), 0, 6)
+    assert not nr.represents_old_labels(torch.tensor([0, 0, 1, 1, 2]), 3, 6)

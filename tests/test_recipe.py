@@ -3,8 +3,11 @@ new rows are fitted beside them, and the statistics saved make the next incremen
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+from datasets import concatenate_datasets
 from text_models import text_dataset, tiny_bert, tokenizer, training_args
 from transformers import AutoModelForSequenceClassification
 
@@ -110,3 +113,64 @@ def test_multi_label_new_rows_beside_kept_ones_get_a_tuned_threshold(tmp_path):
     result = train_increment(model, tokenizer(), train, config=IncrementConfig(label_column="labels"),
                              args=training_args(tmp_path), save=False)
     assert result.record["head_rows"] == "kept" and list(result.record["thresholds"]) == ["repair"]
+
+
+def _encoder(model) -> dict[str, torch.Tensor]:
+    return {name: t.detach().clone() for name, t in model.bert.named_parameters()}
+
+
+def test_rows_of_every_old_label_adapt_the_encoder_and_hand_over_to_the_closed_form(tmp_path):
+    # The user's full data (every old label as many rows as the new one): the encoder is fine-tuned once and the head
+    # solved from its statistics, which cover every label: the model is then an hf_incr model.
+    model = tiny_bert(OLD, seed=5)
+    encoder = _encoder(model)
+    config = IncrementConfig(adapt_learning_rate=1e-3)
+    result = train_increment(model, tokenizer(), text_dataset([*OLD, "repair"], 8), config=config,
+                             args=training_args(tmp_path, output_dir=str(tmp_path / "v2")))
+    assert result.record["head_rows"] == "adapted" and result.record["adaptation"]["kept"] is False
+    assert "adapt_s" in result.timings and "adapt" in result.train_metrics
+    assert any(not torch.equal(encoder[n], p) for n, p in model.bert.named_parameters())
+    stats = RidgeStatistics.load(tmp_path / "v2")
+    assert stats.count == 32 and stats.kept.tolist() == [False] * 4
+    # The head is the closed-form solution of the adapted encoder's statistics (written in float32).
+    solved = torch.nn.Linear(32, 4).double()
+    stats.write_into(solved, config.ridge_lambda, "lda")
+    torch.testing.assert_close(model.classifier.weight.double(), solved.weight, atol=1e-5, rtol=1e-4)
+    # Every weight is trainable again as the caller had it, and the next increment takes the closed-form path.
+    assert all(p.requires_grad for p in model.parameters())
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "v2")
+    again = train_increment(reloaded, tokenizer(), text_dataset(["colour"], 8), config=config,
+                            args=training_args(tmp_path, output_dir=str(tmp_path / "v3")))
+    assert again.record["head_rows"] == "solved" and "adapt_s" not in again.timings
+
+
+def test_adapting_that_does_worse_on_the_eval_data_is_undone(tmp_path):
+    # A base whose trained head separates its labels, then an adaptation at a learning rate that wrecks the encoder:
+    # the eval check restores every weight, and the increment ends as if it had kept the trained rows.
+    model = tiny_bert(OLD, seed=1, dropout=0.0)
+    train_increment(model, tokenizer(), text_dataset(OLD, 8), config=IncrementConfig(finetune_layers=0),
+                    args=training_args(tmp_path), save=False, kind="base")
+    kept_model = copy.deepcopy(model)
+    data, test = text_dataset([*OLD, "repair"], 8), text_dataset([*OLD, "repair"], 4, offset=40)
+    kept = train_increment(kept_model, tokenizer(), data, test, config=IncrementConfig(adapt_trained_elsewhere=False),
+                           args=training_args(tmp_path), save=False)
+    assert kept.record["head_rows"] in ("kept", "refitted") and "adaptation" not in kept.record
+    result = train_increment(model, tokenizer(), data, test, config=IncrementConfig(adapt_learning_rate=50.0),
+                             args=training_args(tmp_path), save=False)
+    adaptation = result.record["adaptation"]
+    assert adaptation["kept"] is True and result.record["head_rows"] == kept.record["head_rows"]
+    assert adaptation["eval_adapted"]["accuracy"] < adaptation["eval_kept_rows"]["accuracy"]
+    for (name, param), (_, reference) in zip(model.named_parameters(), kept_model.named_parameters(), strict=True):
+        assert torch.equal(param, reference), name
+    assert result.metrics_after == kept.metrics_after
+    assert result.ridge_statistics.kept.tolist() == kept.ridge_statistics.kept.tolist()
+
+
+def test_a_few_rows_per_old_label_do_not_adapt_the_encoder(tmp_path):
+    model = tiny_bert(OLD, seed=5)
+    encoder = _encoder(model)
+    data = concatenate_datasets([text_dataset(OLD, 2), text_dataset(["repair"], 8)])
+    result = train_increment(model, tokenizer(), data, config=IncrementConfig(), args=training_args(tmp_path),
+                             save=False)
+    assert "adaptation" not in result.record and "new_rows_s" in result.timings
+    assert all(torch.equal(encoder[n], p) for n, p in model.bert.named_parameters())
