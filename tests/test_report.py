@@ -214,3 +214,16 @@ def test_summary_names_the_tuned_thresholds_as_probabilities():
     assert "Thresholds tuned (probability, folded into the biases): complaint 0.500, praise 0.119" in text
     many = format_summary("increment", {}, thresholds={f"l{i}": 0.0 for i in range(8)})
     assert "and 3 more (lineage.json)" in many
+
+
+def test_the_summary_says_whether_the_encoder_was_adapted_and_what_decided_it():
+    from hf_incr.report import format_summary
+
+    unchecked = format_summary("increment", {}, adaptation={"epochs": 1.0, "kept": False})
+    assert "Encoder adapted" in unchecked and "fine-tuned 1 epoch(s)" in unchecked
+    assert "not checked: pass eval data" in unchecked
+    undone = {"epochs": 1.0, "kept": True, "eval_kept_rows": {"old_accuracy": 0.9, "accuracy": 0.8},
+              "eval_adapted": {"old_accuracy": 0.85, "accuracy": 0.81}}
+    line = format_summary("increment", {}, adaptation=undone)
+    assert "Encoder not adapted" in line and "kept rows 90.0 / 80.0 %, adapted 85.0 / 81.0 %" in line
+    assert "adapted" not in format_summary("increment", {})
