@@ -49,7 +49,8 @@ def make_record(
 ) -> dict[str, Any]:
     """One lineage record; every value is plain JSON. ``head_rows`` says how the head's rows were made:
     ``"solved"`` (closed form from the statistics), ``"kept"`` (trained rows kept, new rows fitted beside them),
-    ``"refitted"`` (every row refitted on the increment's rows, which held every label) or ``"trained"`` (by
+    ``"refitted"`` (every row refitted on the increment's rows, which held every label), ``"adapted"`` (a model
+    trained elsewhere whose encoder was fine-tuned on every label's rows, head then solved) or ``"trained"`` (by
     gradient). ``thresholds`` (multi-label): the logit each label set by this increment is decided at, folded into
     its bias (the model's sigmoid > 0.5 applies it; the label's own probability is ``sigmoid(logit + threshold)``)."""
     return {

@@ -709,8 +709,8 @@ def fit_new_rows_beside_kept_ones(run: IncrementRun) -> None:
         old = (old_weight.float().cpu(), None if old_bias is None else old_bias.float().cpu())
         if run.new_ids and run.adapt and run.eval_tokenized is None:
             # Only the start of the adaptation (the whole head is solved again after it): one fit of the new rows
-            # against the frozen old ones, without the held-out calibration, which costs more than the fine-tune's
-            # first steps undo.
+            # against the frozen old ones. The held-out calibration (21 s of 43 on BANKING77) would buy nothing the
+            # fine-tune keeps.
             grown = grow_rows(*old, *fit_new_rows(features, labels, *old, len(run.new_ids), scale="free"))
             fitted = {"refit": False, "weight": grown[0], "bias": grown[1]}
         elif run.new_ids:

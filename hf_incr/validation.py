@@ -492,7 +492,8 @@ def keeps_trained_rows(
             f"lacks its label(s) {absent[:10]}{' ...' if len(absent) > 10 else ''}. Their trained rows of the head "
             "are kept bit for bit and only the new labels' rows are fitted, on the old rows' scale; with no rows of "
             "those labels nothing calibrates new against old, so they may lose a few points to the new labels. Add a "
-            "few training examples of every old label to this data to calibrate the new rows against them.",
+            "few training examples of every old label to this data to calibrate the new rows against them, or all "
+            "the data the model was trained on to adapt its encoder too (`adapt_trained_elsewhere`).",
             UserWarning,
             stacklevel=4,
         )
