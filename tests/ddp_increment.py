@@ -79,10 +79,31 @@ def streamed(out_dir: Path) -> None:
     (out_dir / f"rank{rank}.json").write_text(json.dumps({"world_size": args.world_size, "rows_encoded": encoded}))
 
 
+def adapt(out_dir: Path, batch_size: int) -> None:
+    """A model trained elsewhere (no statistics) given every old label's rows and a new label's: the encoder is
+    adapted by DDP, then the head solved from statistics summed over the processes; writes the weights, the record's
+    head_rows and the statistics' row count."""
+    labels = ["refund", "delivery", "login"]
+    model = tiny_bert(labels, dropout=0.0)
+    args = training_args(out_dir, per_device_train_batch_size=batch_size, dataloader_drop_last=False)
+    result = train_increment(model, tokenizer(), text_dataset([*labels, "repair"], 8),
+                             config=IncrementConfig(adapt_learning_rate=1e-3), args=args, save=False)
+    rank = args.process_index
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
+              str(out_dir / f"rank{rank}.safetensors"))
+    (out_dir / f"rank{rank}.json").write_text(json.dumps({
+        "world_size": args.world_size, "head_rows": result.record["head_rows"],
+        "count": result.ridge_statistics.count, "kept": result.ridge_statistics.kept.tolist(),
+    }))
+
+
 def main(out: str, batch_size: int, accumulation: int, phase: str) -> None:
     out_dir = Path(out)
     if phase in ("closed_form", "streamed"):
         (closed_form if phase == "closed_form" else streamed)(out_dir)
+        return
+    if phase == "adapt":
+        adapt(out_dir, batch_size)
         return
     model = tiny_bert(["refund", "delivery", "login"], dropout=0.0)
     if phase == "warmup":

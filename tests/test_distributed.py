@@ -109,3 +109,16 @@ def test_two_processes_share_a_column_and_a_streamed_data_set_and_sum_to_the_one
             # The streamed pass sums to the same statistics as the in-memory one.
             error = (tensors[f"{kind}_gram"] - single["column_gram"]).abs().max() / single["column_gram"].abs().max()
             assert error <= 1e-10, f"{kind} against the column: relative error {error:.1e}"
+
+
+@pytest.mark.slow
+def test_two_processes_adapt_a_model_trained_elsewhere_to_the_same_weights(tmp_path):
+    # The adaptation's fine-tune runs under DDP and its statistics pass is sharded: both processes must end with the
+    # same model, whose statistics count every row once.
+    _run(tmp_path / "ddp", 4, 1, "adapt", processes=2)
+    (rank0, info0), (rank1, info1) = _load(tmp_path / "ddp", 0), _load(tmp_path / "ddp", 1)
+    assert info0["world_size"] == 2 and info1["world_size"] == 2, "accelerate ran fewer than 2 processes"
+    for info in (info0, info1):
+        assert info["head_rows"] == "adapted" and info["count"] == 32 and info["kept"] == [False] * 4
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), f"{name} differs between the ranks"
