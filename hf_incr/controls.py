@@ -103,6 +103,7 @@ class Distillation(ForgettingControl):
 
     def wants_teacher(self, run) -> bool:
         # A closed-form head is exact for the old labels by construction: the teacher serves the gradient phases only.
+        # (The adaptation of a model trained elsewhere trains on the old labels' own rows: no teacher either.)
         gradient_phases = not (run.closed_form or run.keep_rows) or run.fine_tune
         return bool(run.old_ids and run.new_labels and gradient_phases)
 

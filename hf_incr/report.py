@@ -16,6 +16,7 @@ PHASE_TIMINGS = {
     "feature_cache_s": "encoding",
     "warmup_s": "warm-up",
     "finetune_s": "fine-tuning",
+    "new_rows_s": "new rows",
     "adapt_s": "adapting the encoder",
     "closed_form_s": "closed-form head",
     "total_s": "total",
