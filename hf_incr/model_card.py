@@ -231,6 +231,7 @@ def card_context(
                 "num_added": len(added),
                 "num_labels": record.get("num_labels", ""),
                 "started_from": _model_link(record.get("base_model")),
+                "head_rows": HEAD_ROWS.get(record.get("head_rows"), "—"),
                 "train_examples": _count(metrics.get("train_examples")),
                 "replayed_examples": _count(metrics.get("replayed_examples")),
                 "date": str(record.get("date") or "")[:10] or "—",
@@ -415,6 +416,16 @@ def _base_model(config, lineage) -> str | None:
 
 def _is_hub_id(name: str | None) -> bool:
     return bool(name) and _HUB_ID.match(name) is not None and not Path(name).exists()
+
+
+# How an increment made the head's rows (the lineage's ``head_rows``), as the card's Lineage table says it.
+HEAD_ROWS = {
+    "solved": "solved from the statistics",
+    "kept": "trained rows kept, new rows fitted",
+    "refitted": "refitted on every label's rows",
+    "adapted": "encoder adapted, then solved",
+    "trained": "trained by gradient",
+}
 
 
 def _model_link(name: str | None) -> str:

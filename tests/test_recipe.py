@@ -132,6 +132,7 @@ def test_rows_of_every_old_label_adapt_the_encoder_and_hand_over_to_the_closed_f
     assert any(not torch.equal(encoder[n], p) for n, p in model.bert.named_parameters())
     stats = RidgeStatistics.load(tmp_path / "v2")
     assert stats.count == 32 and stats.kept.tolist() == [False] * 4
+    assert "| encoder adapted, then solved |" in (tmp_path / "v2" / "README.md").read_text()
     # The head is the closed-form solution of the adapted encoder's statistics (written in float32).
     solved = torch.nn.Linear(32, 4).double()
     stats.write_into(solved, config.ridge_lambda, "lda")
