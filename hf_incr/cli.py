@@ -266,6 +266,7 @@ def summary_of(result, title: str, *, multi_label: bool, rows: dict | None = Non
     def written(name: str) -> str | None:
         return str(output / name) if output is not None and (output / name).is_file() else None
 
+    record = result.record or {}
     hub_id = None
     if result.hub_url:
         hub_id = "/".join(str(result.hub_url).rstrip("/").split("/")[-2:])
@@ -274,7 +275,7 @@ def summary_of(result, title: str, *, multi_label: bool, rows: dict | None = Non
         multi_label=multi_label, labels_added=result.new_labels, forgetting=result.forgetting,
         timings=result.timings, output_dir=result.output_dir, card=written(CARD_FILENAME),
         lineage=written("lineage.json"), plot=written(PLOT_FILENAME), hub_url=result.hub_url, model=hub_id,
-        thresholds=(result.record or {}).get("thresholds"), adaptation=(result.record or {}).get("adaptation"),
+        thresholds=record.get("thresholds"), adaptation=record.get("adaptation"),
     )
 
 

@@ -342,11 +342,7 @@ def _holds_old_labels(run: IncrementRun) -> bool:
     if run.multi_label or not run.new_labels or not run.old_ids:
         return False
     ids = {name: i for i, name in enumerate(list(run.model.config.label2id) + list(run.new_labels))}
-    names = run.train_dataset.select_columns([run.config.label_column])[run.config.label_column]
-    feature = run.train_dataset.features[run.config.label_column]
-    if hasattr(feature, "int2str"):  # ClassLabel: the column holds ids of the data's own names
-        names = feature.int2str(names)
-    labels = torch.tensor([ids[name] for name in names])
+    labels = torch.tensor([ids[names[0]] for names in row_label_names(run.train_dataset, run.config.label_column)])
     return represents_old_labels(labels, len(run.old_ids), len(ids))
 
 
@@ -511,7 +507,9 @@ def adapt_trained_elsewhere(run: IncrementRun) -> None:
     # Every block and the head; the token embeddings stay as trained (half of a small encoder's weights, and the
     # costliest part of the optimizer step on CPU; the new labels' words are in the vocabulary already).
     unfreeze_top_layers(model, len(encoder_layers(model)), "head", run.head)
-    run.train_metrics["adapt"] = _train_phase(run, "adapt", config.adapt_epochs, config.adapt_learning_rate)
+    run.train_metrics["adapt"] = _train_phase(
+        run, "adapt", config.adapt_epochs, config.adapt_learning_rate, group_by_length=True
+    )
     model.eval()
     run.statistics = None  # statistics of the adapted encoder, from every row of this increment
     solve_closed_form_head(run, run.train_encoded.select(range(len(run.train_dataset))))
@@ -569,13 +567,15 @@ def fine_tune(run: IncrementRun) -> None:
         run.timed("closed_form_s", started)
 
 
-def _train_phase(run: IncrementRun, phase: str, epochs: float, learning_rate: float, layer_lr_decay=None) -> dict:
+def _train_phase(
+    run: IncrementRun, phase: str, epochs: float, learning_rate: float, layer_lr_decay=None, group_by_length=False
+) -> dict:
     config = run.config
     return train_phase(
         run.model, run.tokenizer, run.train_encoded, run.args, phase=phase, epochs=epochs,
         learning_rate=learning_rate, text_column=config.text_column, max_length=config.max_length,
         layer_lr_decay=layer_lr_decay, teacher=run.teacher, distill_weight=config.distill_weight,
-        distill_temperature=config.distill_temperature,
+        distill_temperature=config.distill_temperature, group_by_length=group_by_length,
     )
 
 

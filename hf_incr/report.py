@@ -72,13 +72,13 @@ def threshold_probability(logit: float) -> float:
 
 def format_adaptation(adaptation: dict) -> str:
     """One line: whether the encoder of a model trained elsewhere was adapted, and the eval figures that decided."""
+    def old_and_all(figures: dict) -> str:
+        return " / ".join(f"{100 * figures.get(key, float('nan')):.1f}" for key in ("old_accuracy", "accuracy"))
+
     checked = ""
     if "eval_kept_rows" in adaptation:
-        kept, adapted = adaptation["eval_kept_rows"], adaptation["eval_adapted"]
-        checked = "; eval accuracy old / all labels: kept rows {} %, adapted {} %".format(
-            " / ".join(f"{100 * kept.get(k, float('nan')):.1f}" for k in ("old_accuracy", "accuracy")),
-            " / ".join(f"{100 * adapted.get(k, float('nan')):.1f}" for k in ("old_accuracy", "accuracy")),
-        )
+        checked = (f"; eval accuracy old / all labels: kept rows {old_and_all(adaptation['eval_kept_rows'])} %, "
+                   f"adapted {old_and_all(adaptation['eval_adapted'])} %")
     if adaptation.get("kept"):
         return f"Encoder not adapted: the kept trained rows did better on the eval data{checked}"
     how = f"fine-tuned {adaptation.get('epochs', 0):g} epoch(s) on every old and new label's rows, head solved from it"
