@@ -121,9 +121,10 @@ def run_demo(demo: DemoArguments) -> dict:
     # alone, no statistics, no distillation, no replay (nothing saved: it is only compared). The base's head is
     # solved in closed form (rows of norm ~900): at the usual 1e-2 the new label is never predicted, so the head
     # fit gets a step size that learns it.
+    annotation = "all" if demo.multi_label else "new"
     classic_recipe = IncrementConfig(
         label_column=column, max_length=64, init="default", closed_form_head=False, distill_weight=0.0,
-        finetune_layers=0, warmup_learning_rate=CLASSIC_LEARNING_RATE,
+        finetune_layers=0, warmup_learning_rate=CLASSIC_LEARNING_RATE, multi_label_annotation=annotation,
     )
     classic = train_increment(
         *_load(base_dir), increment_train, full_test, config=classic_recipe,
@@ -131,7 +132,9 @@ def run_demo(demo: DemoArguments) -> dict:
     )
 
     heading(f"[3/3] Adding {NEW_LABEL!r} with hf_incr's recipe from the same {len(increment_train)} rows")
-    recipe = IncrementConfig(label_column=column, max_length=64)  # the defaults: a closed-form increment
+    # The defaults (a closed-form increment), and what the data is: every row of the demo lists all its labels, so
+    # a multi-label increment may refit the old labels its rows annotate (hf_incr's default assumes it may not).
+    recipe = IncrementConfig(label_column=column, max_length=64, multi_label_annotation=annotation)
     grown = train_increment(
         *_load(base_dir), increment_train, full_test, config=recipe,
         args=_training_args(grown_dir, demo.seed, demo.verbose),

@@ -25,7 +25,7 @@ from transformers.utils import logging
 from .data import MULTI_LABEL
 from .lineage import LINEAGE_ATTRIBUTE, get_lineage
 from .replay import REPLAY_DIRNAME, REPLAY_FILENAME
-from .report import threshold_probability
+from .report import format_probability
 
 logger = logging.get_logger(__name__)
 
@@ -209,7 +209,7 @@ def card_context(
             "id": i,
             "name": _md(name),
             "added_in": _increment_name(added_in[name], lineage) if name in added_in else "before hf_incr",
-            "threshold": _probability(thresholds[name]) if name in thresholds else "0.5",
+            "threshold": format_probability(thresholds[name]) if name in thresholds else "0.5",
             "examples": "<br>".join(_md(_clip(t)) for t in examples.get(name, [])[:_EXAMPLES_PER_LABEL]),
         }
         for i, name in sorted(id2label.items())
@@ -395,14 +395,6 @@ def _final_folder(directory: Path) -> Path:
 
 def _metric_name(config) -> str:
     return "Micro-F1" if getattr(config, "problem_type", None) == MULTI_LABEL else "Accuracy"
-
-
-def _probability(logit: float) -> str:
-    """A decision threshold in logits as the probability it stands for (``sigmoid``), readable at any size."""
-    value = threshold_probability(logit)
-    if value > 1 - 1e-3:
-        return "> 0.999"
-    return f"{value:.3f}" if value >= 1e-3 else f"{value:.1e}"
 
 
 def _base_model(config, lineage) -> str | None:

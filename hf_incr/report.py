@@ -70,6 +70,15 @@ def threshold_probability(logit: float) -> float:
     return 1 / (1 + math.exp(-min(max(logit, -700.0), 700.0)))
 
 
+def format_probability(logit: float) -> str:
+    """A decision threshold in logits as the probability it stands for, readable at any size: a closed-form head's
+    logits can be in the hundreds, and ``0.000`` would read as "always predicted"."""
+    value = threshold_probability(logit)
+    if value > 1 - 1e-3:
+        return "> 0.999"
+    return f"{value:.3f}" if value >= 1e-3 else f"{value:.1e}"
+
+
 def format_adaptation(adaptation: dict) -> str:
     """One line: whether the encoder of a model trained elsewhere was adapted, and the eval figures that decided."""
     def old_and_all(figures: dict) -> str:
@@ -89,7 +98,7 @@ def format_adaptation(adaptation: dict) -> str:
 
 def format_thresholds(thresholds: dict[str, float], shown: int = 5) -> str:
     """One line: the labels whose decision threshold was tuned, as the probability each is predicted above."""
-    parts = [f"{name} {threshold_probability(logit):.3f}" for name, logit in list(thresholds.items())[:shown]]
+    parts = [f"{name} {format_probability(logit)}" for name, logit in list(thresholds.items())[:shown]]
     more = f" and {len(thresholds) - shown} more (lineage.json)" if len(thresholds) > shown else ""
     return f"Thresholds tuned (probability, folded into the biases): {', '.join(parts)}{more}"
 

@@ -191,6 +191,22 @@ def test_tuned_thresholds_make_a_rare_label_fire_and_fold_into_the_bias():
     assert again.abs().max() < 0.05 * cuts.abs().max()
 
 
+def test_a_separable_labels_threshold_sits_between_its_positive_and_negative_rows():
+    # Far apart, every threshold in the gap gives F1 1.0 (in float64): the middle of that stretch is chosen, not its
+    # first point just above the negatives (which the demo's data showed as a "probability 1e-21" threshold).
+    generator = torch.Generator().manual_seed(9)
+    x = torch.randn(300, 4, generator=generator, dtype=torch.float64)
+    targets = torch.zeros(300, 1, dtype=torch.float64)
+    targets[:100, 0] = 1
+    x[:100, 0] += 40.0
+    stats = RidgeStatistics.empty(4, 1).update(x, targets)
+    weight, bias = stats.solve_binary_lda()
+    cut = float(stats.decision_thresholds(weight, bias)[0])
+    logits = x @ weight.T + bias
+    positive, negative = float(logits[:100].mean()), float(logits[100:].mean())
+    assert abs(cut - (positive + negative) / 2) < 0.1 * (positive - negative), (cut, positive, negative)
+
+
 def test_write_into_only_some_labels_leaves_the_other_rows_bit_for_bit():
     generator = torch.Generator().manual_seed(7)
     x, targets = _multi_label_rows(400, generator)

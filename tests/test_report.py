@@ -214,6 +214,9 @@ def test_summary_names_the_tuned_thresholds_as_probabilities():
     assert "Thresholds tuned (probability, folded into the biases): complaint 0.500, praise 0.119" in text
     many = format_summary("increment", {}, thresholds={f"l{i}": 0.0 for i in range(8)})
     assert "and 3 more (lineage.json)" in many
+    # A closed-form head's logits can be in the hundreds: a far threshold must not read as "0.000" (always predicted).
+    far = format_summary("increment", {}, multi_label=True, thresholds={"low": -50.0, "high": 50.0})
+    assert "low 1.9e-22, high > 0.999" in far
 
 
 def test_the_summary_says_whether_the_encoder_was_adapted_and_what_decided_it():
