@@ -84,7 +84,9 @@ def head_input_batches(
     for start in range(0, len(rows), _LENGTH_CHUNK):
         chunk = rows[start : start + _LENGTH_CHUNK]
         lengths[start : start + len(chunk)] = _token_lengths(tokenizer, read(chunk), max_length)
-    order = rows[np.argsort(lengths, kind="stable")]  # stable, as sorted() was: the same batches as before
+    # Longest first: the largest activations are allocated at the start and every later batch fits in memory they
+    # freed; shortest first grew the allocator's heap with each longer batch at the end (scripts/results/scale.md).
+    order = rows[np.argsort(-lengths, kind="stable")]
     del lengths
     if show_progress:
         heading(f"{desc}: {len(order)} texts through the frozen encoder")
@@ -201,7 +203,8 @@ def streamed_head_input_batches(
     try:
         for columns in dataset.iter(batch_size=window):
             texts = columns[text_column]
-            order = np.argsort(np.asarray(_token_lengths(tokenizer, texts, max_length)), kind="stable").tolist()
+            # Longest first, as in head_input_batches.
+            order = np.argsort(-np.asarray(_token_lengths(tokenizer, texts, max_length)), kind="stable").tolist()
             for start in range(0, len(order), batch_size):
                 index = order[start : start + batch_size]
                 batch = {name: [values[i] for i in index] for name, values in columns.items()}

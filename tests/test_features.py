@@ -24,7 +24,7 @@ from hf_incr.random_features import RandomFeatureHead
 LABELS = ["refund", "delivery", "login"]
 
 
-def test_batches_cover_every_row_once_sorted_by_length():
+def test_batches_cover_every_row_once_longest_first():
     tok = tokenizer()
     texts = ["a b c d e f", "a", "a b c", "a b", "a b c d"]
     seen = []
@@ -33,7 +33,7 @@ def test_batches_cover_every_row_once_sorted_by_length():
         assert inputs.shape == (len(index), 32)
         seen += index
         lengths += [len(tok(texts[i])["input_ids"]) for i in index]
-    assert sorted(seen) == list(range(len(texts))) and lengths == sorted(lengths)
+    assert sorted(seen) == list(range(len(texts))) and lengths == sorted(lengths, reverse=True)
 
 
 def test_streamed_statistics_equal_those_of_the_cached_features():
@@ -137,7 +137,7 @@ def test_a_streamed_iterable_dataset_gives_the_statistics_and_head_of_the_in_mem
     assert _relative_error(random_share.statistics.gram, reference_random.gram) <= 1e-6
 
 
-def test_the_streamed_batches_are_sorted_by_length_within_the_window_and_carry_their_columns():
+def test_the_streamed_batches_go_longest_first_within_the_window_and_carry_their_columns():
     tok = tokenizer()
     texts = ["a b c d e f", "a", "a b c", "a b", "a b c d", "a b c d e"]
     stream = Dataset.from_dict({"text": texts, "labels": list(range(6))}).to_iterable_dataset()
@@ -146,8 +146,8 @@ def test_the_streamed_batches_are_sorted_by_length_within_the_window_and_carry_t
                                                      show_progress=False):
         assert inputs.shape == (len(batch["text"]), 32) and [texts[i] for i in batch["labels"]] == batch["text"]
         seen.append(batch["labels"])
-    # Windows [0, 1, 2] and [3, 4, 5], each sorted by length.
-    assert seen == [[1, 2], [0], [3, 4], [5]]
+    # Windows [0, 1, 2] and [3, 4, 5], each sorted by length, longest first.
+    assert seen == [[0, 2], [1], [5, 4], [3]]
 
 
 def test_the_wrong_kind_of_data_set_is_refused_with_the_function_to_use(tmp_path):
