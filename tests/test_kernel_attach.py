@@ -50,9 +50,9 @@ def _logits(model, tok, texts=TEXTS):
 
 def _pooled(model, tok, texts):
     """The mean-pooled last hidden states the kernel head reads, straight from the encoder: one padded batch, rows
-    in the frozen pass's order (by length), so each row is the same floats as in the recipe's pass."""
+    in the frozen pass's order (by length, longest first), so each row is the same floats as in the recipe's pass."""
     texts = list(texts)
-    order = sorted(range(len(texts)), key=lambda i: len(tok(texts[i])["input_ids"]))
+    order = sorted(range(len(texts)), key=lambda i: -len(tok(texts[i])["input_ids"]))
     batch = tok([texts[i] for i in order], return_tensors="pt", padding=True, truncation=True, max_length=128)
     with torch.no_grad():
         hidden = model.bert(**batch).last_hidden_state
