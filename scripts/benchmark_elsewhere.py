@@ -355,7 +355,6 @@ def product_case(base_dir: Path, rows: list[dict], test: list[dict], labels: lis
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForSequenceClassification.from_pretrained(base_dir)
-    config = hf_incr.IncrementConfig()
     if model.config.problem_type == "multi_label_classification":
         # Case (i) as a user brings it: the new labels' rows annotated with the new labels (old ones unannotated).
         new = [lab for lab in labels if lab not in model.config.label2id]
@@ -364,6 +363,7 @@ def product_case(base_dir: Path, rows: list[dict], test: list[dict], labels: lis
         config = hf_incr.IncrementConfig(label_column="labels", multi_label=True)
     else:
         train = Dataset.from_list([{"text": r["text"], "label": r["labels"][0]} for r in rows])
+        config = hf_incr.IncrementConfig()
     out = Path(args.cache_dir) / "product_i"
     # The batch size the user fine-tuned with (it sets the batch of the adaptation's fine-tune, when that runs).
     training_args = TrainingArguments(
