@@ -34,7 +34,7 @@ class IncrementConfig:
         replay_per_label, replay_selection, replay_balance, distill_weight, distill_temperature, weight_align,
         closed_form_head,        ridge_lambda, closed_form_solver, random_features, random_features_lambda
     > Kernel LDA head
-        kernel_features, kernel_members, kernel_pooling, kernel_statistics_dtype, kernel_push_statistics
+        kernel_features, kernel_members, kernel_pooling, kernel_layers, kernel_statistics_dtype, kernel_push_statistics
     > Evaluation
         threshold
 
@@ -267,6 +267,17 @@ class IncrementConfig:
             "choices": ["auto", "mean", "cls"],
         },
     )
+    kernel_layers: int = field(
+        default=4,
+        metadata={
+            "help": "How many of the encoder's top layers the kernel LDA head reads: each pooled (kernel_pooling) "
+            "and L2-normalised, then concatenated. 4, BERT's best feature-based recipe (concatenate the last four "
+            "layers), was 0.4-1.2 points above the last layer alone on frozen MiniLM (docs/benchmarks.md, 'Kernel "
+            "LDA'); 1 reads the last layer only. Capped at the encoder's depth; a head continued from a saved model "
+            "keeps what it was trained with. The inference file grows with it (its projection is "
+            "kernel_layers x hidden x kernel_features floats)."
+        },
+    )
     kernel_statistics_dtype: str = field(
         default="float32",
         metadata={
@@ -342,6 +353,8 @@ class IncrementConfig:
                 f"`kernel_features` should be >= 0 and `kernel_members` >= 1, got {self.kernel_features} and "
                 f"{self.kernel_members}."
             )
+        if self.kernel_layers < 1:
+            raise ConfigError(f"`kernel_layers` should be >= 1 (the top layers read), got {self.kernel_layers}.")
         if self.kernel_pooling not in ("auto", "mean", "cls"):
             raise ConfigError(f"`kernel_pooling` should be 'auto', 'mean' or 'cls', got {self.kernel_pooling!r}.")
         if self.kernel_statistics_dtype not in ("float32", "float64"):

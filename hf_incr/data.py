@@ -7,13 +7,19 @@ sized to the model's label space.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import hashlib
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
+import datasets
 from datasets import ClassLabel, Dataset, DatasetDict, Features, IterableDataset, List, Value, load_dataset
 from datasets import Sequence as HFSequence
 from transformers.utils import logging
 
+from .distributed import distributed_launch, every_process_agrees
 from .errors import DataError
 
 logger = logging.get_logger(__name__)
@@ -105,11 +111,10 @@ def check_texts(dataset: Dataset, text_column: str = "text", what: str = "data s
     """
     if isinstance(dataset, IterableDataset):
         raise DataError(
-            f"The {what} is a streamed IterableDataset (no length, one pass); an increment needs a map-style Dataset "
-            "(it encodes the labels, tokenizes and fingerprints the rows). Load it without `streaming=True` (datasets "
-            "memory-maps it from disk, so it need not fit in memory) or convert it: `Dataset.from_generator(lambda: "
-            "(yield from dataset), features=dataset.features)`. To only add a stream to closed-form statistics, use "
-            "`hf_incr.features.accumulate_streamed_head_statistics`."
+            f"The {what} is a streamed IterableDataset (no length, one pass); this step needs a map-style Dataset. "
+            "`train_increment` and `train_base_classifier` take streams (they write them to disk first); elsewhere, "
+            "convert it with `hf_incr.data.materialize_stream(dataset, folder)`, or load it without `streaming=True` "
+            "(datasets memory-maps it from disk, so it need not fit in memory)."
         )
     if text_column not in dataset.column_names:
         raise DataError(
@@ -132,6 +137,78 @@ def check_texts(dataset: Dataset, text_column: str = "text", what: str = "data s
             f"a non-empty string), e.g. rows {bad[:5]}. Drop them first, e.g. "
             f"`dataset.filter(lambda row: isinstance(row[{text_column!r}], str) and row[{text_column!r}].strip())`."
         )
+
+
+def materialize_stream(dataset: IterableDataset, folder: str | Path, what: str = "data set") -> Dataset:
+    """Write a streamed data set to Arrow files in ``folder`` and return it memory-mapped, fingerprinted by content.
+
+    An increment reads its rows several times (labels, tokenizing, the frozen pass, the Trainer phases), so a stream
+    is read once into ``folder`` (``Dataset.from_generator``: batch by batch, never whole in memory). datasets
+    fingerprints a generator by its code and arguments, not by the rows it yields, so the fingerprint is replaced by
+    a hash of the written files: the lineage's rerun check then sees the same rows as the same data, and changed rows
+    as new data. ``folder`` must be empty or new (a reused folder would hand back the rows of an earlier stream).
+    """
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise DataError(f"materialize_stream: the folder {str(folder)!r} is not empty; expected a new or empty "
+                        "folder (datasets would reuse the rows cached there). Pass a fresh folder.")
+
+    yielded = []
+
+    def rows():
+        for row in dataset:
+            yielded[:] = [True]
+            yield row
+
+    try:
+        written = Dataset.from_generator(rows, features=dataset.features, cache_dir=str(folder))
+    except ValueError:
+        if yielded:
+            raise
+        # datasets refuses to build a split with no rows ("corresponds to no data"): say what it means here.
+        raise DataError(
+            f"The {what} is a stream that yielded no rows. Check the split or filter that produced it."
+        ) from None
+    digest = hashlib.sha256()
+    for file in sorted(entry["filename"] for entry in written.cache_files):
+        with open(file, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return Dataset(written.data, info=written.info, split=written.split, fingerprint=digest.hexdigest()[:16])
+
+
+@contextmanager
+def map_style(*datasets_: Dataset | IterableDataset | None, names: Sequence[str]) -> Iterator[list]:
+    """The data sets as given, with each streamed one written to a temporary folder (:func:`materialize_stream`)
+    that is deleted on exit. Under a distributed launch every process reads the stream itself, and the rows must be
+    the same in every process (each then encodes its share of them)."""
+    folder = None
+    try:
+        out = []
+        for dataset, name in zip(datasets_, names):
+            if not isinstance(dataset, IterableDataset):
+                out.append(dataset)
+                continue
+            if folder is None:
+                folder = Path(tempfile.mkdtemp(prefix="hf_incr-stream-", dir=_streams_parent()))
+            written = materialize_stream(dataset, folder / name.replace(" ", "_"), what=name)
+            if distributed_launch() and not every_process_agrees(written._fingerprint):
+                raise DataError(f"The {name} is a stream that yielded different rows in different processes (a "
+                                "shuffle without a fixed seed, or a stream split by node?). Every process must read "
+                                "the same rows: pass the whole stream, shuffled with a seed if at all.")
+            logger.info("Wrote the streamed %s to %s (%d rows; deleted after the run).", name, folder, len(written))
+            out.append(written)
+        yield out
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _streams_parent() -> str:
+    # Where datasets writes its own cache files (the user's disk choice, HF_DATASETS_CACHE).
+    parent = Path(datasets.config.HF_DATASETS_CACHE)
+    parent.mkdir(parents=True, exist_ok=True)
+    return str(parent)
 
 
 def find_new_labels(

@@ -72,6 +72,21 @@ def gather_rows(local: torch.Tensor, index: Sequence[int], num_rows: int) -> tor
     return full
 
 
+def every_process_agrees(value: str) -> bool:
+    """Whether ``value`` (an ASCII string of at most 64 characters, e.g. a fingerprint) is the same in every
+    process: the elementwise maximum and minimum of its character codes agree only then (no pickling)."""
+    if not _distributed():
+        return True
+    codes = torch.zeros(65, dtype=torch.int64)
+    codes[0] = len(value)
+    codes[1 : len(value) + 1] = torch.tensor([ord(c) for c in value[:64]], dtype=torch.int64)
+    device = _communication_device()
+    highest, lowest = codes.to(device), codes.to(device)
+    dist.all_reduce(highest, op=dist.ReduceOp.MAX)
+    dist.all_reduce(lowest, op=dist.ReduceOp.MIN)
+    return bool(torch.equal(highest, lowest))
+
+
 def _communication_device() -> torch.device:
     # NCCL communicates GPU tensors, gloo CPU ones.
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")

@@ -277,8 +277,10 @@ class KernelLDAConfig:
     bandwidth_factor: float = 1.0
     seed: int = 0
     normalize: bool = False
-    # How the encoder's token states become the vector ``x`` (hf_incr.kernel_attach.pool): "mean" or "cls".
+    # How the encoder's token states become the vector ``x`` (hf_incr.kernel_attach.pool): "mean" or "cls", over
+    # the top ``layers`` layers, concatenated bottom to top (each L2-normalised first when ``normalize``).
     pooling: str = "mean"
+    layers: int = 1
     shrinkage: float | str = "oas"
     priors: str = "uniform"
     combine: str = "probs"
@@ -293,6 +295,8 @@ class KernelLDAConfig:
             raise DataError("KernelLDAConfig: linear LDA (num_features=0) has exactly one member; set num_members=1.")
         if self.combine not in ("probs", "logits"):
             raise DataError(f"KernelLDAConfig: combine must be 'probs' or 'logits', got {self.combine!r}.")
+        if self.layers < 1:
+            raise DataError(f"KernelLDAConfig: layers must be >= 1 (the top layers pooled), got {self.layers}.")
         if self.pooling not in ("mean", "cls"):
             raise DataError(f"KernelLDAConfig: pooling must be 'mean' or 'cls', got {self.pooling!r}.")
         if self.statistics_dtype not in ("float32", "float64"):
@@ -304,7 +308,7 @@ class KernelLDAConfig:
 
     def inference_dict(self) -> dict:
         keys = ("in_features", "num_features", "num_members", "bandwidth", "bandwidth_factor", "seed", "normalize",
-                "pooling", "combine", "labels")
+                "pooling", "layers", "combine", "labels")
         return {k: v for k, v in asdict(self).items() if k in keys}
 
 
@@ -488,8 +492,10 @@ def choose_bandwidth(features: torch.Tensor, labels, config: KernelLDAConfig, fa
 
 
 def _fingerprint(config: KernelLDAConfig, projections) -> str:
-    digest = hashlib.sha256(json.dumps({k: v for k, v in config.inference_dict().items() if k != "labels"},
-                                       sort_keys=True).encode())
+    settings = {k: v for k, v in config.inference_dict().items() if k != "labels"}
+    if settings["layers"] == 1:
+        del settings["layers"]  # files written before `layers` existed pooled one layer: same fingerprint
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for p in projections:
         if p is not None:
             digest.update(p.weight[:4, :16].cpu().numpy().tobytes())

@@ -597,11 +597,13 @@ def kernel_lda_summary(directory: str | Path, model_or_config) -> dict[str, Any]
     lineage = get_lineage(getattr(model_or_config, "config", model_or_config))
     recipe = ((lineage[-1] if lineage else {}) or {}).get("recipe") or {}
     bandwidth = settings.get("bandwidth")
+    layers = int(settings.get("layers", 1))
     return {
         "num_features": settings.get("num_features"),
         "num_members": settings.get("num_members"),
         "pooling": {"cls": "first-token"}.get(settings.get("pooling"), "mean-pooled")
-        + (", L2-normalised" if settings.get("normalize") else ""),
+        + (", L2-normalised" if settings.get("normalize") else "")
+        + (" last hidden states" if layers == 1 else f" hidden states of its top {layers} layers, concatenated"),
         "bandwidth": None if bandwidth is None else f"{bandwidth:.4g}",
         "bandwidth_factor": settings.get("bandwidth_factor"),
         "inference_mb": _megabytes(inference),

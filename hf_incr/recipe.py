@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from datasets import Dataset
+from datasets import Dataset, IterableDataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments
 from transformers.utils import logging
 
@@ -45,6 +45,7 @@ from .data import (
     is_multi_label_column,
     is_multi_label_model,
     label_names_in,
+    map_style,
     model_columns,
     row_label_names,
     tokenize,
@@ -58,9 +59,9 @@ from .hub import push_saved_model
 from .kernel_attach import (
     KernelHeadState,
     KernelStatisticsAccumulator,
-    PooledCapture,
     attach_kernel_head,
     base_model_of,
+    capture_pooled,
     detach_kernel_head,
     sentence_pooling,
 )
@@ -171,8 +172,8 @@ class IncrementRun:
 def train_increment(
     model,
     tokenizer,
-    train_dataset: Dataset,
-    eval_dataset: Dataset | None = None,
+    train_dataset: Dataset | IterableDataset,
+    eval_dataset: Dataset | IterableDataset | None = None,
     *,
     config: IncrementConfig | None = None,
     args: TrainingArguments | None = None,
@@ -190,8 +191,11 @@ def train_increment(
     Args:
         model: A ``*ForSequenceClassification`` model (e.g. from ``from_pretrained``).
         tokenizer: Its tokenizer.
-        train_dataset: Texts and labels (names, ClassLabel, or lists for multi-label) of this increment.
-        eval_dataset: Optional held-out data over old and new labels; metrics before/after come from it.
+        train_dataset: Texts and labels (names, ClassLabel, or lists for multi-label) of this increment: a
+            ``Dataset``, or a streamed ``IterableDataset`` (written once to a temporary folder under datasets'
+            cache, fingerprinted by content, deleted when the run ends).
+        eval_dataset: Optional held-out data over old and new labels; metrics before/after come from it (a
+            ``Dataset`` or a stream, as ``train_dataset``).
         config: The recipe's settings (:class:`IncrementConfig`).
         args: TrainingArguments for everything Trainer does (batch size, precision, logging, seed, ...);
             each phase gets its own checkpoint folder under ``output_dir/checkpoints``.
@@ -201,30 +205,33 @@ def train_increment(
         kind: ``"base"`` for a first classifier (every label of the data is the model's already, nothing to
             forget, the encoder is fine-tuned whatever ``finetune_increments`` says); recorded in the lineage.
     """
-    run = IncrementRun(
-        model=model, tokenizer=tokenizer, train_dataset=train_dataset, eval_dataset=eval_dataset,
-        config=config or IncrementConfig(),
-        args=args or TrainingArguments(output_dir="hf_incr-output", report_to="none"),
-        is_base=kind == "base", save=save, replay_memory=replay_memory, statistics=ridge_statistics,
-    )
-    check_inputs(run)
-    load_saved_state(run)
-    repeated = find_rerun_record(run)
-    if repeated is not None:
-        return save_and_push(run, record=dict(repeated))
-    plan_increment(run)
-    grow_head(run)
-    run.metrics_before = measure(run, before=True)
-    try:
-        warm_up_or_solve(run)
-        adapt_trained_elsewhere(run)
-        fine_tune(run)
-    finally:
-        restore_trainable(run)
-    after_training(run)
-    run.metrics_after = measure(run, before=False)
-    run.timings["total_s"] = time.perf_counter() - run.start
-    return save_and_push(run, record=record_lineage(run))
+    # A stream is written to disk once (the increment reads its rows several times) and deleted afterwards.
+    with map_style(train_dataset, eval_dataset, names=("training data", "eval data")) as (train_dataset,
+                                                                                       eval_dataset):
+        run = IncrementRun(
+            model=model, tokenizer=tokenizer, train_dataset=train_dataset, eval_dataset=eval_dataset,
+            config=config or IncrementConfig(),
+            args=args or TrainingArguments(output_dir="hf_incr-output", report_to="none"),
+            is_base=kind == "base", save=save, replay_memory=replay_memory, statistics=ridge_statistics,
+        )
+        check_inputs(run)
+        load_saved_state(run)
+        repeated = find_rerun_record(run)
+        if repeated is not None:
+            return save_and_push(run, record=dict(repeated))
+        plan_increment(run)
+        grow_head(run)
+        run.metrics_before = measure(run, before=True)
+        try:
+            warm_up_or_solve(run)
+            adapt_trained_elsewhere(run)
+            fine_tune(run)
+        finally:
+            restore_trainable(run)
+        after_training(run)
+        run.metrics_after = measure(run, before=False)
+        run.timings["total_s"] = time.perf_counter() - run.start
+        return save_and_push(run, record=record_lineage(run))
 
 
 # 1-3. Before anything changes -------------------------------------------------------------------------------------
@@ -617,12 +624,11 @@ def solve_closed_form_head(run: IncrementRun, rows: Dataset, features: torch.Ten
     else:
         share = RidgeStatistics.empty(linear.in_features, num_labels)
         random_share = random_head.accumulator() if random_head is not None else None
-        hook = None
+        hooks = []
         if kernel is not None:
-            # The kernel head reads the pooled last hidden states of the same forward pass that yields the Linear's
-            # inputs: a hook on the encoder records them for the accumulator.
-            capture = PooledCapture(kernel.config.pooling)
-            hook = base_model_of(run.model).register_forward_hook(capture, with_kwargs=True)
+            # The kernel head reads the pooled top layers of the same forward pass that yields the Linear's inputs:
+            # hooks on the encoder record them for the accumulator.
+            capture, hooks = capture_pooled(run.model, kernel.config)
             kernel_share = KernelStatisticsAccumulator(kernel, capture)
         try:
             count = accumulate_head_statistics(
@@ -633,7 +639,7 @@ def solve_closed_form_head(run: IncrementRun, rows: Dataset, features: torch.Ten
                 show_progress=run.show_progress, head=run.head,
             )
         finally:
-            if hook is not None:
+            for hook in hooks:
                 hook.remove()
         run.rows_encoded = count
         shares = [share] + ([random_share.statistics] if random_share is not None else [])
@@ -684,9 +690,11 @@ def kernel_head_state(run: IncrementRun, statistics: RidgeStatistics) -> KernelH
             pooling, normalize = sentence_pooling(run.model)
         else:
             pooling, normalize = config.kernel_pooling, True
+        layers = min(config.kernel_layers, len(encoder_layers(base_model_of(run.model))) or 1)
         head_config = KernelLDAConfig(
-            in_features=run.model.config.hidden_size, num_features=config.kernel_features,
+            in_features=run.model.config.hidden_size * layers, num_features=config.kernel_features,
             num_members=config.kernel_members, seed=run.args.seed, normalize=normalize, pooling=pooling,
+            layers=layers,
         )
         state = KernelHeadState(KernelLDAHead(head_config))
     state.file_dtype = config.kernel_statistics_dtype
@@ -869,8 +877,8 @@ def _public_name(name_or_path: str | Path | None) -> str | None:
 
 def train_base_classifier(
     model_name_or_path: str,
-    train_dataset: Dataset,
-    eval_dataset: Dataset | None = None,
+    train_dataset: Dataset | IterableDataset,
+    eval_dataset: Dataset | IterableDataset | None = None,
     *,
     config: IncrementConfig | None = None,
     args: TrainingArguments | None = None,
@@ -883,31 +891,34 @@ def train_base_classifier(
 
     Returns ``(model, tokenizer, result)``. The labels are read from the data (ClassLabel order if it has one,
     else sorted), the model is loaded with ``AutoModelForSequenceClassification`` and ``config.multi_label``
-    chooses a sigmoid head.
+    chooses a sigmoid head. Either data set may be a streamed ``IterableDataset`` (see :func:`train_increment`).
     """
-    config = config or IncrementConfig()
-    check_texts(train_dataset, config.text_column)
-    labels = label_names_in(train_dataset, config.label_column)
-    multi_label = config.multi_label or is_multi_label_column(train_dataset, config.label_column)
-    if multi_label and not config.multi_label:
-        raise DataError(
-            f"Column {config.label_column!r} holds lists of labels: set `multi_label=True` for a sigmoid head."
+    # A stream is written to disk once here (its labels are read before the increment), not again in train_increment.
+    with map_style(train_dataset, eval_dataset, names=("training data", "eval data")) as (train_dataset,
+                                                                                       eval_dataset):
+        config = config or IncrementConfig()
+        check_texts(train_dataset, config.text_column)
+        labels = label_names_in(train_dataset, config.label_column)
+        multi_label = config.multi_label or is_multi_label_column(train_dataset, config.label_column)
+        if multi_label and not config.multi_label:
+            raise DataError(
+                f"Column {config.label_column!r} holds lists of labels: set `multi_label=True` for a sigmoid head."
+            )
+        tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_name_or_path,
+            id2label=dict(enumerate(labels)),
+            label2id={name: i for i, name in enumerate(labels)},
+            problem_type=MULTI_LABEL if multi_label else "single_label_classification",
+            trust_remote_code=trust_remote_code,
         )
-    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_name_or_path,
-        id2label=dict(enumerate(labels)),
-        label2id={name: i for i, name in enumerate(labels)},
-        problem_type=MULTI_LABEL if multi_label else "single_label_classification",
-        trust_remote_code=trust_remote_code,
-    )
-    if tokenizer.pad_token is None or model.config.pad_token_id is None:
-        # Decoder-only models (GPT-2, Llama) ship no pad token; their classification head needs one.
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        model.config.pad_token_id = tokenizer.pad_token_id
-    result = train_increment(
-        model, tokenizer, train_dataset, eval_dataset, config=config, args=args, save=save, kind="base",
-        replay_memory=replay_memory, ridge_statistics=ridge_statistics,
-    )
-    return model, tokenizer, result
+        if tokenizer.pad_token is None or model.config.pad_token_id is None:
+            # Decoder-only models (GPT-2, Llama) ship no pad token; their classification head needs one.
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            model.config.pad_token_id = tokenizer.pad_token_id
+        result = train_increment(
+            model, tokenizer, train_dataset, eval_dataset, config=config, args=args, save=save, kind="base",
+            replay_memory=replay_memory, ridge_statistics=ridge_statistics,
+        )
+        return model, tokenizer, result

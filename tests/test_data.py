@@ -8,7 +8,15 @@ import pytest
 from datasets import ClassLabel, Dataset, Features, List, Value
 
 from hf_incr import DataError
-from hf_incr.data import encode_labels, find_new_labels, label_names_in, load_text_data, tokenize
+from hf_incr.data import (
+    encode_labels,
+    find_new_labels,
+    label_names_in,
+    load_text_data,
+    map_style,
+    materialize_stream,
+    tokenize,
+)
 
 
 def test_classlabel_in_another_order_maps_onto_the_model_ids():
@@ -74,3 +82,40 @@ def test_tokenize_truncates_long_texts():
 
     data = Dataset.from_dict({"text": ["word " * 500]})
     assert len(tokenize(data, tokenizer(), max_length=16)["input_ids"][0]) == 16
+
+
+def _stream(texts, labels):
+    return Dataset.from_dict({"text": texts, "label": labels}).to_iterable_dataset(num_shards=2)
+
+
+def test_a_stream_is_written_once_with_its_rows_and_a_fingerprint_of_its_content(tmp_path):
+    texts, labels = [f"text {i}" for i in range(10)], ["a", "b"] * 5
+    written = materialize_stream(_stream(texts, labels), tmp_path / "one")
+    assert written["text"] == texts and written["label"] == labels
+    # The same rows give the same fingerprint; one changed row another (datasets alone would see the same code).
+    same = materialize_stream(_stream(texts, labels), tmp_path / "two")
+    changed = materialize_stream(_stream(texts[:-1] + ["text x"], labels), tmp_path / "three")
+    assert written._fingerprint == same._fingerprint != changed._fingerprint
+    assert len(written._fingerprint) == 16
+
+
+def test_a_used_folder_and_an_empty_stream_are_refused(tmp_path):
+    materialize_stream(_stream(["a", "b"], ["x", "y"]), tmp_path / "used")
+    with pytest.raises(DataError, match=r"not empty.*fresh folder"):
+        materialize_stream(_stream(["c", "d"], ["x", "y"]), tmp_path / "used")
+    with pytest.raises(DataError, match="yielded no rows"):
+        materialize_stream(_stream(["a", "b"], ["x", "y"]).filter(lambda row: False), tmp_path / "empty")
+
+
+def test_map_style_writes_streams_to_a_temporary_folder_deleted_on_exit(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    in_memory = Dataset.from_dict({"text": ["kept"], "label": ["x"]})
+    with map_style(_stream(["a", "b"], ["x", "y"]), in_memory, None, names=("training data", "eval data", "x")) as (
+        train, evaluation, nothing,
+    ):
+        assert isinstance(train, Dataset) and train["text"] == ["a", "b"]
+        assert evaluation is in_memory and nothing is None
+        assert len(list((tmp_path / "cache").iterdir())) == 1
+    assert list((tmp_path / "cache").iterdir()) == []

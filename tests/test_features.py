@@ -11,6 +11,7 @@ from text_models import text_dataset, tiny_bert, tokenizer, training_args
 
 from hf_incr import IncrementConfig, features, train_increment
 from hf_incr.closed_form import RidgeStatistics
+from hf_incr.data import check_texts
 from hf_incr.errors import DataError
 from hf_incr.features import (
     accumulate_head_statistics,
@@ -160,6 +161,5 @@ def test_the_wrong_kind_of_data_set_is_refused_with_the_function_to_use(tmp_path
     with pytest.raises(DataError, match="no text column 'sentence'"):
         accumulate_streamed_head_statistics(model, tok, data.to_iterable_dataset(), _one_hot(3), [],
                                             text_column="sentence", show_progress=False)
-    with pytest.raises(DataError, match=r"IterableDataset.*streaming=True.*from_generator"):
-        train_increment(model, tok, text_dataset(["repair"], 3).to_iterable_dataset(), args=training_args(tmp_path),
-                        save=False)
+    with pytest.raises(DataError, match=r"IterableDataset.*materialize_stream"):
+        check_texts(data.to_iterable_dataset(), what="eval data")

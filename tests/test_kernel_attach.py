@@ -15,6 +15,7 @@ from transformers import AutoModelForSequenceClassification
 import hf_incr
 from hf_incr import ConfigError, IncrementConfig, train_increment
 from hf_incr import model_card as model_card_module
+from hf_incr.errors import HeadConfigMismatchError
 from hf_incr.hub import push_to_hub
 from hf_incr.info import model_info
 from hf_incr.kernel_attach import (
@@ -22,6 +23,7 @@ from hf_incr.kernel_attach import (
     KERNEL_STATISTICS_FILENAME,
     PooledCapture,
     attached_kernel_head,
+    capture_pooled,
     detach_kernel_head,
     pool,
     sentence_pooling,
@@ -48,16 +50,21 @@ def _logits(model, tok, texts=TEXTS):
         return model(**batch).logits
 
 
-def _pooled(model, tok, texts):
-    """The mean-pooled last hidden states the kernel head reads, straight from the encoder: one padded batch, rows
-    in the frozen pass's order (by length, longest first), so each row is the same floats as in the recipe's pass."""
+def _pooled(model, tok, texts, layers=2):
+    """What the kernel head reads, straight from the encoder's ``hidden_states`` (not its hooks): the mean-pooled
+    states of the top ``layers`` layers (the tiny model's 2 by default), each L2-normalised when more than one, then
+    concatenated. One padded batch, rows in the frozen pass's order (by length, longest first), so each row is the
+    same floats as in the recipe's pass."""
     texts = list(texts)
     order = sorted(range(len(texts)), key=lambda i: -len(tok(texts[i])["input_ids"]))
     batch = tok([texts[i] for i in order], return_tensors="pt", padding=True, truncation=True, max_length=128)
     with torch.no_grad():
-        hidden = model.bert(**batch).last_hidden_state
-    pooled = torch.empty(len(texts), hidden.shape[-1])
-    pooled[order] = pool(hidden, batch["attention_mask"], "mean")
+        states = model.bert(**batch, output_hidden_states=True).hidden_states[-layers:]
+    parts = [pool(hidden, batch["attention_mask"], "mean") for hidden in states]
+    if layers > 1:
+        parts = [torch.nn.functional.normalize(part, dim=1) for part in parts]
+    pooled = torch.empty(len(texts), layers * states[0].shape[-1])
+    pooled[order] = torch.cat(parts, dim=1)
     return pooled
 
 
@@ -76,6 +83,8 @@ def test_kernel_head_round_trip_continuation_and_plain_transformers(tmp_path):
     state = base.ridge_statistics.kernel_lda
     assert state is not None and attached_kernel_head(model) is state.classifier
     assert state.config.bandwidth is not None and state.config.pooling == "mean" and state.config.normalize
+    # kernel_layers=4 (the default) on a 2-layer encoder: both layers, concatenated.
+    assert state.config.layers == 2 and state.config.in_features == 2 * model.config.hidden_size
     folder_a = tmp_path / "a"
     assert (folder_a / KERNEL_FILENAME).is_file() and (folder_a / KERNEL_STATISTICS_FILENAME).is_file()
 
@@ -129,6 +138,7 @@ def test_kernel_head_round_trip_continuation_and_plain_transformers(tmp_path):
     # The card says how to get the kernel head and what each file weighs.
     card = (folder_b / "README.md").read_text()
     assert "This model has a kernel LDA head** (2 × 64 random Fourier" in card
+    assert "mean-pooled, L2-normalised hidden states of its top 2 layers, concatenated" in card
     assert "`hf_incr_kernel_lda.safetensors` | inference with the kernel head |" in card
     assert "`hf_incr_kernel_lda_statistics.safetensors` | the next increment only |" in card
 
@@ -207,6 +217,7 @@ def test_without_its_statistics_file_the_head_still_predicts_but_an_increment_re
         ({"kernel_features": 64, "multi_label": True}, "multi-label"),
         ({"kernel_members": 0}, "kernel_members"),
         ({"kernel_pooling": "max"}, "kernel_pooling"),
+        ({"kernel_layers": 0}, "kernel_layers"),
     ],
 )
 def test_config_refuses_inconsistent_kernel_settings(values, message):
@@ -235,3 +246,25 @@ def test_pooling_follows_the_sentence_transformers_model_and_the_attention_mask(
     finally:
         handle.remove()
     torch.testing.assert_close(padded, capture.pooled[0], rtol=1e-5, atol=1e-5)
+
+
+def test_one_layer_reads_the_last_hidden_states_and_the_layer_hooks_come_off_with_the_head(tmp_path):
+    tok, _, model, _, base = _train_base(tmp_path, {**CONFIG, "kernel_layers": 1})
+    state = base.ridge_statistics.kernel_lda
+    assert state.config.layers == 1 and state.config.in_features == model.config.hidden_size
+    torch.testing.assert_close(_logits(model, tok), state.classifier(_pooled(model, tok, TEXTS, layers=1)),
+                               rtol=1e-5, atol=1e-5)
+    assert hf_incr.get_lineage(model)[0]["kernel_lda"]["layers"] == 1
+
+    # Two layers: one hook on the encoder, one on the block below the top; detaching removes both.
+    two = hf_incr.load_model(str(_train_base(tmp_path / "two")[-1].output_dir))
+    hooked = [block for block in two.bert.encoder.layer if block._forward_hooks]
+    assert len(hooked) == 1 and hooked[0] is two.bert.encoder.layer[0]
+    detach_kernel_head(two)
+    assert not two.bert._forward_hooks and not any(block._forward_hooks for block in two.bert.encoder.layer)
+
+
+def test_more_layers_than_the_encoder_has_are_refused_where_the_capture_is_built():
+    config = KernelLDAConfig(in_features=96, num_features=8, num_members=1, layers=3)
+    with pytest.raises(HeadConfigMismatchError, match=r"top 3 layers, but the encoder has 2.*kernel_layers"):
+        capture_pooled(tiny_bert(["a", "b"]), config)
