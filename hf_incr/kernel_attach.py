@@ -195,6 +195,10 @@ class _KernelHook:
         logits = self.classifier(pooled)
         if missing:
             logits = torch.cat([logits, logits.new_full((logits.shape[0], missing), -1e4)], dim=1)
+        if output.dim() == 3:
+            # A decoder's score Linear runs on every token and the model then picks the last real one: every
+            # position gets its text's logits, so whichever is picked answers for the text.
+            logits = logits[:, None, :].expand(-1, output.shape[1], -1)
         return logits.to(output.dtype)
 
 

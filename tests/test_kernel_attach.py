@@ -10,6 +10,7 @@ import pytest
 import torch
 from test_hub import REPO, TOKEN, hub  # noqa: F401  (the fake Hub fixture and its credentials)
 from text_models import minilm_path, text_dataset, tiny_bert, tokenizer, training_args
+from tiny_models import ARCHITECTURES, tiny_batch, tiny_model
 from transformers import AutoModelForSequenceClassification
 
 import hf_incr
@@ -22,6 +23,7 @@ from hf_incr.kernel_attach import (
     KERNEL_FILENAME,
     KERNEL_STATISTICS_FILENAME,
     PooledCapture,
+    attach_kernel_head,
     attached_kernel_head,
     capture_pooled,
     detach_kernel_head,
@@ -268,3 +270,37 @@ def test_more_layers_than_the_encoder_has_are_refused_where_the_capture_is_built
     config = KernelLDAConfig(in_features=96, num_features=8, num_members=1, layers=3)
     with pytest.raises(HeadConfigMismatchError, match=r"top 3 layers, but the encoder has 2.*kernel_layers"):
         capture_pooled(tiny_bert(["a", "b"]), config)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_the_top_layers_are_read_on_every_architecture(arch):
+    """The hooks pool the blocks the model's own ``hidden_states`` name as its top two layers (the decoder's for
+    BART, the normalised last state for decoders with a final norm), and the attached head answers with its own
+    logits, also where the score Linear runs on every token (decoders pick the last one)."""
+    model = tiny_model(arch)
+    batch = tiny_batch(arch)
+    config = KernelLDAConfig(in_features=2 * 32, num_features=16, num_members=1, normalize=True, layers=2)
+    if arch == "albert":  # one block shared by every layer: one distinct layer (the recipe reads just that one)
+        with pytest.raises(HeadConfigMismatchError, match="encoder has 1"):
+            capture_pooled(model, config)
+        return
+    capture, hooks = capture_pooled(model, config)
+    try:
+        with torch.no_grad():
+            out = model.base_model(**batch, output_hidden_states=True)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    states = getattr(out, "decoder_hidden_states", None) or out.hidden_states
+    expected = torch.cat([torch.nn.functional.normalize(pool(h, batch["attention_mask"], "mean"), dim=1)
+                          for h in states[-2:]], dim=1)
+    torch.testing.assert_close(capture.pooled, expected, rtol=1e-5, atol=1e-5)
+
+    head = KernelLDAHead(KernelLDAConfig(**{**vars(config), "labels": []}))
+    head.update(torch.cat([expected, expected + 0.01]), torch.tensor([0, 1, 2, 0] * 2))
+    attach_kernel_head(model, head.solve())
+    with torch.no_grad():
+        logits = model(**batch).logits
+    torch.testing.assert_close(logits, head.solve()(expected).to(logits.dtype), rtol=1e-4, atol=1e-4)
+    detach_kernel_head(model)
+    assert attached_kernel_head(model) is None
