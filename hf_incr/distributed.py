@@ -81,7 +81,8 @@ def every_process_agrees(value: str) -> bool:
     codes[0] = len(value)
     codes[1 : len(value) + 1] = torch.tensor([ord(c) for c in value[:64]], dtype=torch.int64)
     device = _communication_device()
-    highest, lowest = codes.to(device), codes.to(device)
+    # Two copies: on the CPU, `.to(device)` would hand back `codes` itself for both.
+    highest, lowest = codes.to(device, copy=True), codes.to(device, copy=True)
     dist.all_reduce(highest, op=dist.ReduceOp.MAX)
     dist.all_reduce(lowest, op=dist.ReduceOp.MIN)
     return bool(torch.equal(highest, lowest))

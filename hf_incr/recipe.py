@@ -205,13 +205,14 @@ def train_increment(
         kind: ``"base"`` for a first classifier (every label of the data is the model's already, nothing to
             forget, the encoder is fine-tuned whatever ``finetune_increments`` says); recorded in the lineage.
     """
+    args = training_arguments(args)
     # A stream is written to disk once (the increment reads its rows several times) and deleted afterwards.
     with map_style(train_dataset, eval_dataset, names=("training data", "eval data")) as (train_dataset,
                                                                                        eval_dataset):
         run = IncrementRun(
             model=model, tokenizer=tokenizer, train_dataset=train_dataset, eval_dataset=eval_dataset,
             config=config or IncrementConfig(),
-            args=args or TrainingArguments(output_dir="hf_incr-output", report_to="none"),
+            args=args,
             is_base=kind == "base", save=save, replay_memory=replay_memory, statistics=ridge_statistics,
         )
         check_inputs(run)
@@ -235,6 +236,15 @@ def train_increment(
 
 
 # 1-3. Before anything changes -------------------------------------------------------------------------------------
+
+
+def training_arguments(args: TrainingArguments | None) -> TrainingArguments:
+    """``args``, or defaults, with their device set up: under a distributed launch that joins the process group,
+    which the first steps need (every process must have read the same streamed rows) before any Trainer exists."""
+    args = args or TrainingArguments(output_dir="hf_incr-output", report_to="none")
+    _ = args.device
+    return args
+
 
 
 def check_inputs(run: IncrementRun) -> None:
@@ -893,6 +903,7 @@ def train_base_classifier(
     else sorted), the model is loaded with ``AutoModelForSequenceClassification`` and ``config.multi_label``
     chooses a sigmoid head. Either data set may be a streamed ``IterableDataset`` (see :func:`train_increment`).
     """
+    args = training_arguments(args)
     # A stream is written to disk once here (its labels are read before the increment), not again in train_increment.
     with map_style(train_dataset, eval_dataset, names=("training data", "eval data")) as (train_dataset,
                                                                                        eval_dataset):

@@ -17,9 +17,10 @@ from text_models import text_dataset, tiny_bert, tokenizer, training_args
 from hf_incr import IncrementConfig, train_increment
 
 
-def closed_form(out_dir: Path) -> None:
+def closed_form(out_dir: Path, stream: bool = False) -> None:
     """A closed-form increment on top of statistics of the old labels: the frozen pass is sharded over the processes
-    and the statistics summed; writes the statistics, the head and the rows this process encoded."""
+    and the statistics summed; writes the statistics, the head and the rows this process encoded. ``stream``: the
+    increment's data comes as a streamed IterableDataset (every process reads it whole, then encodes its share)."""
     labels = ["refund", "delivery", "login"]
     model = tiny_bert(labels, dropout=0.0)
     # One text per encoder batch: a text's features then do not depend on which texts share its batch (padding to
@@ -29,8 +30,9 @@ def closed_form(out_dir: Path) -> None:
     args = training_args(out_dir, per_device_eval_batch_size=4)
     first = train_increment(model, tokenizer(), text_dataset(labels, 5), config=base, args=args, save=False,
                             kind="base")
-    result = train_increment(model, tokenizer(), text_dataset(["repair", "colour"], 7), config=base, args=args,
-                             save=False, ridge_statistics=first.ridge_statistics)
+    data = text_dataset(["repair", "colour"], 7)
+    result = train_increment(model, tokenizer(), data.to_iterable_dataset(num_shards=2) if stream else data,
+                             config=base, args=args, save=False, ridge_statistics=first.ridge_statistics)
     stats = result.ridge_statistics
     rank = args.process_index
     save_file({"gram": stats.gram, "cross": stats.cross, "rf_gram": stats.random_features.gram,
@@ -99,8 +101,18 @@ def adapt(out_dir: Path, batch_size: int) -> None:
 
 def main(out: str, batch_size: int, accumulation: int, phase: str) -> None:
     out_dir = Path(out)
-    if phase in ("closed_form", "streamed"):
-        (closed_form if phase == "closed_form" else streamed)(out_dir)
+    if phase in ("closed_form", "closed_form_stream"):
+        closed_form(out_dir, stream=phase == "closed_form_stream")
+        return
+    if phase == "streamed":
+        streamed(out_dir)
+        return
+    if phase == "stream_mismatch":
+        # Each process streams other rows (as a shuffle without a seed would): the increment must refuse.
+        rank = training_args(out_dir).process_index
+        stream = text_dataset(["repair"], 4, offset=rank).to_iterable_dataset()
+        train_increment(tiny_bert(["refund"], dropout=0.0), tokenizer(), stream, args=training_args(out_dir),
+                        save=False)
         return
     if phase == "adapt":
         adapt(out_dir, batch_size)

@@ -72,9 +72,11 @@ def test_gradient_accumulation_matches_a_larger_batch(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_share_the_closed_form_pass_and_solve_the_same_head(tmp_path):
+@pytest.mark.parametrize("ddp_phase", ["closed_form", "closed_form_stream"], ids=["dataset", "stream"])
+def test_two_processes_share_the_closed_form_pass_and_solve_the_same_head(tmp_path, ddp_phase):
+    # One process with a Dataset against two with the same Dataset, or with it streamed (IterableDataset).
     _run(tmp_path / "single", 8, 1, "closed_form")
-    _run(tmp_path / "ddp", 8, 1, "closed_form", processes=2)
+    _run(tmp_path / "ddp", 8, 1, ddp_phase, processes=2)
     single, single_info = _load(tmp_path / "single", 0)
     ranks = [_load(tmp_path / "ddp", rank) for rank in (0, 1)]
     rows = 14  # 7 rows of each of the 2 new labels
@@ -88,6 +90,12 @@ def test_two_processes_share_the_closed_form_pass_and_solve_the_same_head(tmp_pa
         torch.testing.assert_close(tensors["weight"], single["weight"], rtol=1e-5, atol=1e-6)
     assert sum(info["rows_encoded"] for _, info in ranks) == rows
     assert torch.equal(ranks[0][0]["weight"], ranks[1][0]["weight"])
+
+
+@pytest.mark.slow
+def test_two_processes_streaming_different_rows_are_refused(tmp_path):
+    with pytest.raises(AssertionError, match="yielded different rows in different processes"):
+        _run(tmp_path / "ddp", 8, 1, "stream_mismatch", processes=2)
 
 
 @pytest.mark.slow
