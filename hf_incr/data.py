@@ -161,7 +161,9 @@ def materialize_stream(dataset: IterableDataset, folder: str | Path, what: str =
             yield row
 
     try:
-        written = Dataset.from_generator(rows, features=dataset.features, cache_dir=str(folder))
+        # A fixed fingerprint: the folder is fresh, so nothing cached can be mistaken for these rows, and datasets
+        # need not hash the stream object (slow, or impossible, for some streams); the content hash replaces it.
+        written = Dataset.from_generator(rows, features=dataset.features, cache_dir=str(folder), fingerprint="stream")
     except ValueError:
         if yielded:
             raise

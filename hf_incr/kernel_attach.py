@@ -124,7 +124,8 @@ class PooledCapture:
         mask = kwargs.get("attention_mask")
         if mask is None and len(args) > 1 and isinstance(args[1], torch.Tensor):
             mask = args[1]  # BERT-style forward(input_ids, attention_mask, ...) called positionally
-        states, self.lower = [*self.lower, hidden], []
+        # The latest outputs: a pass that failed half-way may have left some of its own behind.
+        states, self.lower = [*self.lower[len(self.lower) - (self.layers - 1) :], hidden], []
         if len(states) != self.layers:
             raise HeadConfigMismatchError(
                 f"The kernel LDA head pools the top {self.layers} layers but saw {len(states)} in this forward pass. "
