@@ -153,11 +153,12 @@ def materialize_stream(dataset: IterableDataset, folder: str | Path, what: str =
         raise DataError(f"materialize_stream: the folder {str(folder)!r} is not empty; expected a new or empty "
                         "folder (datasets would reuse the rows cached there). Pass a fresh folder.")
 
-    yielded = []
+    yielded = False
 
     def rows():
+        nonlocal yielded
         for row in dataset:
-            yielded[:] = [True]
+            yielded = True
             yield row
 
     try:

@@ -246,7 +246,6 @@ def training_arguments(args: TrainingArguments | None) -> TrainingArguments:
     return args
 
 
-
 def check_inputs(run: IncrementRun) -> None:
     """Every check of the inputs (model, tokenizer, data, recipe, output folder) before anything is modified."""
     check_increment_inputs(run.model, run.tokenizer, run.train_dataset, run.eval_dataset, run.config)

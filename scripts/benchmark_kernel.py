@@ -87,7 +87,7 @@ def encode(model, tokenizer, texts: list[str], max_length: int, batch_size: int)
     lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
     order = sorted(range(len(texts)), key=lambda i: lengths[i])
     hidden = model.config.hidden_size
-    pooler, mean = torch.empty(len(texts), hidden), torch.empty(len(texts), hidden)
+    pooler = torch.empty(len(texts), hidden)
     layers = torch.empty(len(texts), model.config.num_hidden_layers + 1, hidden)
     for start in range(0, len(texts), batch_size):
         idx = order[start : start + batch_size]
@@ -95,10 +95,10 @@ def encode(model, tokenizer, texts: list[str], max_length: int, batch_size: int)
                           return_tensors="pt")
         out = model(**batch, output_hidden_states=True)
         mask = batch["attention_mask"].unsqueeze(-1).to(out.last_hidden_state.dtype)
-        mean[idx] = (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp_min(1.0)
         layers[idx] = torch.stack([(h * mask).sum(1) / mask.sum(1).clamp_min(1.0) for h in out.hidden_states], 1)
         pooler[idx] = out.pooler_output
-    return {"pooler": pooler, "mean": mean, "layers": layers}
+    # BERT's last hidden state is its last layer's output: the mean-pooled last hidden states are the top layer.
+    return {"pooler": pooler, "mean": layers[:, -1].clone(), "layers": layers}
 
 
 def cached_features(args: KernelBenchmarkArguments, name: str, split: str) -> tuple[dict, list[str], float]:
