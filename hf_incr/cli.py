@@ -24,11 +24,13 @@ from .demo import main as demo_main
 from .errors import ConfigError, HfIncrError
 from .hub import push_to_hub
 from .info import model_info
+from .kernel_attach import KERNEL_FILENAME
 from .lineage import get_lineage
 from .loading import default_encoder, load_classifier
 from .model_card import CARD_FILENAME, PLOT_FILENAME
+from .random_features import RANDOM_FEATURES_FILENAME
 from .recipe import train_base_classifier, train_increment
-from .report import format_info, format_summary
+from .report import PLAIN_ROW, answering_thresholds, format_info, format_summary
 from .trainer import evaluate_model
 from .validation import check_checkpoint, check_output_dir, check_resume_from_checkpoint
 
@@ -270,12 +272,16 @@ def summary_of(result, title: str, *, multi_label: bool, rows: dict | None = Non
     hub_id = None
     if result.hub_url:
         hub_id = "/".join(str(result.hub_url).rstrip("/").split("/")[-2:])
+    if rows is None:
+        rows = {"before": result.metrics_before, "after": result.metrics_after}
+        if result.metrics_plain:
+            rows[PLAIN_ROW] = result.metrics_plain
     return format_summary(
-        title, rows if rows is not None else {"before": result.metrics_before, "after": result.metrics_after},
-        multi_label=multi_label, labels_added=result.new_labels, forgetting=result.forgetting,
+        title, rows, multi_label=multi_label, labels_added=result.new_labels, forgetting=result.forgetting,
         timings=result.timings, output_dir=result.output_dir, card=written(CARD_FILENAME),
         lineage=written("lineage.json"), plot=written(PLOT_FILENAME), hub_url=result.hub_url, model=hub_id,
-        thresholds=record.get("thresholds"), adaptation=record.get("adaptation"),
+        thresholds=answering_thresholds(record), adaptation=record.get("adaptation"),
+        extra_head=bool(result.metrics_plain or written(KERNEL_FILENAME) or written(RANDOM_FEATURES_FILENAME)),
     )
 
 

@@ -7,6 +7,7 @@ The random-feature head (:mod:`hf_incr.random_features`) keeps the same statisti
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -62,6 +63,88 @@ def ridge_solution(gram: torch.Tensor, cross: torch.Tensor, penalty: float) -> t
 def ridge_to_multi_label_logits(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The Linear whose sigmoid crosses 0.5 where the 0/1 ridge regression ``(weight, bias)`` crosses 0.5."""
     return weight * MULTI_LABEL_RIDGE_SCALE, (bias - 0.5) * MULTI_LABEL_RIDGE_SCALE
+
+
+@dataclass
+class LabelMoments:
+    """What a per-label (multi-label) discriminant reads from a set of rows: their count ``n``, the covariance of all
+    their features ``(d, d)`` (over every row, biased), and per label (in some order) the counts of rows that carry
+    it and of rows that annotate it without carrying it, with the means of the two groups ``(labels, d)``."""
+
+    n: float
+    covariance: torch.Tensor
+    positives: torch.Tensor
+    negatives: torch.Tensor
+    positive_mean: torch.Tensor
+    negative_mean: torch.Tensor
+
+
+def binary_discriminants(moments: LabelMoments, shrinkage: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each label its own linear discriminant against the rows that do not carry it: weight ``(labels, d)`` and bias.
+
+    Per label ``k``: the mean of its positive rows ``mu_k+`` and of its negative rows ``mu_k-``, the label's share
+    ``p_k`` of its annotated rows, and one covariance shared by every label: the covariance of all rows' features
+    (shrunk, OAS), less label k's between-class part ``p_k (1 - p_k) d_k d_k^T`` (``d_k = mu_k+ - mu_k-``). Then
+    ``w_k = Sigma_k^-1 d_k`` (one solve for every label: Sherman-Morrison turns the rank-one correction into a scale)
+    and ``b_k = -w_k (mu_k+ + mu_k-) / 2 + log(p_k / (1 - p_k))``: the logit of the label's posterior under
+    Gaussian classes.
+
+    Raises:
+        DataError: a label lacks positive or negative rows.
+    """
+    m = moments
+    lacking = torch.nonzero((m.positives <= 0) | (m.negatives <= 0)).flatten().tolist()
+    if lacking:
+        raise DataError(
+            f"Each label of a multi-label head needs rows that carry it and rows that do not; label id(s) "
+            f"{lacking[:10]} lack one of the two in the statistics. Add rows with and without those labels."
+        )
+    difference = m.positive_mean - m.negative_mean
+    share = m.positives / (m.positives + m.negatives)
+    rho = oas_shrinkage(m.covariance, m.n) if shrinkage is None else float(shrinkage)
+    shrunk = _shrunk(m.covariance, m.n, rho)
+    direction = torch.linalg.solve(shrunk, difference.T).T
+    # Label k's within covariance, shrunk like the total one: (1 - rho)(S - c d d^T) + rho tr/d I = S_rho - (1 - rho)
+    # c d d^T, and (S_rho - a d d^T)^-1 d = S_rho^-1 d / (1 - a d^T S_rho^-1 d): positive, as S_rho holds (1 - rho)
+    # times the between-class part plus the ridge. (Leaving out (1 - rho) rescaled some labels' logits by up to 1e6;
+    # the decisions are the same, the probabilities were not.)
+    scale = 1.0 / (1.0 - (1 - rho) * share * (1 - share) * (direction * difference).sum(1)).clamp_min(1e-6)
+    weight = direction * scale[:, None]
+    bias = -0.5 * (weight * (m.positive_mean + m.negative_mean)).sum(1) + torch.log(share / (1 - share))
+    return weight.contiguous(), bias.contiguous()
+
+
+def f1_thresholds(weight: torch.Tensor, bias: torch.Tensor, moments: LabelMoments) -> torch.Tensor:
+    """Per label, the logit above which predicting it maximises that label's F1 on the rows the moments describe.
+
+    A sigmoid's 0.5 (logit 0) maximises accuracy, not F1: a label carried by 2 % of the rows then almost never
+    fires. With the rows' moments the logit ``w_k x + b_k`` of label k's positive rows has mean
+    ``w_k mu_k+ + b_k`` and of its negative rows ``w_k mu_k- + b_k``, and both the within-label variance
+    ``w_k^T Sigma_k w_k``; taking them as two normal distributions, the threshold maximising the expected
+    ``F1 = 2 TP / (TP + P + FP)`` is found on a grid. No row is held out and no text is kept, so an increment
+    can set the threshold of any label its rows annotate. ``weight`` and ``bias`` are the rows of the moments'
+    labels, in their order.
+    """
+    weight, bias = weight.double(), bias.double()
+    positives, negatives = moments.positives.clamp_min(1e-12), moments.negatives.clamp_min(1e-12)
+    share = positives / (positives + negatives)
+    high = (weight * moments.positive_mean).sum(1) + bias
+    low = (weight * moments.negative_mean).sum(1) + bias
+    variance = ((weight @ moments.covariance) * weight).sum(1) - share * (1 - share) * (high - low) ** 2
+    spread = variance.clamp_min(1e-12).sqrt()
+    steps = torch.linspace(0.0, 1.0, 2001, dtype=torch.float64)
+    start, stop = torch.minimum(low, high) - 4 * spread, torch.maximum(low, high) + 4 * spread
+    grid = start[:, None] + (stop - start)[:, None] * steps  # (labels, points)
+    true_positive = positives[:, None] * torch.special.ndtr((high[:, None] - grid) / spread[:, None])
+    false_positive = negatives[:, None] * torch.special.ndtr((low[:, None] - grid) / spread[:, None])
+    f1 = 2 * true_positive / (true_positive + positives[:, None] + false_positive)
+    # Far apart, the two normals give the best F1 (1.0 in float64) over a whole stretch of the grid; its first
+    # point sits just above the negative rows. The middle of the stretch leaves the most room on both sides.
+    top = f1 >= f1.max(1, keepdim=True).values * (1 - 1e-12)
+    points = torch.arange(grid.shape[1])
+    first = torch.where(top, points, grid.shape[1]).min(1).values
+    last = torch.where(top, points, -1).max(1).values
+    return grid.gather(1, ((first + last) // 2)[:, None]).squeeze(1)
 
 
 class RidgeStatistics:
@@ -178,9 +261,8 @@ class RidgeStatistics:
         totals = self.gram[:, -1:] - self.unannotated  # sum of [x, 1] over annotated rows, per label
         return totals[-1], totals[:-1].T
 
-    def _label_moments(self, labels: list[int] | None = None) -> tuple[torch.Tensor, ...]:
-        """What a per-label discriminant reads, for ``labels`` (default: all): the covariance of every row's features,
-        each label's positive and negative row counts, and the means of its positive and negative rows."""
+    def label_moments(self, labels: list[int] | None = None) -> LabelMoments:
+        """What a per-label discriminant reads, for ``labels`` (default: all)."""
         columns = list(range(self.num_labels)) if labels is None else list(labels)
         n = float(self.gram[-1, -1])
         mean = self.gram[:-1, -1] / n
@@ -191,74 +273,24 @@ class RidgeStatistics:
         negatives = count[columns] - positives
         positive_mean = (cross[:-1] / positives.clamp_min(1e-12)).T
         negative_mean = (total[columns] - cross[:-1].T) / negatives.clamp_min(1e-12)[:, None]
-        return covariance, positives, negatives, positive_mean, negative_mean
+        return LabelMoments(n, covariance, positives, negatives, positive_mean, negative_mean)
 
     def solve_binary_lda(self, shrinkage: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """A multi-label head, each label its own linear discriminant against the rows that do not carry it.
-
-        Per label ``k``: the mean of its positive rows ``mu_k+`` and of its negative rows ``mu_k-`` (rows that
-        annotate it without carrying it), the label's share ``p_k`` of its annotated rows, and one covariance shared
-        by every label: the covariance of all rows' features (shrunk, OAS), less label k's between-class part
-        ``p_k (1 - p_k) d_k d_k^T`` (``d_k = mu_k+ - mu_k-``). Then ``w_k = Sigma_k^-1 d_k`` (one solve for every
-        label: Sherman-Morrison turns the rank-one correction into a scale) and
-        ``b_k = -w_k (mu_k+ + mu_k-) / 2 + log(p_k / (1 - p_k))``: the logit of the label's posterior under
-        Gaussian classes. Rows of every increment count, so a new label's negatives include the old labels' rows
-        though no text of them is kept.
-        """
+        """A multi-label head, each label its own linear discriminant against the rows that do not carry it
+        (:func:`binary_discriminants` on these statistics' moments). Rows of every increment count, so a new label's
+        negatives include the old labels' rows though no text of them is kept."""
         n = float(self.gram[-1, -1])
         if n <= 1:
             raise DataError("A multi-label closed-form head needs rows; the statistics hold none.")
-        covariance, positives, negatives, positive_mean, negative_mean = self._label_moments()
-        lacking = torch.nonzero((positives <= 0) | (negatives <= 0)).flatten().tolist()
-        if lacking:
-            raise DataError(
-                f"Each label of a multi-label head needs rows that carry it and rows that do not; label id(s) "
-                f"{lacking[:10]} lack one of the two in the statistics. Add rows with and without those labels."
-            )
-        difference = positive_mean - negative_mean
-        share = positives / (positives + negatives)
-        shrunk = _shrunk(covariance, n, shrinkage)
-        direction = torch.linalg.solve(shrunk, difference.T).T
-        # (S - c d d^T)^-1 d = S^-1 d / (1 - c d^T S^-1 d): positive, as S holds the between-class part.
-        scale = 1.0 / (1.0 - share * (1 - share) * (direction * difference).sum(1)).clamp_min(1e-6)
-        weight = direction * scale[:, None]
-        bias = -0.5 * (weight * (positive_mean + negative_mean)).sum(1) + torch.log(share / (1 - share))
-        return weight.contiguous(), bias.contiguous()
+        return binary_discriminants(self.label_moments(), shrinkage)
 
     def decision_thresholds(
         self, weight: torch.Tensor, bias: torch.Tensor, labels: list[int] | None = None
     ) -> torch.Tensor:
-        """Per label, the logit above which predicting it maximises that label's F1 on the rows seen.
-
-        A sigmoid's 0.5 (logit 0) maximises accuracy, not F1: a label carried by 2 % of the rows then almost never
-        fires. With the rows' statistics the logit ``w_k x + b_k`` of label k's positive rows has mean
-        ``w_k mu_k+ + b_k`` and of its negative rows ``w_k mu_k- + b_k``, and both the within-label variance
-        ``w_k^T Sigma_k w_k``; taking them as two normal distributions, the threshold maximising the expected
-        ``F1 = 2 TP / (TP + P + FP)`` is found on a grid. No row is held out and no text is kept, so an increment
-        can set the threshold of any label its rows annotate. ``weight`` and ``bias`` are the rows of ``labels``
-        (default: every label), in that order.
-        """
-        weight, bias = weight.double(), bias.double()
-        covariance, positives, negatives, positive_mean, negative_mean = self._label_moments(labels)
-        positives, negatives = positives.clamp_min(1e-12), negatives.clamp_min(1e-12)
-        share = positives / (positives + negatives)
-        high = (weight * positive_mean).sum(1) + bias
-        low = (weight * negative_mean).sum(1) + bias
-        variance = ((weight @ covariance) * weight).sum(1) - share * (1 - share) * (high - low) ** 2
-        spread = variance.clamp_min(1e-12).sqrt()
-        steps = torch.linspace(0.0, 1.0, 2001, dtype=torch.float64)
-        start, stop = torch.minimum(low, high) - 4 * spread, torch.maximum(low, high) + 4 * spread
-        grid = start[:, None] + (stop - start)[:, None] * steps  # (labels, points)
-        true_positive = positives[:, None] * torch.special.ndtr((high[:, None] - grid) / spread[:, None])
-        false_positive = negatives[:, None] * torch.special.ndtr((low[:, None] - grid) / spread[:, None])
-        f1 = 2 * true_positive / (true_positive + positives[:, None] + false_positive)
-        # Far apart, the two normals give the best F1 (1.0 in float64) over a whole stretch of the grid; its first
-        # point sits just above the negative rows. The middle of the stretch leaves the most room on both sides.
-        top = f1 >= f1.max(1, keepdim=True).values * (1 - 1e-12)
-        points = torch.arange(grid.shape[1])
-        first = torch.where(top, points, grid.shape[1]).min(1).values
-        last = torch.where(top, points, -1).max(1).values
-        return grid.gather(1, ((first + last) // 2)[:, None]).squeeze(1)
+        """Per label, the logit above which predicting it maximises that label's F1 on the rows seen
+        (:func:`f1_thresholds`). ``weight`` and ``bias`` are the rows of ``labels`` (default: every label), in that
+        order."""
+        return f1_thresholds(weight, bias, self.label_moments(labels))
 
     def write_into(
         self,

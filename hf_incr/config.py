@@ -247,7 +247,10 @@ class IncrementConfig:
             "is chosen from the first increment's rows and kept. Like random_features it is an extra module: "
             "plain transformers loads the linear closed-form head, `hf_incr.load_model` the kernel head. Files: "
             "hf_incr_kernel_lda.safetensors (inference, ~9 MB per member at 5000) and "
-            "hf_incr_kernel_lda_statistics.safetensors (next increment, ~50 MB per member in float32). 0: off."
+            "hf_incr_kernel_lda_statistics.safetensors (next increment, ~50 MB per member in float32). Multi-label: "
+            "each label its own discriminant on the pooled top layers themselves (no random features, one member: "
+            "measured better there), with its F1-tuned threshold folded in; labels the rows do not annotate keep "
+            "their rows. 0: off."
         },
     )
     kernel_members: int = field(
@@ -371,11 +374,6 @@ class IncrementConfig:
                 f"`kernel_features={self.kernel_features}` and `random_features={self.random_features}` are two "
                 "extra heads and a model answers with one: keep one of them (the kernel LDA head was the more "
                 "accurate in docs/benchmarks.md), set the other to 0."
-            )
-        if self.kernel_features and self.multi_label:
-            raise ConfigError(
-                "`kernel_features` is a kernel LDA head, which scores one label per text: set `kernel_features=0` "
-                "for a multi-label classifier (`random_features` works with multi-label)."
             )
 
     def to_dict(self) -> dict[str, Any]:

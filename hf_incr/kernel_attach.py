@@ -342,8 +342,10 @@ class KernelStatisticsAccumulator:
     (the first increment) keeps every pooled row (``hidden`` floats each) until :meth:`finish`, which chooses the
     bandwidth on a held-out tenth of them (:func:`~hf_incr.kernel_head.choose_bandwidth`), then accumulates them."""
 
-    def __init__(self, state: KernelHeadState, capture: PooledCapture):
+    def __init__(self, state: KernelHeadState, capture: PooledCapture, annotated: list[int] | None = None):
         self.state, self.capture = state, capture
+        # Multi-label: the label ids this increment's rows annotate (None: all); the targets of others are 0.
+        self.annotated = annotated
         self.rows: list[torch.Tensor] = []
         self.labels: list[torch.Tensor] = []
         self.pending = 0
@@ -357,7 +359,7 @@ class KernelStatisticsAccumulator:
                 f"{None if pooled is None else pooled.shape[0]}: the frozen pass did not run the model's encoder."
             )
         self.rows.append(pooled.detach().float().cpu())
-        self.labels.append(targets.argmax(1))
+        self.labels.append(targets.float() if self.state.config.multi_label else targets.argmax(1))
         self.pending += pooled.shape[0]
         if self.state.head.statistics and self.pending >= UPDATE_CHUNK:
             self._flush()
@@ -365,7 +367,7 @@ class KernelStatisticsAccumulator:
 
     def _flush(self) -> None:
         if self.rows:
-            self.state.head.update(torch.cat(self.rows), torch.cat(self.labels))
+            self.state.head.update(torch.cat(self.rows), torch.cat(self.labels), self.annotated)
         self.rows, self.labels, self.pending = [], [], 0
 
     def finish(self, num_labels: int) -> KernelHeadState:
@@ -373,10 +375,14 @@ class KernelStatisticsAccumulator:
         head = self.state.head
         if not head.statistics and self.rows:
             rows, labels = torch.cat(self.rows), torch.cat(self.labels)
-            _, self.bandwidth_report = choose_bandwidth(rows, labels, head.config)
-            head.build()
+            if head.config.multi_label:
+                # Held-out accuracy cannot rank bandwidths for per-label decisions: the median distance (factor 1).
+                head.set_bandwidth(rows)
+            else:
+                _, self.bandwidth_report = choose_bandwidth(rows, labels, head.config)
+                head.build()
         self.state.bandwidth_report = self.bandwidth_report  # None unless this increment chose it
         self._flush()
         head.grow(num_labels)
-        self.state.classifier = head.solve()
+        self.state.classifier = head.solve(self.state.classifier, self.annotated)
         return self.state

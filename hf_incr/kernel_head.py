@@ -25,6 +25,11 @@ The bandwidth ``sigma`` must be fixed before the first statistics are accumulate
 ``factor * median pairwise distance`` of (a sample of) the first increment's rows, with ``factor`` chosen among a
 small grid on held-out rows of the first increment only (:func:`choose_bandwidth`); later increments reuse it.
 
+A multi-label head (``multi_label=True``) keeps, per member, the count, sum and scatter of all rows and per label the
+count and sum of the rows that carry it and of those that annotate it (:class:`MultiLabelStatistics`); each label is
+then its own discriminant against the rows without it, with its F1-optimal threshold folded into the bias
+(:func:`solve_multi_label`), and the members' sigmoid probabilities are averaged.
+
 Two files, so that a Hub upload carries only what inference needs:
 
 - the *inference* file (:func:`save_inference` / :func:`load_inference`): per member the projection ``W_m, b_m``
@@ -44,7 +49,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .closed_form import oas_shrinkage
+from .closed_form import LabelMoments, binary_discriminants, f1_thresholds, oas_shrinkage
 from .errors import DataError, damaged_file_error
 
 INFERENCE_FORMAT = "hf_incr.kernel_lda.inference"
@@ -56,8 +61,10 @@ __all__ = [
     "KernelLDAConfig",
     "KernelLDAHead",
     "LDAStatistics",
+    "MultiLabelStatistics",
     "RandomFourierFeatures",
     "choose_bandwidth",
+    "head_size",
     "load_head",
     "load_inference",
     "median_pairwise_distance",
@@ -65,6 +72,7 @@ __all__ = [
     "save_inference",
     "save_statistics",
     "solve_lda",
+    "solve_multi_label",
 ]
 
 
@@ -209,6 +217,94 @@ def solve_lda(stats: LDAStatistics, shrinkage: float | str = "oas", priors: str 
     return weight.contiguous(), bias, rho
 
 
+def _check_targets(targets, rows: int) -> torch.Tensor:
+    if not isinstance(targets, torch.Tensor):
+        targets = torch.as_tensor(targets)
+    if targets.ndim != 2 or targets.shape[0] != rows:
+        raise DataError(f"targets: expected a (rows, labels) tensor of 0/1 targets with {rows} rows (one per feature "
+                        f"row), got shape {tuple(targets.shape)}. Fix: pass each row's multi-hot label vector.")
+    return targets.to(torch.float64)
+
+
+class MultiLabelStatistics:
+    """What a multi-label head of per-label discriminants needs, merged exactly batch by batch: the count, sum and
+    scatter of all rows (one :class:`LDAStatistics` with a single label), and per label the count and feature sum of
+    the rows that carry it and of the rows that annotate it (carry it or are known not to).
+
+    A row annotates every label of its batch's ``annotated`` list (default: all). A label added later counts every
+    earlier row as annotated, a negative: its name did not exist when they were labelled.
+    """
+
+    def __init__(self, dim: int, dtype: torch.dtype = torch.float64):
+        self.dim = int(dim)
+        self.rows = LDAStatistics(dim, dtype)
+        self.positive_counts = torch.zeros(0, dtype=torch.float64)
+        self.positive_sums = torch.zeros(0, self.dim, dtype=torch.float64)
+        self.annotated_counts = torch.zeros(0, dtype=torch.float64)
+        self.annotated_sums = torch.zeros(0, self.dim, dtype=torch.float64)
+
+    @property
+    def num_labels(self) -> int:
+        return self.positive_counts.shape[0]
+
+    @property
+    def num_rows(self) -> float:
+        return self.rows.num_rows
+
+    def grow(self, num_labels: int) -> None:
+        """Make room for labels ``< num_labels``: no positives yet, every row so far a negative."""
+        extra = num_labels - self.num_labels
+        if extra > 0:
+            total = self.rows.sums.sum(0).to(torch.float64)
+            self.positive_counts = torch.cat([self.positive_counts, torch.zeros(extra, dtype=torch.float64)])
+            self.positive_sums = torch.cat([self.positive_sums, torch.zeros(extra, self.dim, dtype=torch.float64)])
+            self.annotated_counts = torch.cat([self.annotated_counts, torch.full((extra,), self.num_rows,
+                                                                                 dtype=torch.float64)])
+            self.annotated_sums = torch.cat([self.annotated_sums, total.expand(extra, -1)])
+
+    def update(self, features: torch.Tensor, targets: torch.Tensor, annotated: list[int] | None = None) -> None:
+        """Merge a batch: features (rows, dim), 0/1 targets (rows, labels), the label ids the rows annotate (their
+        targets of any other label must be 0)."""
+        features = _check_features(features, self.dim, "MultiLabelStatistics.update")
+        targets = _check_targets(targets, features.shape[0])
+        if features.shape[0] == 0:
+            return
+        self.grow(targets.shape[1])
+        columns = list(range(targets.shape[1])) if annotated is None else list(annotated)
+        z = features.to(torch.float64)
+        self.rows.update(features, torch.zeros(features.shape[0], dtype=torch.long))
+        self.positive_counts[: targets.shape[1]] += targets.sum(0)
+        self.positive_sums[: targets.shape[1]] += targets.T @ z
+        self.annotated_counts[columns] += float(features.shape[0])
+        self.annotated_sums[columns] += z.sum(0)
+
+    def moments(self, labels: list[int] | None = None) -> LabelMoments:
+        """The per-label moments of ``labels`` (default: all) for :func:`binary_discriminants`."""
+        columns = list(range(self.num_labels)) if labels is None else list(labels)
+        positives = self.positive_counts[columns]
+        negatives = self.annotated_counts[columns] - positives
+        positive_mean = self.positive_sums[columns] / positives.clamp_min(1e-12)[:, None]
+        negative_mean = (self.annotated_sums[columns] - self.positive_sums[columns]) / negatives.clamp_min(1e-12)[
+            :, None]
+        return LabelMoments(self.num_rows, self.rows.covariance(), positives, negatives, positive_mean, negative_mean)
+
+
+def solve_multi_label(stats: MultiLabelStatistics, shrinkage: float | str = "oas"
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each label's discriminant against the rows without it (:func:`~hf_incr.closed_form.binary_discriminants`) and
+    its F1-optimal threshold (:func:`~hf_incr.closed_form.f1_thresholds`): ``weight`` (labels, dim), ``bias`` with
+    the threshold folded in (so a sigmoid's 0.5 decides as tuned), and the thresholds (logits), float64."""
+    if stats.num_rows <= 1:
+        raise DataError("solve_multi_label: the statistics hold no rows. Fix: call update() with the increment's rows "
+                        "first.")
+    if shrinkage != "oas" and not (isinstance(shrinkage, (int, float)) and 0.0 <= float(shrinkage) <= 1.0):
+        raise DataError(f"solve_multi_label: shrinkage must be 'oas' or a number in [0, 1], got {shrinkage!r}.")
+    moments = stats.moments()
+    weight, bias = binary_discriminants(moments, None if shrinkage == "oas" else float(shrinkage))
+    cuts = f1_thresholds(weight, bias, moments)
+    return weight, bias - cuts, cuts
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Random Fourier features and the bandwidth rule
 # --------------------------------------------------------------------------------------------------------------------
@@ -285,6 +381,9 @@ class KernelLDAConfig:
     priors: str = "uniform"
     combine: str = "probs"
     statistics_dtype: str = "float64"
+    # Multi-label: one discriminant per label against the rows without it, its F1-optimal threshold folded into the
+    # bias; the members' sigmoid probabilities are averaged.
+    multi_label: bool = False
     labels: list[str] = field(default_factory=list)
 
     def __post_init__(self):
@@ -308,8 +407,17 @@ class KernelLDAConfig:
 
     def inference_dict(self) -> dict:
         keys = ("in_features", "num_features", "num_members", "bandwidth", "bandwidth_factor", "seed", "normalize",
-                "pooling", "layers", "combine", "labels")
+                "pooling", "layers", "combine", "multi_label", "labels")
         return {k: v for k, v in asdict(self).items() if k in keys}
+
+
+def head_size(num_features: int, num_members: int, multi_label: bool) -> tuple[int, int]:
+    """The random features and members of a head asked for as ``num_features`` x ``num_members``: a multi-label head
+    reads the pooled top layers themselves (linear discriminants, one member). Measured on GoEmotions (4 x 7,
+    frozen MiniLM, top 4 layers, final micro-F1): 41.3 linear against 33.2 / 36.2 / 39.5 on 5,000 random Fourier
+    features at 1x / 2x / 4x the median distance, the kernel only getting closer as it flattens; on the multi-label
+    demo both give the new label 90.0 % F1."""
+    return (0, 1) if multi_label else (num_features, num_members)
 
 
 def _prepare(x: torch.Tensor, normalize: bool, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -362,11 +470,23 @@ class KernelLDAClassifier:
             return (torch.logsumexp(log_probs, dim=0) - math.log(len(member_logits))).to(torch.float32)
         return log_probs.mean(0).to(torch.float32)
 
+    @staticmethod
+    def combine_multi_label(member_logits: list[torch.Tensor]) -> torch.Tensor:
+        """The logit of the members' averaged sigmoid probabilities (one member: its logits as they are)."""
+        if len(member_logits) == 1:
+            return member_logits[0]
+        probs = torch.stack([torch.sigmoid(s.to(torch.float64)) for s in member_logits]).mean(0)
+        return torch.logit(probs, eps=1e-12).to(torch.float32)
+
     def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        if self.config.multi_label:
+            return self.combine_multi_label(self.member_logits(features))
         return self.combine(self.member_logits(features), self.config.combine)
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
-        return self(features).argmax(1)
+        """Label ids (single-label) or a boolean (rows, labels) matrix (multi-label: sigmoid above 0.5)."""
+        logits = self(features)
+        return logits > 0 if self.config.multi_label else logits.argmax(1)
 
 
 class KernelLDAHead:
@@ -376,7 +496,9 @@ class KernelLDAHead:
     def __init__(self, config: KernelLDAConfig):
         self.config = config
         self.projections: list[RandomFourierFeatures | None] = []
-        self.statistics: list[LDAStatistics] = []
+        self.statistics: list[LDAStatistics | MultiLabelStatistics] = []
+        # Multi-label: each label's decision threshold (logit) as last solved, the mean over members.
+        self.thresholds: dict[int, float] = {}
         if config.num_features == 0 or config.bandwidth is not None:
             self._build()
 
@@ -392,7 +514,8 @@ class KernelLDAHead:
                 for i in range(c.num_members)]
         self.projections = projections
         dtype = getattr(torch, c.statistics_dtype)
-        self.statistics = [LDAStatistics(self.dim, dtype) for _ in projections]
+        kind = MultiLabelStatistics if c.multi_label else LDAStatistics
+        self.statistics = [kind(self.dim, dtype) for _ in projections]
 
     def build(self) -> None:
         """Draw the members' projections and start empty statistics, once ``config.bandwidth`` is set (e.g. by
@@ -429,24 +552,49 @@ class KernelLDAHead:
         x = _prepare(features, self.config.normalize, dtype)
         return [p(x, dtype) if p is not None else x for p in self.projections]
 
-    def update(self, features: torch.Tensor, labels) -> None:
-        """Merge a batch of an increment (features (rows, in_features), label ids (rows,)) into every member."""
+    def update(self, features: torch.Tensor, labels, annotated: list[int] | None = None) -> None:
+        """Merge a batch of an increment into every member: features (rows, in_features) and label ids (rows,), or
+        for a multi-label head 0/1 targets (rows, labels) and the label ids the rows annotate (default: all)."""
         features = _check_features(features, self.config.in_features, "KernelLDAHead.update")
-        labels = _check_labels(labels, features.shape[0])
+        if self.config.multi_label:
+            labels = _check_targets(labels, features.shape[0])
+        else:
+            labels = _check_labels(labels, features.shape[0])
         if not self.statistics:
             self.set_bandwidth(features)
         for z, stats in zip(self.features(features), self.statistics):
-            stats.update(z, labels)
+            if self.config.multi_label:
+                stats.update(z, labels, annotated)
+            else:
+                stats.update(z, labels)
 
-    def solve(self) -> KernelLDAClassifier:
-        """Solve every member (float64) and return the inference part."""
+    def solve(self, previous: KernelLDAClassifier | None = None, labels: list[int] | None = None
+              ) -> KernelLDAClassifier:
+        """Solve every member (float64) and return the inference part.
+
+        Multi-label: only the rows of ``labels`` (default: all) are solved, each with its threshold folded in; the
+        other labels keep ``previous``'s rows bit for bit (an increment whose rows do not annotate them says nothing
+        new about them), and so their predictions."""
         if not self.statistics:
             raise DataError("KernelLDAHead.solve: no rows seen yet. Fix: call update() with the first increment.")
-        weights, biases = [], []
-        for stats in self.statistics:
-            weight, bias, _ = solve_lda(stats, self.config.shrinkage, self.config.priors)
+        weights, biases, cuts = [], [], []
+        for index, stats in enumerate(self.statistics):
+            if not self.config.multi_label:
+                weight, bias, _ = solve_lda(stats, self.config.shrinkage, self.config.priors)
+            else:
+                weight, bias, cut = solve_multi_label(stats, self.config.shrinkage)
+                weight, bias = weight.float(), bias.float()
+                if previous is not None and labels is not None:
+                    kept = [k for k in range(previous.num_labels) if k not in set(labels)]
+                    weight[kept] = previous.weights[index][kept].to(weight)
+                    bias[kept] = previous.biases[index][kept].to(bias)
+                cuts.append(cut)
             weights.append(weight)
             biases.append(bias)
+        if cuts:
+            solved = range(len(cuts[0])) if labels is None or previous is None else labels
+            mean = torch.stack(cuts).mean(0)
+            self.thresholds = {int(k): float(mean[k]) for k in solved}
         return KernelLDAClassifier(self.config, self.projections, weights, biases)
 
 
@@ -495,6 +643,8 @@ def _fingerprint(config: KernelLDAConfig, projections) -> str:
     settings = {k: v for k, v in config.inference_dict().items() if k != "labels"}
     if settings["layers"] == 1:
         del settings["layers"]  # files written before `layers` existed pooled one layer: same fingerprint
+    if not settings["multi_label"]:
+        del settings["multi_label"]  # files written before multi-label heads existed: same fingerprint
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for p in projections:
         if p is not None:
@@ -540,8 +690,13 @@ def save_statistics(path, head: KernelLDAHead, dtype: torch.dtype | None = None)
 
     if not head.statistics:
         raise DataError("save_statistics: the head has no statistics yet. Fix: update() it with an increment first.")
-    tensors = {"counts": head.statistics[0].counts}
+    tensors = {}
     for i, stats in enumerate(head.statistics):
+        if isinstance(stats, MultiLabelStatistics):
+            for name in ("positive_counts", "positive_sums", "annotated_counts", "annotated_sums"):
+                tensors[f"member{i}.{name}"] = getattr(stats, name).contiguous()
+            stats = stats.rows  # all rows as one label: their count, sum and scatter
+        tensors["counts"] = stats.counts
         tensors[f"member{i}.sums"] = stats.sums.to(torch.float64).contiguous()
         tensors[f"member{i}.scatter_upper"] = _pack_upper(stats.scatter.to(dtype or stats.dtype)).contiguous()
     metadata = {"format": STATISTICS_FORMAT, "version": FORMAT_VERSION,
@@ -596,10 +751,16 @@ def load_head(inference_path, statistics_path) -> KernelLDAHead:
     config = KernelLDAConfig(**{**json.loads(metadata["config"]), "labels": classifier.config.labels})
     head = KernelLDAHead.__new__(KernelLDAHead)
     head.config = config
+    head.thresholds = {}
     head._build(classifier.projections)
     try:
         for i, stats in enumerate(head.statistics):
-            stats.counts = tensors["counts"].to(torch.float64)
+            if isinstance(stats, MultiLabelStatistics):
+                for name in ("positive_counts", "positive_sums", "annotated_counts", "annotated_sums"):
+                    setattr(stats, name, tensors[f"member{i}.{name}"].to(torch.float64))
+                stats = stats.rows
+            # One tensor per member: `update` adds to it in place (shared, a second member counted every row twice).
+            stats.counts = tensors["counts"].to(torch.float64).clone()
             stats.sums = tensors[f"member{i}.sums"].to(stats.dtype)
             stats.scatter = _unpack_upper(tensors[f"member{i}.scatter_upper"].to(stats.dtype), head.dim)
     except (KeyError, RuntimeError) as error:

@@ -65,7 +65,7 @@ from .kernel_attach import (
     detach_kernel_head,
     sentence_pooling,
 )
-from .kernel_head import KernelLDAClassifier, KernelLDAConfig, KernelLDAHead
+from .kernel_head import KernelLDAClassifier, KernelLDAConfig, KernelLDAHead, head_size
 from .layers import encoder_layers
 from .lineage import append_record, find_rerun, make_record
 from .loading import saved_state_folder
@@ -108,6 +108,9 @@ class IncrementResult:
     replay_memory: ReplayMemory | None = None
     ridge_statistics: RidgeStatistics | None = None
     record: dict[str, Any] = field(default_factory=dict)
+    # With an extra head (kernel LDA, random features): the metrics of what plain transformers loads, the model's
+    # own Linear (``metrics_after`` are the extra head's).
+    metrics_plain: dict[str, float] = field(default_factory=dict)
     # Rows this process encoded in the streamed closed-form pass (its share under `accelerate launch`).
     rows_encoded: int | None = None
 
@@ -159,6 +162,7 @@ class IncrementRun:
     train_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     metrics_before: dict[str, float] = field(default_factory=dict)
     metrics_after: dict[str, float] = field(default_factory=dict)
+    metrics_plain: dict[str, float] = field(default_factory=dict)
     rows_encoded: int | None = None  # by this process in the last streamed closed-form pass
 
     @property
@@ -231,6 +235,7 @@ def train_increment(
             restore_trainable(run)
         after_training(run)
         run.metrics_after = measure(run, before=False)
+        run.metrics_plain = measure_plain(run)
         run.timings["total_s"] = time.perf_counter() - run.start
         return save_and_push(run, record=record_lineage(run))
 
@@ -545,6 +550,24 @@ def adapt_trained_elsewhere(run: IncrementRun) -> None:
     run.timed("adapt_s", started)
 
 
+def measure_plain(run: IncrementRun) -> dict[str, float]:
+    """With an extra head attached (kernel LDA, random features), the metrics of the model's own Linear, which is
+    what plain transformers loads (``{}`` without an extra head or eval data): the summary shows both."""
+    if run.eval_tokenized is None:
+        return {}
+    kernel = detach_kernel_head(run.model, run.head)
+    random_head = detach_random_feature_head(run.model, run.head)
+    if kernel is None and random_head is None:
+        return {}
+    try:
+        return _evaluate(run)
+    finally:
+        if kernel is not None:
+            attach_kernel_head(run.model, kernel, run.head)
+        if random_head is not None:
+            attach_random_feature_head(run.model, random_head, run.head)
+
+
 def _evaluate(run: IncrementRun) -> dict[str, float]:
     return evaluate_model(
         run.model, run.eval_tokenized, run.args, run.old_ids, multi_label=run.multi_label,
@@ -638,7 +661,7 @@ def solve_closed_form_head(run: IncrementRun, rows: Dataset, features: torch.Ten
             # The kernel head reads the pooled top layers of the same forward pass that yields the Linear's inputs:
             # hooks on the encoder record them for the accumulator.
             capture, hooks = capture_pooled(run.model, kernel.config)
-            kernel_share = KernelStatisticsAccumulator(kernel, capture)
+            kernel_share = KernelStatisticsAccumulator(kernel, capture, run.annotated)
         try:
             count = accumulate_head_statistics(
                 run.model, run.tokenizer, rows[config.text_column], targets,
@@ -700,10 +723,10 @@ def kernel_head_state(run: IncrementRun, statistics: RidgeStatistics) -> KernelH
         else:
             pooling, normalize = config.kernel_pooling, True
         layers = min(config.kernel_layers, len(encoder_layers(base_model_of(run.model))) or 1)
+        features, members = head_size(config.kernel_features, config.kernel_members, run.multi_label)
         head_config = KernelLDAConfig(
-            in_features=run.model.config.hidden_size * layers, num_features=config.kernel_features,
-            num_members=config.kernel_members, seed=run.args.seed, normalize=normalize, pooling=pooling,
-            layers=layers,
+            in_features=run.model.config.hidden_size * layers, num_features=features, num_members=members,
+            seed=run.args.seed, normalize=normalize, pooling=pooling, layers=layers, multi_label=run.multi_label,
         )
         state = KernelHeadState(KernelLDAHead(head_config))
     state.file_dtype = config.kernel_statistics_dtype
@@ -818,7 +841,9 @@ def record_lineage(run: IncrementRun) -> dict[str, Any]:
         ),
         recipe=run.config.to_dict(),
         # What a reader needs: the cleaned metrics (see trainer.clean_metrics), forgetting, rows and seconds.
-        metrics={"before": run.metrics_before, "after": run.metrics_after, "forgetting": forgetting,
+        metrics={"before": run.metrics_before, "after": run.metrics_after,
+                 **({"after_plain_transformers": run.metrics_plain} if run.metrics_plain else {}),
+                 "forgetting": forgetting,
                  "train_examples": len(run.train_dataset),
                  "replayed_examples": len(run.train_rows) - len(run.train_dataset),
                  "eval_examples": None if run.eval_dataset is None else len(run.eval_dataset),
@@ -833,6 +858,10 @@ def record_lineage(run: IncrementRun) -> dict[str, Any]:
     kernel = getattr(run.statistics, "kernel_lda", None) if run.closed_form else None
     if kernel is not None:  # its bandwidth, chosen at the first increment, is part of what the model is
         record["kernel_lda"] = kernel.lineage_entry()
+        if kernel.config.multi_label:  # the kernel head's own decisions, tuned like the Linear's
+            record["kernel_lda"]["thresholds"] = {
+                run.model.config.id2label[i]: round(value, 4) for i, value in kernel.head.thresholds.items()
+            }
     append_record(run.model, record)
     return record
 
@@ -856,7 +885,8 @@ def save_and_push(run: IncrementRun, record: dict[str, Any]) -> IncrementResult:
     result = IncrementResult(
         new_labels=run.new_labels,
         new_label_ids=run.new_ids, old_label_ids=run.old_ids, metrics_before=run.metrics_before,
-        metrics_after=run.metrics_after, forgetting=_forgetting(run), timings=run.timings, record=record,
+        metrics_after=run.metrics_after, metrics_plain=run.metrics_plain, forgetting=_forgetting(run),
+        timings=run.timings, record=record,
         train_metrics=run.train_metrics, replay_memory=run.replay_memory, ridge_statistics=run.statistics,
         rows_encoded=run.rows_encoded,
     )

@@ -103,9 +103,24 @@ def format_thresholds(thresholds: dict[str, float], shown: int = 5) -> str:
     return f"Thresholds tuned (probability, folded into the biases): {', '.join(parts)}{more}"
 
 
-def format_usage(model: str) -> str:
-    """The one line that uses the model with plain transformers."""
-    return f'pipeline("text-classification", model="{model}")'
+def answering_thresholds(record: dict) -> dict[str, float] | None:
+    """The multi-label thresholds a lineage record's answering head tuned: the kernel LDA head's when it has one (the
+    Linear's are then in the record's ``thresholds``), else the Linear's."""
+    return ((record.get("kernel_lda") or {}).get("thresholds")) or record.get("thresholds")
+
+
+# The summary's row of what plain transformers gets when an extra head answers in hf_incr.
+PLAIN_ROW = "after, plain transformers (its Linear)"
+
+
+def format_usage(model: str, extra_head: bool = False) -> str:
+    """The one line that uses the model: plain transformers, or ``hf_incr.load_model`` for a model whose extra head
+    (kernel LDA, random features) answers only when hf_incr loads it."""
+    plain = f'pipeline("text-classification", model="{model}")'
+    if extra_head:
+        return (f'pipeline("text-classification", model=hf_incr.load_model("{model}"), tokenizer="{model}") '
+                f"(its extra head; {plain} gets the model's own Linear)")
+    return plain
 
 
 def format_summary(
@@ -124,6 +139,7 @@ def format_summary(
     model: str | None = None,
     thresholds: dict[str, float] | None = None,
     adaptation: dict | None = None,
+    extra_head: bool = False,
 ) -> str:
     """The block printed at the end of every command.
 
@@ -136,6 +152,8 @@ def format_summary(
         model: What the usage line loads; default: ``hub_url``'s repo or ``output_dir``.
         thresholds: Multi-label decision thresholds (logits) this run tuned and folded into the biases, by label.
         adaptation: The lineage's ``adaptation`` entry (a model trained elsewhere whose encoder was fine-tuned).
+        extra_head: The model answers with an extra head (kernel LDA, random features) that ``hf_incr.load_model``
+            attaches: the usage line says so.
     """
     metric = metric_name(multi_label)
     lines = [f"== hf-incr {title}: summary =="]
@@ -158,7 +176,7 @@ def format_summary(
     lines += [f"{name + ':':<10} {value}" for name, value in places if value]
     model = model or output_dir
     if model:
-        lines.append(f"{'Use it:':<10} {format_usage(model)}")
+        lines.append(f"{'Use it:':<10} {format_usage(model, extra_head)}")
     return "\n".join(lines)
 
 
@@ -250,7 +268,8 @@ def format_info(info: dict[str, Any]) -> str:
     for name, key in (("Card", "card"), ("Plot", "plot")):
         if info.get(key):
             lines.append(f"{name}: {info[key]}")
-    lines.append(f"Use it: {format_usage(info['source'])}")
+    extra = bool(info.get("random_features") or info.get("kernel_lda"))
+    lines.append(f"Use it: {format_usage(info['source'], extra)}")
     return "\n".join(lines)
 
 

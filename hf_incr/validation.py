@@ -40,6 +40,7 @@ from .head import (
     check_not_peft,
     find_classifier_head,
 )
+from .kernel_head import head_size
 from .replay import REPLAY_DIRNAME, REPLAY_FILENAME
 from .saving import CHECKPOINTS_DIRNAME, KEPT_ENTRIES
 
@@ -513,7 +514,8 @@ def _check_kernel_head(statistics: RidgeStatistics | None, config: IncrementConf
             "not pushed), so the old labels' kernel statistics are missing. Start from the folder the model was "
             "trained in, train the base with `kernel_features` set, or keep `kernel_features=0`."
         )
-    if kernel.config.num_features != config.kernel_features or kernel.config.num_members != config.kernel_members:
+    expected = head_size(config.kernel_features, config.kernel_members, kernel.config.multi_label)
+    if expected != (kernel.config.num_features, kernel.config.num_members):
         raise ConfigError(
             f"The model's kernel LDA head has {kernel.config.num_features} features x {kernel.config.num_members} "
             f"member(s) but `kernel_features={config.kernel_features}`, `kernel_members={config.kernel_members}`. "

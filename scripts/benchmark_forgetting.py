@@ -826,8 +826,6 @@ def _run(args: ForgettingBenchmarkArguments) -> dict:
             if method in results:
                 print(f"  [{name}] {method}: kept from {output_dir / 'results.json'}", flush=True)
                 continue
-            if method in ("kernel_lda", "adapted_kernel_lda") and task.multi_label:
-                continue  # the kernel LDA head is single-label
             same = None
             if method == "recommended":
                 same = next((m for m, r in results.items() if m in CONTROLS and m != "recommended"

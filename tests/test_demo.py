@@ -7,6 +7,7 @@ import warnings
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+import hf_incr
 from hf_incr.demo import COMPARISON_FILENAME, NEW_LABEL, DemoArguments, demo_datasets, run_demo
 
 
@@ -17,18 +18,22 @@ def test_multi_label_demo_adds_the_label_and_keeps_the_old_ones(tmp_path):
     before, after = out["before"], out["after"]
     # The rows annotate the old labels too, so the increment may refit them: never worse than before.
     assert after["old_micro_f1"] >= before["old_micro_f1"]
-    assert after["new_micro_f1"] >= 0.6  # 0.727 measured; the 0.9 is not reached (docs/benchmarks.md)
-    assert after["new_micro_f1"] > out["classic"]["new_micro_f1"] + 0.3
+    # The kernel LDA head decides each label on the top layers: 0.900 measured (the target); the model's own
+    # Linear, which plain transformers loads, reads the pooler the base fine-tune shaped for the old labels (0.727).
+    assert after["new_micro_f1"] >= 0.85
+    assert after["new_micro_f1"] > out["plain"]["new_micro_f1"] + 0.1
+    assert after["new_micro_f1"] > out["classic"]["new_micro_f1"] + 0.5
     assert (tmp_path / COMPARISON_FILENAME).read_bytes()[:4] == b"\x89PNG"
-    # The grown model is a plain transformers model: sigmoid > 0.5 applies the tuned thresholds.
-    model = AutoModelForSequenceClassification.from_pretrained(out["output_dir"]).eval()
-    assert NEW_LABEL in model.config.label2id and model.config.problem_type == "multi_label_classification"
     _, _, _, test = demo_datasets(multi_label=True)
     tokenizer = AutoTokenizer.from_pretrained(out["output_dir"])
     batch = tokenizer([row["text"] for row in test], padding=True, truncation=True, max_length=64, return_tensors="pt")
-    with torch.no_grad():
-        fired = torch.sigmoid(model(**batch).logits)[:, model.config.label2id[NEW_LABEL]] > 0.5
     carries = torch.tensor([NEW_LABEL in row["labels"] for row in test])
-    true_positives = float((fired & carries).sum())
-    f1 = 2 * true_positives / float(fired.sum() + carries.sum())
-    assert abs(f1 - after["new_micro_f1"]) < 1e-6
+    # Plain transformers loads the model's Linear, with its tuned thresholds folded in (sigmoid > 0.5);
+    # hf_incr.load_model attaches the kernel head. Each gives the figure the summary printed for it.
+    plain = AutoModelForSequenceClassification.from_pretrained(out["output_dir"]).eval()
+    assert NEW_LABEL in plain.config.label2id and plain.config.problem_type == "multi_label_classification"
+    for model, metrics in ((plain, out["plain"]), (hf_incr.load_model(out["output_dir"]).eval(), after)):
+        with torch.no_grad():
+            fired = torch.sigmoid(model(**batch).logits)[:, model.config.label2id[NEW_LABEL]] > 0.5
+        f1 = 2 * float((fired & carries).sum()) / float(fired.sum() + carries.sum())
+        assert abs(f1 - metrics["new_micro_f1"]) < 1e-6

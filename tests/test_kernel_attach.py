@@ -216,7 +216,6 @@ def test_without_its_statistics_file_the_head_still_predicts_but_an_increment_re
     [
         ({"kernel_features": 64, "random_features": 64}, "keep one of them"),
         ({"kernel_features": 64, "closed_form_head": False}, "closed_form_head=True"),
-        ({"kernel_features": 64, "multi_label": True}, "multi-label"),
         ({"kernel_members": 0}, "kernel_members"),
         ({"kernel_pooling": "max"}, "kernel_pooling"),
         ({"kernel_layers": 0}, "kernel_layers"),
@@ -304,3 +303,53 @@ def test_the_top_layers_are_read_on_every_architecture(arch):
     torch.testing.assert_close(logits, head.solve()(expected).to(logits.dtype), rtol=1e-4, atol=1e-4)
     detach_kernel_head(model)
     assert attached_kernel_head(model) is None
+
+
+def _labels_lists(dataset, extra: str | None = None):
+    """Single-label rows as label lists; ``extra`` also on every other row (rows carrying two labels)."""
+    return dataset.map(
+        lambda row, i: {"labels": [row["label"]] + ([extra] if extra and i % 2 and row["label"] != extra else [])},
+        with_indices=True,
+    ).remove_columns("label")
+
+
+def test_multi_label_kernel_head_keeps_unannotated_labels_and_reloads(tmp_path):
+    tok = tokenizer()
+    old = ["refund", "delivery", "login"]
+    config = IncrementConfig(**CONFIG, label_column="labels")
+    model = tiny_bert(old, problem_type="multi_label_classification", seed=2)
+    base = train_increment(model, tok, _labels_lists(text_dataset(old, 8), extra="refund"), config=config,
+                           args=training_args(tmp_path, output_dir=str(tmp_path / "a")), kind="base")
+    state = base.ridge_statistics.kernel_lda
+    assert state.config.multi_label and attached_kernel_head(model) is state.classifier
+    assert set(base.record["kernel_lda"]["thresholds"]) == set(old)
+    before = _logits(model, tok)
+    # The kernel head answers with per-label logits (sigmoid > 0.5 decides), those of its classifier.
+    torch.testing.assert_close(before, state.classifier(_pooled(model, tok, TEXTS)), rtol=1e-5, atol=1e-5)
+
+    # A new label whose rows annotate only it: the old labels' kernel rows, and so their decisions, stay bit for bit.
+    reloaded = hf_incr.load_model(str(tmp_path / "a"))
+    torch.testing.assert_close(_logits(reloaded, tok), before, rtol=1e-5, atol=1e-5)
+    test = _labels_lists(text_dataset([*old, "repair"], 3, offset=30))
+    with pytest.warns(UserWarning, match="rows carry old labels"):
+        result = train_increment(reloaded, tok, _labels_lists(text_dataset(["repair"], 8), extra="refund"), test,
+                                 config=IncrementConfig(**CONFIG, label_column="labels"),
+                                 args=training_args(tmp_path, output_dir=str(tmp_path / "b")))
+    grown = attached_kernel_head(reloaded)
+    for index in range(state.config.num_members):
+        assert torch.equal(grown.weights[index][:3], state.classifier.weights[index])
+        assert torch.equal(grown.biases[index][:3], state.classifier.biases[index])
+    after = _logits(reloaded, tok)
+    assert after.shape[1] == 4 and torch.equal(after[:, :3] > 0, before > 0)
+    assert list(result.record["kernel_lda"]["thresholds"]) == ["repair"]
+    # The summary shows what plain transformers gets (the model's Linear) beside the kernel head's figures.
+    assert result.metrics_plain and set(result.metrics_plain) >= {"old_micro_f1", "new_micro_f1"}
+    assert "after_plain_transformers" in result.record["metrics"]
+    from hf_incr.cli import summary_of
+    summary = summary_of(result, "increment", multi_label=True)
+    assert "after, plain transformers (its Linear)" in summary and "hf_incr.load_model(" in summary
+    # Saved and loaded again: the same logits; the card says what the head is (no random features here).
+    torch.testing.assert_close(_logits(hf_incr.load_model(str(tmp_path / "b")), tok), after, rtol=1e-5, atol=1e-5)
+    assert state.config.num_features == 0 and state.config.num_members == 1
+    card = (tmp_path / "b" / "README.md").read_text()
+    assert "This model has a kernel LDA head** (per-label linear discriminants on" in card

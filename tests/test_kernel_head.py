@@ -174,3 +174,127 @@ def test_bandwidth_is_fixed_after_the_first_increment():
     head.update(x[y >= 3], y[y >= 3])
     assert head.config.bandwidth == bandwidth
     assert (head.solve().predict(x) == y).float().mean() > 0.9
+
+
+# Multi-label ---------------------------------------------------------------------------------------------------------
+
+
+def _multi_label_data(rows=60, labels=4, dim=5, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    y = (torch.rand(rows, labels, generator=generator) < 0.35).double()
+    directions = torch.randn(labels, dim, generator=generator, dtype=torch.float64) * 2
+    x = y @ directions + torch.randn(rows, dim, generator=generator, dtype=torch.float64)
+    return x, y
+
+
+
+
+def test_multi_label_statistics_equal_the_closed_form_heads_per_label_discriminants():
+    from hf_incr.closed_form import RidgeStatistics
+
+    x, y = _multi_label_data()
+    # Two increments: labels 0-1 on the first 30 rows, then labels 2-3 added on the next 30 rows, which annotate only
+    # the new labels (their old labels' targets are 0 and unknown), in uneven batches.
+    first, second = y[:30, :2], y[30:].clone()
+    second[:, :2] = 0.0
+    head = KernelLDAHead(KernelLDAConfig(in_features=5, num_features=0, num_members=1, multi_label=True))
+    head.update(x[:17], first[:17])
+    head.update(x[17:30], first[17:])
+    head.update(x[30:51], second[:21], annotated=[2, 3])
+    head.update(x[51:], second[21:], annotated=[2, 3])
+    ridge = RidgeStatistics.empty(5, 2).update(x[:30], first)
+    ridge.add(RidgeStatistics.empty(5, 4).update(x[30:], second), annotated=[2, 3])
+    stats = head.statistics[0]
+    mine, theirs = stats.moments(), ridge.label_moments()
+    assert torch.equal(mine.positives, theirs.positives) and torch.equal(mine.negatives, theirs.negatives)
+    assert mine.negatives.tolist() == [30 - y[:30, 0].sum().item(), 30 - y[:30, 1].sum().item(),
+                                       60 - y[30:, 2].sum().item(), 60 - y[30:, 3].sum().item()]
+    for a, b in ((mine.covariance, theirs.covariance), (mine.positive_mean, theirs.positive_mean),
+                 (mine.negative_mean, theirs.negative_mean)):
+        assert _rel(a, b) < 1e-12
+    classifier = head.solve()
+    weight, bias = ridge.solve_binary_lda()
+    cuts = ridge.decision_thresholds(weight, bias)
+    assert _rel(classifier.weights[0].double(), weight) < 1e-6
+    assert _rel(classifier.biases[0].double(), bias - cuts) < 1e-6
+    assert sorted(head.thresholds) == [0, 1, 2, 3]
+    # The solved decisions separate the labels on these rows well (sigmoid > 0.5 applies the thresholds).
+    predicted = classifier.predict(x.float())
+    assert predicted.dtype == torch.bool and float((predicted == y.bool()).double().mean()) > 0.85
+
+
+def test_multi_label_rows_of_labels_not_annotated_stay_bit_for_bit():
+    x, y = _multi_label_data(rows=80)
+    config = KernelLDAConfig(in_features=5, num_features=32, num_members=2, bandwidth=3.0, multi_label=True)
+    head = KernelLDAHead(config)
+    head.update(x[:40], y[:40, :3])
+    before = head.solve()
+    later = y[40:].clone()
+    later[:, :3] = 0.0
+    head.update(x[40:], later, annotated=[3])
+    after = head.solve(before, labels=[3])
+    for old, new in zip(before.weights + before.biases, after.weights + after.biases):
+        assert torch.equal(new[:3], old[:3])
+    assert list(head.thresholds) == [3]
+    assert torch.equal(after.predict(x.float())[:, :3], before.predict(x.float()))
+    # Without `labels` every row is solved again (a fully annotated increment), so old rows may move.
+    assert not torch.equal(head.solve().weights[0][:3], before.weights[0][:3])
+
+
+def test_multi_label_members_average_probabilities_and_one_member_keeps_its_logits():
+    x, y = _multi_label_data()
+    one, two = (KernelLDAHead(KernelLDAConfig(in_features=5, num_features=16, num_members=members, bandwidth=3.0,
+                                              multi_label=True)) for members in (1, 2))
+    for head in (one, two):
+        head.update(x, y)
+    single, pair = one.solve(), two.solve()
+    assert torch.equal(single(x.float()), single.member_logits(x.float())[0])
+    members = pair.member_logits(x.float())
+    expected = torch.logit((torch.sigmoid(members[0].double()) + torch.sigmoid(members[1].double())) / 2)
+    torch.testing.assert_close(pair(x.float()).double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_multi_label_head_files_round_trip_and_continue(tmp_path):
+    x, y = _multi_label_data(rows=80)
+    config = KernelLDAConfig(in_features=5, num_features=24, num_members=2, bandwidth=2.5, multi_label=True,
+                             labels=["a", "b", "c", "d"])
+    head = KernelLDAHead(config)
+    head.update(x[:50], y[:50])
+    classifier = head.solve()
+    save_inference(tmp_path / "inference.safetensors", classifier)
+    save_statistics(tmp_path / "statistics.safetensors", head)
+    loaded = load_inference(tmp_path / "inference.safetensors")
+    assert loaded.config.multi_label
+    assert torch.equal(loaded(x.float()), classifier(x.float()))
+    continued = load_head(tmp_path / "inference.safetensors", tmp_path / "statistics.safetensors")
+    continued.update(x[50:], y[50:])
+    head.update(x[50:], y[50:])
+    for a, b in zip(continued.statistics, head.statistics):
+        for name in ("positive_counts", "positive_sums", "annotated_counts", "annotated_sums"):
+            assert torch.equal(getattr(a, name), getattr(b, name))
+        assert torch.equal(a.rows.scatter, b.rows.scatter)
+    assert torch.equal(continued.solve()(x.float()), head.solve()(x.float()))
+    # A single-label file keeps its fingerprint: `multi_label` enters it only when set.
+    single = KernelLDAConfig(in_features=5, num_features=24, num_members=1, bandwidth=2.5)
+    assert "multi_label" in single.inference_dict() and not single.inference_dict()["multi_label"]
+
+
+def test_multi_label_targets_must_be_a_matrix():
+    head = KernelLDAHead(KernelLDAConfig(in_features=5, num_features=0, num_members=1, multi_label=True))
+    with pytest.raises(DataError, match=r"\(rows, labels\) tensor of 0/1 targets"):
+        head.update(torch.zeros(3, 5), torch.tensor([0, 1, 0]))
+
+
+def test_a_head_of_several_members_continues_from_its_files_exactly(tmp_path):
+    # Each member must get its own counts when loaded: shared, the second member counted every later row twice.
+    x, y = _data()
+    config = KernelLDAConfig(in_features=5, num_features=16, num_members=2, bandwidth=3.0)
+    head = KernelLDAHead(config)
+    head.update(x[:36], y[:36])
+    save_inference(tmp_path / "inference.safetensors", head.solve())
+    save_statistics(tmp_path / "statistics.safetensors", head)
+    continued = load_head(tmp_path / "inference.safetensors", tmp_path / "statistics.safetensors")
+    for part in (continued, head):
+        part.update(x[36:], y[36:])
+    for a, b in zip(continued.statistics, head.statistics):
+        assert torch.equal(a.counts, b.counts) and _rel(a.scatter, b.scatter) < 1e-12  # the file keeps one triangle
