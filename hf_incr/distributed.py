@@ -72,6 +72,22 @@ def gather_rows(local: torch.Tensor, index: Sequence[int], num_rows: int) -> tor
     return full
 
 
+def gather_variable_rows(local: torch.Tensor) -> torch.Tensor:
+    """Every process's ``local`` rows (any number, the same trailing shape), concatenated in process order."""
+    if not _distributed():
+        return local
+    rank, world = dist.get_rank(), dist.get_world_size()
+    sizes = torch.zeros(world, dtype=torch.int64)
+    sizes[rank] = local.shape[0]
+    sum_over_processes(sizes)
+    start = int(sizes[:rank].sum())
+    full = torch.zeros((int(sizes.sum()), *local.shape[1:]), dtype=local.dtype)
+    full[start : start + local.shape[0]] = local.cpu()
+    # Each row is filled by exactly one process and zero elsewhere, so a sum puts every row in place.
+    sum_over_processes(full)
+    return full
+
+
 def every_process_agrees(value: str) -> bool:
     """Whether ``value`` (an ASCII string of at most 64 characters, e.g. a fingerprint) is the same in every
     process: the elementwise maximum and minimum of its character codes agree only then (no pickling)."""

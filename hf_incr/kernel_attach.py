@@ -32,12 +32,14 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
+from .distributed import distributed_launch, gather_variable_rows, sum_over_processes
 from .errors import ConfigError, HeadConfigMismatchError
 from .head import ClassifierHead, find_classifier_head
 from .kernel_head import (
     KernelLDAClassifier,
     KernelLDAConfig,
     KernelLDAHead,
+    MultiLabelStatistics,
     choose_bandwidth,
     load_head,
     load_inference,
@@ -338,14 +340,19 @@ class KernelStatisticsAccumulator:
     :func:`~hf_incr.features.accumulate_head_statistics`: ``update(features, targets)`` ignores the Linear's inputs
     ``features`` and takes the pooled vectors that the :class:`PooledCapture` hook recorded in the same forward pass.
 
-    Rows are pooled into chunks of :data:`UPDATE_CHUNK` before the statistics update. A head without a bandwidth yet
-    (the first increment) keeps every pooled row (``hidden`` floats each) until :meth:`finish`, which chooses the
-    bandwidth on a held-out tenth of them (:func:`~hf_incr.kernel_head.choose_bandwidth`), then accumulates them."""
+    Rows are pooled into chunks of :data:`UPDATE_CHUNK` and added to this process's share of the increment (fresh
+    statistics over the head's projections); :meth:`finish` sums the shares over the processes (a distributed
+    launch) and merges them into the head. A head without a bandwidth yet (the first increment) keeps every pooled
+    row (``hidden`` floats each) until :meth:`finish`, which gathers them from every process, chooses the bandwidth
+    on a held-out tenth of them (:func:`~hf_incr.kernel_head.choose_bandwidth`), then accumulates them."""
 
     def __init__(self, state: KernelHeadState, capture: PooledCapture, annotated: list[int] | None = None):
         self.state, self.capture = state, capture
         # Multi-label: the label ids this increment's rows annotate (None: all); the targets of others are 0.
         self.annotated = annotated
+        # A continued head: this process's rows go into a share of their own, which `finish` combines across
+        # processes and merges into the head (the head's statistics are the same in every process).
+        self.share = state.head.empty_copy() if state.head.statistics else None
         self.rows: list[torch.Tensor] = []
         self.labels: list[torch.Tensor] = []
         self.pending = 0
@@ -361,28 +368,65 @@ class KernelStatisticsAccumulator:
         self.rows.append(pooled.detach().float().cpu())
         self.labels.append(targets.float() if self.state.config.multi_label else targets.argmax(1))
         self.pending += pooled.shape[0]
-        if self.state.head.statistics and self.pending >= UPDATE_CHUNK:
+        if self.share is not None and self.pending >= UPDATE_CHUNK:
             self._flush()
         return self
 
     def _flush(self) -> None:
         if self.rows:
-            self.state.head.update(torch.cat(self.rows), torch.cat(self.labels), self.annotated)
+            self.share.update(torch.cat(self.rows), torch.cat(self.labels), self.annotated)
         self.rows, self.labels, self.pending = [], [], 0
 
     def finish(self, num_labels: int) -> KernelHeadState:
         """Fix the bandwidth (first increment only), add the remaining rows, and solve the head for ``num_labels``."""
         head = self.state.head
-        if not head.statistics and self.rows:
-            rows, labels = torch.cat(self.rows), torch.cat(self.labels)
-            if head.config.multi_label:
-                # Held-out accuracy cannot rank bandwidths for per-label decisions: the median distance (factor 1).
-                head.set_bandwidth(rows)
-            else:
-                _, self.bandwidth_report = choose_bandwidth(rows, labels, head.config)
-                head.build()
+        gathered = self.share is None
+        if gathered:
+            # The first increment: every process gets every row (under a distributed launch they are gathered, in
+            # process order), so that all choose the same bandwidth and accumulate the same statistics.
+            rows, labels = self._all_rows(num_labels)
+            if not head.statistics:
+                if head.config.multi_label:
+                    # Held-out accuracy cannot rank bandwidths for per-label decisions: the median distance.
+                    head.set_bandwidth(rows)
+                else:
+                    _, self.bandwidth_report = choose_bandwidth(rows, labels, head.config)
+                    head.build()
+            self.share = head.empty_copy()
+            self.rows, self.labels = [rows], [labels]
         self.state.bandwidth_report = self.bandwidth_report  # None unless this increment chose it
         self._flush()
+        self.share.grow(num_labels)
+        if not gathered:
+            sum_shares_over_processes(self.share)
         head.grow(num_labels)
+        head.merge(self.share)
         self.state.classifier = head.solve(self.state.classifier, self.annotated)
         return self.state
+
+    def _all_rows(self, num_labels: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's pooled rows and their labels, or every process's under a distributed launch."""
+        rows = torch.cat(self.rows) if self.rows else torch.zeros(0, self.state.config.in_features)
+        if self.labels:
+            labels = torch.cat(self.labels)
+        else:  # a process without rows still takes part in the gathering, with tensors of the right shape
+            multi = self.state.config.multi_label
+            labels = torch.zeros(0, num_labels) if multi else torch.zeros(0, dtype=torch.long)
+        return gather_variable_rows(rows), gather_variable_rows(labels)
+
+
+def sum_shares_over_processes(share: KernelLDAHead) -> None:
+    """Under a distributed launch, make each process's share of an increment (the statistics of the rows it
+    encoded) the statistics of every process's rows: counts, label sums and raw second moments add up across
+    processes (the scatter, centred on each share's means, does not), and the scatter is recovered from them."""
+    if not distributed_launch():
+        return
+    for stats in share.statistics:
+        rows = stats.rows if isinstance(stats, MultiLabelStatistics) else stats
+        moments = rows.raw_moments()
+        sums = rows.sums.to(torch.float64)
+        extra = [] if rows is stats else [stats.positive_counts, stats.positive_sums, stats.annotated_counts,
+                                          stats.annotated_sums]
+        sum_over_processes(rows.counts, sums, moments, *extra)
+        rows.sums = sums.to(rows.dtype)
+        rows.set_raw_moments(moments)

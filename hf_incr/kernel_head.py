@@ -171,6 +171,38 @@ class LDAStatistics:
         self.sums.index_add_(0, present, batch_sums)
         self.counts.index_add_(0, present, m)
 
+    def merge(self, other: LDAStatistics) -> None:
+        """Add the rows another accumulator saw (same features): the statistics of both sets of rows at once."""
+        self.grow(other.num_labels)
+        present = torch.nonzero(other.counts > 0).flatten()
+        if present.numel() == 0:
+            return
+        m = other.counts[present]
+        n = self.counts[present]
+        self.scatter += other.scatter.to(self.dtype)
+        old = n > 0
+        if bool(old.any()):
+            mine = self.sums[present[old]].to(torch.float64) / n[old][:, None]
+            theirs = other.sums[present[old]].to(torch.float64) / m[old][:, None]
+            delta = mine - theirs
+            weight = n[old] * m[old] / (n[old] + m[old])
+            self.scatter += ((delta * weight[:, None]).T @ delta).to(self.dtype)
+        self.sums.index_add_(0, present, other.sums[present].to(self.dtype))
+        self.counts.index_add_(0, present, m)
+
+    def raw_moments(self) -> torch.Tensor:
+        """``sum z z^T`` over the rows (float64): the scatter plus each label's ``n_c mu_c mu_c^T``. Unlike the
+        scatter it adds up across disjoint sets of rows, which is how processes combine their shares."""
+        seen = self.counts > 0
+        sums = self.sums[seen].to(torch.float64)
+        return self.scatter.to(torch.float64) + (sums / self.counts[seen][:, None]).T @ sums
+
+    def set_raw_moments(self, moments: torch.Tensor) -> None:
+        """The scatter from summed :meth:`raw_moments` (with ``counts`` and ``sums`` summed the same way)."""
+        seen = self.counts > 0
+        sums = self.sums[seen].to(torch.float64)
+        self.scatter = (moments - (sums / self.counts[seen][:, None]).T @ sums).to(self.dtype)
+
     def means(self) -> torch.Tensor:
         """Per label means (num_labels, dim), float64."""
         return self.sums.to(torch.float64) / self.counts.clamp_min(1.0)[:, None]
@@ -277,6 +309,14 @@ class MultiLabelStatistics:
         self.positive_sums[: targets.shape[1]] += targets.T @ z
         self.annotated_counts[columns] += float(features.shape[0])
         self.annotated_sums[columns] += z.sum(0)
+
+    def merge(self, other: MultiLabelStatistics) -> None:
+        """Add the rows another accumulator saw (same features; its labels a prefix of these, or grown here)."""
+        self.grow(other.num_labels)
+        self.rows.merge(other.rows)
+        k = other.num_labels
+        for name in ("positive_counts", "positive_sums", "annotated_counts", "annotated_sums"):
+            getattr(self, name)[:k] += getattr(other, name)
 
     def moments(self, labels: list[int] | None = None) -> LabelMoments:
         """The per-label moments of ``labels`` (default: all) for :func:`binary_discriminants`."""
@@ -516,6 +556,20 @@ class KernelLDAHead:
         dtype = getattr(torch, c.statistics_dtype)
         kind = MultiLabelStatistics if c.multi_label else LDAStatistics
         self.statistics = [kind(self.dim, dtype) for _ in projections]
+
+    def empty_copy(self) -> KernelLDAHead:
+        """A head with the same configuration and projections and empty statistics: where one process accumulates
+        its share of an increment before the shares are combined and merged (:meth:`merge`)."""
+        copy = KernelLDAHead.__new__(KernelLDAHead)
+        copy.config, copy.thresholds = self.config, {}
+        copy._build(self.projections)
+        return copy
+
+    def merge(self, other: KernelLDAHead) -> None:
+        """Add another head's statistics (same projections), member by member: exactly as if its rows had been
+        passed to :meth:`update`."""
+        for mine, theirs in zip(self.statistics, other.statistics, strict=True):
+            mine.merge(theirs)
 
     def build(self) -> None:
         """Draw the members' projections and start empty statistics, once ``config.bandwidth`` is set (e.g. by

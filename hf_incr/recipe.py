@@ -50,8 +50,8 @@ from .data import (
     row_label_names,
     tokenize,
 )
-from .distributed import distributed_launch, sum_over_processes
-from .errors import ConfigError, DataError
+from .distributed import sum_over_processes
+from .errors import DataError
 from .features import accumulate_head_statistics, extract_head_inputs
 from .freezing import freeze_all_but_head, unfreeze_top_layers
 from .head import ClassifierHead, add_labels, find_classifier_head
@@ -711,11 +711,6 @@ def kernel_head_state(run: IncrementRun, statistics: RidgeStatistics) -> KernelH
             )
             statistics.kernel_lda = None
         return None
-    if distributed_launch():
-        raise ConfigError(
-            "`kernel_features` under a distributed launch: the kernel LDA statistics are not merged across "
-            "processes yet. Run the increment in one process, or use `random_features` (whose statistics are sums)."
-        )
     state = statistics.kernel_lda
     if state is None:
         if config.kernel_pooling == "auto":

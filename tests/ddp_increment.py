@@ -99,8 +99,48 @@ def adapt(out_dir: Path, batch_size: int) -> None:
     }))
 
 
+def kernel(out_dir: Path, multi_label: bool) -> None:
+    """A kernel LDA head's first increment and a continuation, the frozen pass sharded over the processes; writes
+    the head's statistics (its one member), bandwidth and solved weights, and the rows this process encoded."""
+    labels = ["refund", "delivery", "login"]
+    column = "labels" if multi_label else "label"
+
+    def rows(names, count):
+        data = text_dataset(names, count)
+        if not multi_label:
+            return data
+        # every other row also carries "refund": rows with two labels
+        return data.map(lambda row, i: {"labels": [row["label"]] + (["refund"] if i % 2 else [])},
+                        with_indices=True).remove_columns("label")
+
+    model = tiny_bert(labels, dropout=0.0, **({"problem_type": "multi_label_classification"} if multi_label else {}))
+    # One text per encoder batch (see closed_form); the rows annotate every label ("all") in the multi-label case.
+    config = IncrementConfig(closed_form_head=True, finetune_layers=0, distill_weight=0.0, kernel_features=32,
+                             kernel_members=1, kernel_statistics_dtype="float64", feature_batch_size=1,
+                             label_column=column, multi_label_annotation="all")
+    args = training_args(out_dir, per_device_eval_batch_size=4)
+    first = train_increment(model, tokenizer(), rows(labels, 6), config=config, args=args, save=False, kind="base")
+    result = train_increment(model, tokenizer(), rows(["repair", "colour"], 7), config=config, args=args,
+                             save=False, ridge_statistics=first.ridge_statistics)
+    state = result.ridge_statistics.kernel_lda
+    stats = state.head.statistics[0]
+    tensors = {"weight": state.classifier.weights[0], "bias": state.classifier.biases[0]}
+    if multi_label:
+        tensors.update(positive_sums=stats.positive_sums, annotated_sums=stats.annotated_sums)
+        stats = stats.rows
+    tensors.update(counts=stats.counts, sums=stats.sums, scatter=stats.scatter)
+    rank = args.process_index
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out_dir / f"rank{rank}.safetensors"))
+    (out_dir / f"rank{rank}.json").write_text(json.dumps({
+        "world_size": args.world_size, "bandwidth": state.config.bandwidth, "rows_encoded": result.rows_encoded,
+    }))
+
+
 def main(out: str, batch_size: int, accumulation: int, phase: str) -> None:
     out_dir = Path(out)
+    if phase in ("kernel", "kernel_multi_label"):
+        kernel(out_dir, multi_label=phase == "kernel_multi_label")
+        return
     if phase in ("closed_form", "closed_form_stream"):
         closed_form(out_dir, stream=phase == "closed_form_stream")
         return

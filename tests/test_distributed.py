@@ -130,3 +130,27 @@ def test_two_processes_adapt_a_model_trained_elsewhere_to_the_same_weights(tmp_p
         assert info["head_rows"] == "adapted" and info["count"] == 32 and info["kept"] == [False] * 4
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), f"{name} differs between the ranks"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", ["kernel", "kernel_multi_label"], ids=["single_label", "multi_label"])
+def test_two_processes_share_the_kernel_heads_pass_and_solve_the_same_head(tmp_path, phase):
+    # The first increment gathers every process's pooled rows (every process chooses the same bandwidth); the
+    # continuation sums the processes' shares (counts, sums, raw second moments) and merges them into the head.
+    _run(tmp_path / "single", 8, 1, phase)
+    _run(tmp_path / "ddp", 8, 1, phase, processes=2)
+    single, single_info = _load(tmp_path / "single", 0)
+    ranks = [_load(tmp_path / "ddp", rank) for rank in (0, 1)]
+    for tensors, info in ranks:
+        assert info["world_size"] == 2 and info["bandwidth"] == single_info["bandwidth"]
+        assert info["rows_encoded"] <= 7  # each process encodes its share of the 14 rows
+        assert torch.equal(tensors["counts"], single["counts"])
+        for name in single:
+            if name in ("weight", "bias", "counts"):
+                continue
+            error = (tensors[name] - single[name]).abs().max() / single[name].abs().max()
+            assert error <= 1e-10, f"{name}: relative error {error:.1e}"
+        torch.testing.assert_close(tensors["weight"], single["weight"], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(tensors["bias"], single["bias"], rtol=1e-4, atol=1e-5)
+    for name in ranks[0][0]:
+        assert torch.equal(ranks[0][0][name], ranks[1][0][name]), f"{name} differs between the processes"

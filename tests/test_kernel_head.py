@@ -298,3 +298,26 @@ def test_a_head_of_several_members_continues_from_its_files_exactly(tmp_path):
         part.update(x[36:], y[36:])
     for a, b in zip(continued.statistics, head.statistics):
         assert torch.equal(a.counts, b.counts) and _rel(a.scatter, b.scatter) < 1e-12  # the file keeps one triangle
+
+
+def test_merging_shares_equals_one_accumulator_and_raw_moments_add_up():
+    x, y = _data()
+    joint = LDAStatistics(5)
+    joint.update(x, y)
+    # Two shares of the rows (as two processes see them): merged pairwise, or summed as raw moments.
+    first, second = LDAStatistics(5), LDAStatistics(5)
+    first.update(x[::2], y[::2])
+    second.update(x[1::2], y[1::2])
+    merged = LDAStatistics(5)
+    merged.update(x[:3], y[:3])  # a head that already has rows
+    merged.merge(first)
+    merged.merge(second)
+    reference = LDAStatistics(5)
+    reference.update(torch.cat([x[:3], x]), torch.cat([y[:3], y]))
+    assert torch.equal(merged.counts, reference.counts) and _rel(merged.scatter, reference.scatter) < 1e-12
+    summed = LDAStatistics(5)
+    summed.grow(first.num_labels)
+    summed.counts = first.counts + second.counts
+    summed.sums = first.sums + second.sums
+    summed.set_raw_moments(first.raw_moments() + second.raw_moments())
+    assert _rel(summed.scatter, joint.scatter) < 1e-12 and _rel(summed.sums, joint.sums) < 1e-14
