@@ -25,7 +25,7 @@ from transformers.utils import logging
 from .data import MULTI_LABEL
 from .lineage import LINEAGE_ATTRIBUTE, get_lineage
 from .replay import REPLAY_DIRNAME, REPLAY_FILENAME
-from .report import format_probability
+from .report import answering_thresholds, format_probability
 
 logger = logging.get_logger(__name__)
 
@@ -203,7 +203,9 @@ def card_context(
     for record in lineage:
         for name in record.get("labels_added") or []:
             added_in.setdefault(name, record.get("increment"))
-        thresholds.update(record.get("thresholds") or {})  # the latest increment that set a label's decision wins
+        # The latest increment that set a label's decision wins; the kernel LDA head's when it answers (its metrics
+        # are the card's).
+        thresholds.update(answering_thresholds(record) or {})
     labels = [
         {
             "id": i,
@@ -571,7 +573,12 @@ def _py_string(text: str) -> str:
 
 
 def _megabytes(path: Path) -> float:
-    return round(path.stat().st_size / 1e6, 1)
+    return _rounded(path.stat().st_size / 1e6, 1)
+
+
+def _rounded(value: float, decimals: int) -> float:
+    # Two significant digits where the decimals would show 0 (a multi-label kernel head's file is tens of kB).
+    return round(value, decimals) if value >= 10.0**-decimals else float(f"{value:.2g}")
 
 
 def kernel_lda_summary(directory: str | Path, model_or_config) -> dict[str, Any] | None:
@@ -608,7 +615,7 @@ def kernel_lda_summary(directory: str | Path, model_or_config) -> dict[str, Any]
         "bandwidth_factor": settings.get("bandwidth_factor"),
         "inference_mb": _megabytes(inference),
         "weights_mb": round(weights / 1e6, 1),
-        "ratio": round(inference.stat().st_size / weights, 2) if weights else None,
+        "ratio": _rounded(inference.stat().st_size / weights, 2) if weights else None,
         "statistics_mb": _megabytes(statistics) if statistics.is_file() else None,
         "statistics_pushed": bool(recipe.get("kernel_push_statistics", True)),
     }

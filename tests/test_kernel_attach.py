@@ -32,7 +32,7 @@ from hf_incr.kernel_attach import (
 )
 from hf_incr.kernel_head import KernelLDAConfig, KernelLDAHead
 from hf_incr.loading import load_statistics
-from hf_incr.report import format_info, next_increment
+from hf_incr.report import format_info, format_probability, next_increment
 
 CONFIG = dict(closed_form_head=True, kernel_features=64, kernel_members=2, kernel_statistics_dtype="float64",
               finetune_layers=0, replay_per_label=0, distill_weight=0.0)
@@ -353,3 +353,8 @@ def test_multi_label_kernel_head_keeps_unannotated_labels_and_reloads(tmp_path):
     assert state.config.num_features == 0 and state.config.num_members == 1
     card = (tmp_path / "b" / "README.md").read_text()
     assert "This model has a kernel LDA head** (per-label linear discriminants on" in card
+    assert "| inference with the kernel head | 0.0 MB" not in card  # a few kB, shown as such
+    # The label table shows the decisions of the head that answers (the kernel head's thresholds).
+    repair = next(line for line in card.splitlines() if line.startswith("| 3 | `repair`"))
+    assert format_probability(result.record["kernel_lda"]["thresholds"]["repair"]) in repair
+    assert result.record["kernel_lda"]["thresholds"]["repair"] != result.record["thresholds"]["repair"]
