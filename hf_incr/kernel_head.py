@@ -632,14 +632,17 @@ class KernelLDAHead:
         if not self.statistics:
             raise DataError("KernelLDAHead.solve: no rows seen yet. Fix: call update() with the first increment.")
         weights, biases, cuts = [], [], []
+        kept: list[int] = []  # labels whose rows stay as `previous` has them
+        if self.config.multi_label and previous is not None and labels is not None:
+            annotated = set(labels)
+            kept = [k for k in range(previous.num_labels) if k not in annotated]
         for index, stats in enumerate(self.statistics):
             if not self.config.multi_label:
                 weight, bias, _ = solve_lda(stats, self.config.shrinkage, self.config.priors)
             else:
                 weight, bias, cut = solve_multi_label(stats, self.config.shrinkage)
                 weight, bias = weight.float(), bias.float()
-                if previous is not None and labels is not None:
-                    kept = [k for k in range(previous.num_labels) if k not in set(labels)]
+                if kept:
                     weight[kept] = previous.weights[index][kept].to(weight)
                     bias[kept] = previous.biases[index][kept].to(bias)
                 cuts.append(cut)
