@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from text_models import text_dataset, tiny_bert, tokenizer, training_args
+from text_models import as_label_lists, text_dataset, tiny_bert, tokenizer, training_args
 from torch import nn
 
 from hf_incr import IncrementConfig, train_increment
@@ -245,17 +245,9 @@ def test_rows_that_do_not_annotate_a_label_are_neither_its_positives_nor_its_neg
 OLD = ["refund", "delivery", "login"]
 
 
-def _multi_label(dataset, extra: str | None = None):
-    """Single-label rows as label lists; ``extra`` also put on every other row (rows carrying two labels)."""
-    return dataset.map(
-        lambda row, i: {"labels": [row["label"]] + ([extra] if extra and i % 2 and row["label"] != extra else [])},
-        with_indices=True,
-    ).remove_columns("label")
-
-
 def _multi_label_base(tmp_path):
     model = tiny_bert(OLD, problem_type="multi_label_classification", seed=2)
-    base = train_increment(model, tokenizer(), _multi_label(text_dataset(OLD, 8)),
+    base = train_increment(model, tokenizer(), as_label_lists(text_dataset(OLD, 8)),
                            config=IncrementConfig(label_column="labels", finetune_layers=0),
                            args=training_args(tmp_path), save=False, kind="base")
     return model, base.ridge_statistics
@@ -267,12 +259,12 @@ def test_multi_label_increment_of_new_labels_keeps_old_rows_and_saves_its_thresh
     model, statistics = _multi_label_base(tmp_path)
     assert set(model.config.hf_incr_lineage[-1]["thresholds"]) == set(OLD)  # the base tuned every label
     weight, bias = model.classifier.weight.detach().clone(), model.classifier.bias.detach().clone()
-    test = _multi_label(text_dataset([*OLD, "repair"], 3, offset=30))
+    test = as_label_lists(text_dataset([*OLD, "repair"], 3, offset=30))
     batch = tokenizer()(list(test["text"]), padding=True, return_tensors="pt")
     with torch.no_grad():
         before = model(**batch).logits.clone()
     # Rows of the new label, half of them also carrying an old one (which 'new' annotation does not use).
-    train = _multi_label(text_dataset(["repair"], 8), extra="refund")
+    train = as_label_lists(text_dataset(["repair"], 8), extra="refund")
     with pytest.warns(UserWarning, match=r"rows carry old labels.*multi_label_annotation='all'"):
         result = train_increment(model, tokenizer(), train, config=IncrementConfig(label_column="labels"),
                                  args=training_args(tmp_path, output_dir=str(tmp_path / "v2")),
@@ -296,7 +288,7 @@ def test_multi_label_increment_of_new_labels_keeps_old_rows_and_saves_its_thresh
 def test_fully_annotated_multi_label_increment_refits_and_retunes_old_labels(tmp_path):
     model, statistics = _multi_label_base(tmp_path)
     weight = model.classifier.weight.detach().clone()
-    train = _multi_label(text_dataset(["repair", "refund"], 8), extra="refund")
+    train = as_label_lists(text_dataset(["repair", "refund"], 8), extra="refund")
     result = train_increment(model, tokenizer(), train,
                              config=IncrementConfig(label_column="labels", multi_label_annotation="all"),
                              args=training_args(tmp_path), save=False, ridge_statistics=statistics)
@@ -314,7 +306,7 @@ def test_multi_label_rows_without_a_new_label_under_new_annotation_are_refused(
     model, statistics = _multi_label_base(tmp_path)
     before = snapshot(model)
     with pytest.raises(DataError, match=r"brings no new label.*multi_label_annotation='all'"):
-        train_increment(model, tokenizer(), _multi_label(text_dataset(["refund"], 4)),
+        train_increment(model, tokenizer(), as_label_lists(text_dataset(["refund"], 4)),
                         config=IncrementConfig(label_column="labels"), args=training_args(tmp_path), save=False,
                         ridge_statistics=statistics)
     assert_unchanged(model, before)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_hub import REPO, TOKEN, hub  # noqa: F401  (the fake Hub fixture and its credentials)
-from text_models import minilm_path, text_dataset, tiny_bert, tokenizer, training_args
+from text_models import as_label_lists, minilm_path, text_dataset, tiny_bert, tokenizer, training_args
 from tiny_models import ARCHITECTURES, tiny_batch, tiny_model
 from transformers import AutoModelForSequenceClassification
 
@@ -305,20 +305,12 @@ def test_the_top_layers_are_read_on_every_architecture(arch):
     assert attached_kernel_head(model) is None
 
 
-def _labels_lists(dataset, extra: str | None = None):
-    """Single-label rows as label lists; ``extra`` also on every other row (rows carrying two labels)."""
-    return dataset.map(
-        lambda row, i: {"labels": [row["label"]] + ([extra] if extra and i % 2 and row["label"] != extra else [])},
-        with_indices=True,
-    ).remove_columns("label")
-
-
 def test_multi_label_kernel_head_keeps_unannotated_labels_and_reloads(tmp_path):
     tok = tokenizer()
     old = ["refund", "delivery", "login"]
     config = IncrementConfig(**CONFIG, label_column="labels")
     model = tiny_bert(old, problem_type="multi_label_classification", seed=2)
-    base = train_increment(model, tok, _labels_lists(text_dataset(old, 8), extra="refund"), config=config,
+    base = train_increment(model, tok, as_label_lists(text_dataset(old, 8), extra="refund"), config=config,
                            args=training_args(tmp_path, output_dir=str(tmp_path / "a")), kind="base")
     state = base.ridge_statistics.kernel_lda
     assert state.config.multi_label and attached_kernel_head(model) is state.classifier
@@ -330,9 +322,9 @@ def test_multi_label_kernel_head_keeps_unannotated_labels_and_reloads(tmp_path):
     # A new label whose rows annotate only it: the old labels' kernel rows, and so their decisions, stay bit for bit.
     reloaded = hf_incr.load_model(str(tmp_path / "a"))
     torch.testing.assert_close(_logits(reloaded, tok), before, rtol=1e-5, atol=1e-5)
-    test = _labels_lists(text_dataset([*old, "repair"], 3, offset=30))
+    test = as_label_lists(text_dataset([*old, "repair"], 3, offset=30))
     with pytest.warns(UserWarning, match="rows carry old labels"):
-        result = train_increment(reloaded, tok, _labels_lists(text_dataset(["repair"], 8), extra="refund"), test,
+        result = train_increment(reloaded, tok, as_label_lists(text_dataset(["repair"], 8), extra="refund"), test,
                                  config=IncrementConfig(**CONFIG, label_column="labels"),
                                  args=training_args(tmp_path, output_dir=str(tmp_path / "b")))
     grown = attached_kernel_head(reloaded)

@@ -60,6 +60,15 @@ def text_dataset(labels, n_per_label=8, offset=0, class_label=False, column="lab
     return Dataset.from_dict({"text": texts, column: names})
 
 
+def as_label_lists(dataset, extra: str | None = None) -> Dataset:
+    """Single-label rows as label lists (column ``labels``); ``extra`` also on every other row (rows carrying two
+    labels)."""
+    return dataset.map(
+        lambda row, i: {"labels": [row["label"]] + ([extra] if extra and i % 2 and row["label"] != extra else [])},
+        with_indices=True,
+    ).remove_columns("label")
+
+
 def training_args(tmp_path, **overrides) -> TrainingArguments:
     values = dict(
         output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", per_device_train_batch_size=8,
