@@ -385,13 +385,12 @@ class KernelStatisticsAccumulator:
             # The first increment: every process gets every row (under a distributed launch they are gathered, in
             # process order), so that all choose the same bandwidth and accumulate the same statistics.
             rows, labels = self._all_rows(num_labels)
-            if not head.statistics:
-                if head.config.multi_label:
-                    # Held-out accuracy cannot rank bandwidths for per-label decisions: the median distance.
-                    head.set_bandwidth(rows)
-                else:
-                    _, self.bandwidth_report = choose_bandwidth(rows, labels, head.config)
-                    head.build()
+            if head.config.multi_label:
+                # Held-out accuracy cannot rank bandwidths for per-label decisions: the median distance.
+                head.set_bandwidth(rows)
+            else:
+                _, self.bandwidth_report = choose_bandwidth(rows, labels, head.config)
+                head.build()
             self.share = head.empty_copy()
             self.rows, self.labels = [rows], [labels]
         self.state.bandwidth_report = self.bandwidth_report  # None unless this increment chose it

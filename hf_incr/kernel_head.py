@@ -154,22 +154,15 @@ class LDAStatistics:
         labels = _check_labels(labels, features.shape[0])
         if features.shape[0] == 0:
             return
-        self.grow(int(labels.max()) + 1)
+        # The batch's own statistics (scatter about its label means), then merged pairwise.
         z = features.to(self.dtype)
-        present, inverse = torch.unique(labels, return_inverse=True)
-        m = torch.bincount(inverse, minlength=present.numel()).to(torch.float64)
-        batch_sums = torch.zeros(present.numel(), self.dim, dtype=self.dtype).index_add_(0, inverse, z)
-        batch_means = batch_sums / m.to(self.dtype)[:, None]
-        centered = z - batch_means[inverse]
-        self.scatter += centered.T @ centered
-        n = self.counts[present]
-        old = n > 0
-        if bool(old.any()):
-            delta = self.sums[present[old]] / n[old].to(self.dtype)[:, None] - batch_means[old]
-            weight = (n[old] * m[old] / (n[old] + m[old])).to(self.dtype)
-            self.scatter += (delta * weight[:, None]).T @ delta
-        self.sums.index_add_(0, present, batch_sums)
-        self.counts.index_add_(0, present, m)
+        batch = LDAStatistics(self.dim, self.dtype)
+        batch.grow(int(labels.max()) + 1)
+        batch.counts.index_add_(0, labels, torch.ones(labels.shape[0], dtype=torch.float64))
+        batch.sums.index_add_(0, labels, z)
+        centered = z - (batch.sums / batch.counts.clamp_min(1.0).to(self.dtype)[:, None])[labels]
+        batch.scatter = centered.T @ centered
+        self.merge(batch)
 
     def merge(self, other: LDAStatistics) -> None:
         """Add the rows another accumulator saw (same features): the statistics of both sets of rows at once."""
@@ -533,14 +526,16 @@ class KernelLDAHead:
     """The incremental head: members' projections and statistics. :meth:`update` with each batch of an increment's
     rows, then :meth:`solve` for the :class:`KernelLDAClassifier` that scores all labels seen."""
 
-    def __init__(self, config: KernelLDAConfig):
+    def __init__(self, config: KernelLDAConfig, projections: list[RandomFourierFeatures | None] | None = None):
+        """``projections``: the members' projections to use (saved ones, another head's); default: drawn from the
+        configuration once the bandwidth is known. The statistics start empty either way."""
         self.config = config
         self.projections: list[RandomFourierFeatures | None] = []
         self.statistics: list[LDAStatistics | MultiLabelStatistics] = []
         # Multi-label: each label's decision threshold (logit) as last solved, the mean over members.
         self.thresholds: dict[int, float] = {}
-        if config.num_features == 0 or config.bandwidth is not None:
-            self._build()
+        if projections is not None or config.num_features == 0 or config.bandwidth is not None:
+            self._build(projections)
 
     @property
     def dim(self) -> int:
@@ -560,10 +555,7 @@ class KernelLDAHead:
     def empty_copy(self) -> KernelLDAHead:
         """A head with the same configuration and projections and empty statistics: where one process accumulates
         its share of an increment before the shares are combined and merged (:meth:`merge`)."""
-        copy = KernelLDAHead.__new__(KernelLDAHead)
-        copy.config, copy.thresholds = self.config, {}
-        copy._build(self.projections)
-        return copy
+        return KernelLDAHead(self.config, self.projections)
 
     def merge(self, other: KernelLDAHead) -> None:
         """Add another head's statistics (same projections), member by member: exactly as if its rows had been
@@ -806,10 +798,7 @@ def load_head(inference_path, statistics_path) -> KernelLDAHead:
         raise damaged_file_error(statistics_path, "belongs to another kernel LDA head (fingerprint differs from the "
                                  "inference file's)", lost, fix)
     config = KernelLDAConfig(**{**json.loads(metadata["config"]), "labels": classifier.config.labels})
-    head = KernelLDAHead.__new__(KernelLDAHead)
-    head.config = config
-    head.thresholds = {}
-    head._build(classifier.projections)
+    head = KernelLDAHead(config, classifier.projections)
     try:
         for i, stats in enumerate(head.statistics):
             if isinstance(stats, MultiLabelStatistics):
