@@ -279,6 +279,9 @@ class KernelHeadState:
             entry["bandwidth_choice"] = {
                 "median_distance": self.bandwidth_report["median_distance"],
                 "held_out_accuracy": {str(k): v["accuracy"] for k, v in self.bandwidth_report["factors"].items()},
+                "held_out_errors": {str(k): v["errors"] for k, v in self.bandwidth_report["factors"].items()},
+                "held_out_rows": self.bandwidth_report["held_out_rows"],
+                "rule": "the largest factor with at most fewest + sqrt(fewest + 1) errors",
             }
         return entry
 

@@ -23,7 +23,8 @@ log of the averaged probabilities, usable as logits.
 
 The bandwidth ``sigma`` must be fixed before the first statistics are accumulated (they depend on it): it is
 ``factor * median pairwise distance`` of (a sample of) the first increment's rows, with ``factor`` chosen among a
-small grid on held-out rows of the first increment only (:func:`choose_bandwidth`); later increments reuse it.
+small grid on held-out rows of the first increment only, the smoothest within one standard error of the best
+(:func:`choose_bandwidth`); later increments reuse it.
 
 A multi-label head (``multi_label=True``) keeps, per member, the count, sum and scatter of all rows and per label the
 count and sum of the rows that carry it and of those that annotate it (:class:`MultiLabelStatistics`); each label is
@@ -71,6 +72,7 @@ __all__ = [
     "oas_shrinkage",
     "save_inference",
     "save_statistics",
+    "smoothest_within_one_standard_error",
     "solve_lda",
     "solve_multi_label",
 ]
@@ -647,12 +649,29 @@ class KernelLDAHead:
         return KernelLDAClassifier(self.config, self.projections, weights, biases)
 
 
+def smoothest_within_one_standard_error(errors: dict[float, int]) -> tuple[float, float]:
+    """The largest bandwidth factor whose held-out error count is at most ``fewest + sqrt(fewest + 1)`` (one
+    Poisson standard error above the fewest, one added so that zero errors still allow a row of noise), and that
+    bound. ``errors``: factor -> held-out errors."""
+    fewest = min(errors.values())
+    allowed = fewest + math.sqrt(fewest + 1)
+    return max(f for f, e in errors.items() if e <= allowed), allowed
+
+
 def choose_bandwidth(features: torch.Tensor, labels, config: KernelLDAConfig, factors=(0.5, 1.0, 2.0),
                      held_out_fraction: float = 0.1) -> tuple[float, dict]:
     """Choose ``bandwidth_factor`` among ``factors`` on held-out rows of the first increment (one member, the
-    config's ``num_features``), by held-out accuracy, then mean log-likelihood, then the larger factor (the smoother
-    kernel: on an easy first increment every factor may score 100 %); return the bandwidth (factor x median
-    pairwise distance of all of ``features``) and a report. Sets ``config.bandwidth`` and ``config.bandwidth_factor``.
+    config's ``num_features``); return the bandwidth (factor x median pairwise distance of all of ``features``) and
+    a report. Sets ``config.bandwidth`` and ``config.bandwidth_factor``.
+
+    The rule is the one-standard-error rule (Breiman et al. 1984; Hastie et al., *Elements of Statistical
+    Learning*, 7.10): the largest factor (the smoothest kernel) whose held-out errors exceed the fewest by at most
+    one standard error, ``sqrt(fewest + 1)`` (Poisson, one added so that zero errors still allow one row of noise).
+    Why: a first increment of ten labels is easy, so its held-out rows separate the factors by a row or two, while
+    the kernel must serve every later label too; measured on BANKING77 and CLINC150 over three label orders, the
+    factor 0.5 was the worst at the end each time, yet the held-out rows could not tell it from the others. The
+    mean log-likelihood that used to break such ties is dominated by a few confidently wrong rows (LDA's posteriors
+    are overconfident: -2 to -6 nats per row at 99 % accuracy), so it is reported, not used.
     """
     features = _check_features(features, config.in_features, "choose_bandwidth")
     labels = _check_labels(labels, features.shape[0])
@@ -664,22 +683,21 @@ def choose_bandwidth(features: torch.Tensor, labels, config: KernelLDAConfig, fa
             k = max(1, round(held_out_fraction * rows.numel()))
             held[rows[torch.randperm(rows.numel(), generator=generator)[:k]]] = True
     median = median_pairwise_distance(_prepare(features, config.normalize), seed=config.seed)
-    report = {"median_distance": median, "factors": {}}
-    best = None
-    for factor in sorted(factors, reverse=True):  # ties go to the larger bandwidth (the smoother kernel)
+    report = {"median_distance": median, "held_out_rows": int(held.sum()), "factors": {}}
+    for factor in sorted(factors):
         trial = KernelLDAConfig(**{**asdict(config), "num_members": 1, "bandwidth": factor * median,
                                    "bandwidth_factor": factor, "labels": []})
         head = KernelLDAHead(trial)
         head.update(features[~held], labels[~held])
         scores = head.solve()(features[held])
-        accuracy = float((scores.argmax(1) == labels[held]).float().mean())
+        errors = int((scores.argmax(1) != labels[held]).sum())
         log_likelihood = float(torch.log_softmax(scores.double(), 1).gather(1, labels[held, None]).mean())
-        report["factors"][factor] = {"accuracy": accuracy, "log_likelihood": log_likelihood}
-        if best is None or (accuracy, log_likelihood) > best[0]:
-            best = ((accuracy, log_likelihood), factor)
-    config.bandwidth_factor = best[1]
-    config.bandwidth = best[1] * median
-    report["chosen_factor"], report["bandwidth"] = best[1], config.bandwidth
+        report["factors"][factor] = {"accuracy": 1 - errors / int(held.sum()), "errors": errors,
+                                     "log_likelihood": log_likelihood}
+    chosen, allowed = smoothest_within_one_standard_error({f: r["errors"] for f, r in report["factors"].items()})
+    config.bandwidth_factor = chosen
+    config.bandwidth = chosen * median
+    report["errors_allowed"], report["chosen_factor"], report["bandwidth"] = allowed, chosen, config.bandwidth
     return config.bandwidth, report
 
 

@@ -587,6 +587,8 @@ def run_method(task: Task, method: str, args: ForgettingBenchmarkArguments, mode
             "timings": result.timings,
             "replay_rows": len(memory) if memory is not None else 0,
         }
+        if "kernel_lda" in result.record:  # its settings; its bandwidth choice at the first
+            entry["kernel_lda"] = {k: v for k, v in result.record["kernel_lda"].items() if k != "thresholds"}
         if args.product_eval:
             entry["product_metrics_after"] = result.metrics_after
             entry["product_forgetting"] = result.forgetting

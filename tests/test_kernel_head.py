@@ -15,6 +15,7 @@ from hf_incr.kernel_head import (
     load_inference,
     save_inference,
     save_statistics,
+    smoothest_within_one_standard_error,
     solve_lda,
 )
 
@@ -162,11 +163,23 @@ def test_bad_shapes_raise_data_error():
         KernelLDAConfig(in_features=5, num_features=0, num_members=3)
 
 
+def test_the_smoothest_factor_within_one_standard_error_is_chosen():
+    # An easy first increment: the factors differ by a row or two, so the smoothest kernel is taken.
+    assert smoothest_within_one_standard_error({0.5: 0, 1.0: 0, 2.0: 0}) == (2.0, 1.0)
+    assert smoothest_within_one_standard_error({0.5: 1, 1.0: 1, 2.0: 2})[0] == 2.0
+    # A clear difference is kept: 3 errors against 9 (allowed: 3 + 2 = 5).
+    assert smoothest_within_one_standard_error({0.5: 3, 1.0: 4, 2.0: 9}) == (1.0, 5.0)
+    assert smoothest_within_one_standard_error({0.5: 3, 1.0: 6, 2.0: 9})[0] == 0.5
+
+
 def test_bandwidth_is_fixed_after_the_first_increment():
     x, y = _data()
     config = KernelLDAConfig(in_features=5, num_features=32, num_members=1, seed=0)
     bandwidth, report = choose_bandwidth(x[y < 3], y[y < 3], config, factors=(0.5, 1.0))
     assert report["chosen_factor"] in (0.5, 1.0) and bandwidth == config.bandwidth
+    errors = {f: r["errors"] for f, r in report["factors"].items()}
+    assert report["chosen_factor"] == smoothest_within_one_standard_error(errors)[0]
+    assert all(r["accuracy"] == 1 - r["errors"] / report["held_out_rows"] for r in report["factors"].values())
     head = KernelLDAHead(config)
     head.update(x[y < 3], y[y < 3])
     with pytest.raises(DataError, match="cannot change after the first increment"):
