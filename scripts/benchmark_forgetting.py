@@ -215,6 +215,8 @@ class ForgettingBenchmarkArguments:
                   "costs the same whatever the number of rows)."},
     )
     naive_epochs: float = field(default=3.0, metadata={"help": "Epochs per increment of `naive`."})
+    adapt_epochs: float = field(
+        default=5.0, metadata={"help": "Epochs of the base's top-2-layer fine-tune in the `adapted_*` methods."})
     naive_learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of `naive` (all layers)."})
     joint_increments: str = field(
         default="auto",
@@ -495,6 +497,8 @@ def _config(task: Task, args: ForgettingBenchmarkArguments, method: str) -> Incr
         overrides["random_features"] = args.random_features
     if overrides.get("kernel_features"):
         overrides["kernel_features"] = args.random_features  # the same feature budget as the random-feature rows
+    if method.startswith("adapted_"):
+        overrides["finetune_epochs"] = args.adapt_epochs
     if method == "naive":
         return IncrementConfig(**{**FROZEN, **common, **dict(
             warmup_epochs=0, finetune_layers=-1, finetune_epochs=args.naive_epochs,
@@ -876,7 +880,9 @@ def resumed_datasets(args: ForgettingBenchmarkArguments, output_dir: Path) -> di
     stored = json.loads(path.read_text())
     ignored = {"datasets", "methods", "resume", "output_dir"}
     ours = {k: v for k, v in _json_safe(asdict(args)).items() if k not in ignored}
-    theirs = {k: v for k, v in stored.get("arguments", {}).items() if k not in ignored}
+    # An argument added after the run was stored counts as its default there.
+    defaults = _json_safe(asdict(ForgettingBenchmarkArguments()))
+    theirs = {k: v for k, v in {**defaults, **stored.get("arguments", {})}.items() if k not in ignored}
     if ours != theirs:
         differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
         sys.exit(f"--resume: {path} was measured with other arguments ({differ}); use another --output_dir or "
