@@ -668,8 +668,9 @@ def choose_bandwidth(features: torch.Tensor, labels, config: KernelLDAConfig, fa
     Learning*, 7.10): the largest factor (the smoothest kernel) whose held-out errors exceed the fewest by at most
     one standard error, ``sqrt(fewest + 1)`` (Poisson, one added so that zero errors still allow one row of noise).
     Why: a first increment of ten labels is easy, so its held-out rows separate the factors by a row or two, while
-    the kernel must serve every later label too; measured on BANKING77 and CLINC150 over three label orders, the
-    factor 0.5 was the worst at the end each time, yet the held-out rows could not tell it from the others. The
+    the kernel must serve every later label too; measured on BANKING77 and CLINC150 over three label orders
+    (``scripts/kernel_bandwidth.py``), the factor 0.5 was the worst at the end each time, yet the held-out rows could
+    not tell it from the others. The
     mean log-likelihood that used to break such ties is dominated by a few confidently wrong rows (LDA's posteriors
     are overconfident: -2 to -6 nats per row at 99 % accuracy), so it is reported, not used.
     """
@@ -692,7 +693,8 @@ def choose_bandwidth(features: torch.Tensor, labels, config: KernelLDAConfig, fa
         scores = head.solve()(features[held])
         errors = int((scores.argmax(1) != labels[held]).sum())
         log_likelihood = float(torch.log_softmax(scores.double(), 1).gather(1, labels[held, None]).mean())
-        report["factors"][factor] = {"accuracy": 1 - errors / int(held.sum()), "errors": errors,
+        # With one row per label nothing is held out: every factor scores 0 errors and the smoothest is taken.
+        report["factors"][factor] = {"accuracy": 1 - errors / max(int(held.sum()), 1), "errors": errors,
                                      "log_likelihood": log_likelihood}
     chosen, allowed = smoothest_within_one_standard_error({f: r["errors"] for f, r in report["factors"].items()})
     config.bandwidth_factor = chosen

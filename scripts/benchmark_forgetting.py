@@ -215,9 +215,11 @@ class ForgettingBenchmarkArguments:
                   "costs the same whatever the number of rows)."},
     )
     naive_epochs: float = field(default=3.0, metadata={"help": "Epochs per increment of `naive`."})
-    adapt_epochs: float = field(
-        default=5.0, metadata={"help": "Epochs of the base's top-2-layer fine-tune in the `adapted_*` methods."})
     naive_learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of `naive` (all layers)."})
+    adapt_epochs: float = field(
+        default=5.0, metadata={"help": "Epochs of the base's fine-tune in the `adapted_*` methods."})
+    adapt_layers: int = field(
+        default=2, metadata={"help": "Top layers the base's fine-tune trains in the `adapted_*` methods."})
     joint_increments: str = field(
         default="auto",
         metadata={"help": "`joint` retrains after every increment (all) or only once on all the data (last); auto: "
@@ -498,7 +500,7 @@ def _config(task: Task, args: ForgettingBenchmarkArguments, method: str) -> Incr
     if overrides.get("kernel_features"):
         overrides["kernel_features"] = args.random_features  # the same feature budget as the random-feature rows
     if method.startswith("adapted_"):
-        overrides["finetune_epochs"] = args.adapt_epochs
+        overrides.update(finetune_epochs=args.adapt_epochs, finetune_layers=args.adapt_layers)
     if method == "naive":
         return IncrementConfig(**{**FROZEN, **common, **dict(
             warmup_epochs=0, finetune_layers=-1, finetune_epochs=args.naive_epochs,
@@ -591,7 +593,8 @@ def run_method(task: Task, method: str, args: ForgettingBenchmarkArguments, mode
             "timings": result.timings,
             "replay_rows": len(memory) if memory is not None else 0,
         }
-        if "kernel_lda" in result.record:  # its settings; its bandwidth choice at the first
+        if "kernel_lda" in result.record:
+            # The kernel head's settings and, in the first increment's entry, how its bandwidth was chosen.
             entry["kernel_lda"] = {k: v for k, v in result.record["kernel_lda"].items() if k != "thresholds"}
         if args.product_eval:
             entry["product_metrics_after"] = result.metrics_after

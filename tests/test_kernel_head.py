@@ -172,6 +172,13 @@ def test_the_smoothest_factor_within_one_standard_error_is_chosen():
     assert smoothest_within_one_standard_error({0.5: 3, 1.0: 6, 2.0: 9})[0] == 0.5
 
 
+def test_bandwidth_choice_with_one_row_per_label_takes_the_smoothest_factor():
+    x, y = _data(rows_per_label=1)
+    config = KernelLDAConfig(in_features=5, num_features=32, num_members=1, seed=0)
+    _, report = choose_bandwidth(x, y, config, factors=(0.5, 1.0, 2.0))
+    assert report["held_out_rows"] == 0 and report["chosen_factor"] == 2.0
+
+
 def test_bandwidth_is_fixed_after_the_first_increment():
     x, y = _data()
     config = KernelLDAConfig(in_features=5, num_features=32, num_members=1, seed=0)
