@@ -1,0 +1,123 @@
+"""Which path should the first increment's fine-tune train through, when the kernel LDA head reads the top layers?
+A diagnostic for GoEmotions (issue 14), outside the library.
+
+The library adapts a base by fine-tuning its top layers through BERT's pooler (the [CLS] vector) and the Linear; the
+multi-label kernel head then reads the mean-pooled top 4 layers, which that fine-tune shapes only indirectly. Here the
+top 4 layers of the offline MiniLM are fine-tuned on the first increment's rows (one epoch, batch 32, AdamW at 1e-4,
+a fresh linear head at 1e-3, binary cross-entropy, random batches) through either
+
+- ``pooler``: the pooler output and a Linear (what the library trains through), or
+- ``mean``: the mean-pooled top 4 layers, concatenated, and a Linear (what the kernel head reads),
+
+then the adapted encoder's top 4 layers are read as the kernel head reads them and solved with the library's
+per-label discriminants and thresholds over the forgetting benchmark's 4 increments (as
+``scripts/multilabel_layers.py`` does). Prints micro / macro-F1 (%) per increment and the seconds.
+
+    PYTHONPATH=. python scripts/multilabel_adapt_path.py --data_dir ../shared/data --paths pooler mean
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+
+import torch
+from benchmark_forgetting import ForgettingBenchmarkArguments, load_task
+from multilabel_layers import encode, f1, representation
+from transformers import AutoModel, AutoTokenizer, HfArgumentParser
+
+from hf_incr.closed_form import RidgeStatistics
+from hf_incr.loading import default_encoder
+
+
+@dataclass
+class AdaptPathArguments:
+    paths: list[str] = field(default_factory=lambda: ["pooler", "mean"],
+                             metadata={"help": "Paths to fine-tune through: pooler, mean."})
+    data_dir: str = field(default="../shared/data", metadata={"help": "Folder of the shared data sets."})
+    layers: int = field(default=4, metadata={"help": "Top layers fine-tuned (and read by the head)."})
+    epochs: int = field(default=1, metadata={"help": "Epochs over the first increment's rows."})
+    seed: int = field(default=0, metadata={"help": "Seed of the batches and the fresh head."})
+
+
+def fine_tune(task, labels: list[str], path: str, args: AdaptPathArguments):
+    """The encoder with its top ``args.layers`` layers fine-tuned on the first increment through ``path``."""
+    torch.manual_seed(args.seed)
+    ids = {name: i for i, name in enumerate(labels)}
+    source = default_encoder()
+    tokenizer, model = AutoTokenizer.from_pretrained(source), AutoModel.from_pretrained(source)
+    first = [i for i, names in enumerate(task.train_labels) if any(n in task.increments[0] for n in names)]
+    size = len(task.increments[0])
+    targets = torch.zeros(len(first), size)
+    for r, i in enumerate(first):
+        for name in task.train_labels[i]:
+            if ids[name] < size:
+                targets[r, ids[name]] = 1
+    model.requires_grad_(False)
+    trained = list(model.encoder.layer[-args.layers:]) + ([model.pooler] if path == "pooler" else [])
+    for module in trained:
+        module.requires_grad_(True)
+    head = torch.nn.Linear(model.config.hidden_size * (1 if path == "pooler" else args.layers), size)
+    optimizer = torch.optim.AdamW([{"params": [p for p in model.parameters() if p.requires_grad], "lr": 1e-4},
+                                   {"params": head.parameters(), "lr": 1e-3}])
+    model.train()
+    for epoch in range(args.epochs):
+        order = list(range(len(first)))
+        random.Random(args.seed + epoch).shuffle(order)
+        for start in range(0, len(order), 32):
+            index = order[start : start + 32]
+            batch = tokenizer([task.train_texts[first[i]] for i in index], truncation=True, max_length=64,
+                              padding=True, return_tensors="pt")
+            output = model(**batch, output_hidden_states=True)
+            if path == "pooler":
+                pooled = output.pooler_output
+            else:
+                mask = batch["attention_mask"].unsqueeze(-1).float()
+                pooled = torch.cat([(h * mask).sum(1) / mask.sum(1) for h in output.hidden_states[-args.layers:]], 1)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(head(pooled), targets[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model.eval(), tokenizer
+
+
+def main(args: AdaptPathArguments) -> None:
+    torch.set_num_threads(2)
+    task = load_task(ForgettingBenchmarkArguments(datasets=["goemotions"], data_dir=args.data_dir), "goemotions")
+    labels = [name for increment in task.increments for name in increment]
+    ids = {name: i for i, name in enumerate(labels)}
+
+    def multi_hot(rows: list[list[str]], seen: int) -> torch.Tensor:
+        y = torch.zeros(len(rows), seen, dtype=torch.float64)
+        for r, names in enumerate(rows):
+            for name in names:
+                if ids.get(name, seen) < seen:
+                    y[r, ids[name]] = 1
+        return y
+
+    for path in args.paths:
+        started = time.perf_counter()
+        model, tokenizer = fine_tune(task, labels, path, args)
+        tuned = time.perf_counter() - started
+        train = representation(encode(model, tokenizer, task.train_texts), f"top{args.layers}").double()
+        test = representation(encode(model, tokenizer, task.test_texts), f"top{args.layers}").double()
+        statistics, figures = RidgeStatistics.empty(train.shape[1], 0), []
+        for t, increment in enumerate(task.increments):
+            seen = len(increment) * (t + 1)
+            rows = [i for i, names in enumerate(task.train_labels) if any(n in increment for n in names)]
+            statistics.add(RidgeStatistics.empty(train.shape[1], seen).update(
+                train[rows], multi_hot([task.train_labels[i] for i in rows], seen)))
+            weight, bias = statistics.solve_binary_lda()
+            cuts = statistics.decision_thresholds(weight, bias)
+            mask = torch.tensor(task.seen_test(t))
+            predicted = (test[mask] @ weight.T + bias > cuts).double()
+            gold = multi_hot([task.test_labels[i] for i in mask.nonzero().flatten().tolist()], seen)
+            figures.append("{:.1f} / {:.1f}".format(*f1(predicted, gold)))
+        print(f"{path}: micro / macro-F1 per increment {', '.join(figures)} (fine-tune {tuned:.0f} s, all "
+              f"{time.perf_counter() - started:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    (adapt_args,) = HfArgumentParser(AdaptPathArguments).parse_args_into_dataclasses()
+    main(adapt_args)
