@@ -670,9 +670,9 @@ def choose_bandwidth(features: torch.Tensor, labels, config: KernelLDAConfig, fa
     Why: a first increment of ten labels is easy, so its held-out rows separate the factors by a row or two, while
     the kernel must serve every later label too; measured on BANKING77 and CLINC150 over three label orders
     (``scripts/kernel_bandwidth.py``), the factor 0.5 was the worst at the end each time, yet the held-out rows could
-    not tell it from the others. The
-    mean log-likelihood that used to break such ties is dominated by a few confidently wrong rows (LDA's posteriors
-    are overconfident: -2 to -6 nats per row at 99 % accuracy), so it is reported, not used.
+    not tell it from the others. The mean log-likelihood that used to break such ties is dominated by a few
+    confidently wrong rows (LDA's posteriors are overconfident: -2 to -6 nats per row at 99 % accuracy), so it is
+    reported, not used.
     """
     features = _check_features(features, config.in_features, "choose_bandwidth")
     labels = _check_labels(labels, features.shape[0])
@@ -684,7 +684,8 @@ def choose_bandwidth(features: torch.Tensor, labels, config: KernelLDAConfig, fa
             k = max(1, round(held_out_fraction * rows.numel()))
             held[rows[torch.randperm(rows.numel(), generator=generator)[:k]]] = True
     median = median_pairwise_distance(_prepare(features, config.normalize), seed=config.seed)
-    report = {"median_distance": median, "held_out_rows": int(held.sum()), "factors": {}}
+    held_out_rows = int(held.sum())
+    report = {"median_distance": median, "held_out_rows": held_out_rows, "factors": {}}
     for factor in sorted(factors):
         trial = KernelLDAConfig(**{**asdict(config), "num_members": 1, "bandwidth": factor * median,
                                    "bandwidth_factor": factor, "labels": []})
@@ -694,7 +695,7 @@ def choose_bandwidth(features: torch.Tensor, labels, config: KernelLDAConfig, fa
         errors = int((scores.argmax(1) != labels[held]).sum())
         log_likelihood = float(torch.log_softmax(scores.double(), 1).gather(1, labels[held, None]).mean())
         # With one row per label nothing is held out: every factor scores 0 errors and the smoothest is taken.
-        report["factors"][factor] = {"accuracy": 1 - errors / max(int(held.sum()), 1), "errors": errors,
+        report["factors"][factor] = {"accuracy": 1 - errors / max(held_out_rows, 1), "errors": errors,
                                      "log_likelihood": log_likelihood}
     chosen, allowed = smoothest_within_one_standard_error({f: r["errors"] for f, r in report["factors"].items()})
     config.bandwidth_factor = chosen

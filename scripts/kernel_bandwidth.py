@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from benchmark_kernel import INCREMENTS, KernelBenchmarkArguments, Protocol, cached_features, top_layers
+from kernel_levers import final_accuracy
 from transformers import HfArgumentParser
 
 from hf_incr.kernel_head import KernelLDAConfig, KernelLDAHead, choose_bandwidth
@@ -54,7 +55,6 @@ def main(args: BandwidthArguments) -> None:
         for seed in args.seeds:
             proto = Protocol(train_labels, test_labels, INCREMENTS[name], seed)
             first, every = proto.train_rows(0), proto.train_y >= 0
-            test_rows = proto.test_rows(proto.num_increments - 1)
             config = KernelLDAConfig(in_features=train_x.shape[1], num_features=5000, num_members=1, seed=seed,
                                      normalize=True)
             _, report = choose_bandwidth(train_x[first], proto.train_y[first], config)
@@ -65,8 +65,7 @@ def main(args: BandwidthArguments) -> None:
                                         bandwidth_factor=factor)
                 head = KernelLDAHead(trial)
                 head.update(train_x[every], proto.train_y[every])
-                predicted = head.solve()(test_x[test_rows]).argmax(1)
-                finals.append(100 * float((predicted == proto.test_y[test_rows]).double().mean()))
+                finals.append(100 * final_accuracy(head.solve(), test_x, proto))
             errors = " / ".join(str(r["errors"]) for r in report["factors"].values())
             line = (f"| {name} | {seed} | {errors} (of {report['held_out_rows']}) | {report['chosen_factor']} | "
                     f"{previous_rule(report)} | " + " / ".join(f"{a:.2f}" for a in finals) + " |")

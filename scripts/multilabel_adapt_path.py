@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 
 import torch
 from benchmark_forgetting import ForgettingBenchmarkArguments, load_task
-from multilabel_layers import encode, f1, representation
+from multilabel_layers import encode, label_ids, multi_hot, representation, solve_increments
 from transformers import AutoModel, AutoTokenizer, HfArgumentParser
 
-from hf_incr.closed_form import RidgeStatistics
 from hf_incr.loading import default_encoder
 
 
@@ -41,19 +40,14 @@ class AdaptPathArguments:
     seed: int = field(default=0, metadata={"help": "Seed of the batches and the fresh head."})
 
 
-def fine_tune(task, labels: list[str], path: str, args: AdaptPathArguments):
+def fine_tune(task, path: str, args: AdaptPathArguments):
     """The encoder with its top ``args.layers`` layers fine-tuned on the first increment through ``path``."""
     torch.manual_seed(args.seed)
-    ids = {name: i for i, name in enumerate(labels)}
     source = default_encoder()
     tokenizer, model = AutoTokenizer.from_pretrained(source), AutoModel.from_pretrained(source)
     first = [i for i, names in enumerate(task.train_labels) if any(n in task.increments[0] for n in names)]
     size = len(task.increments[0])
-    targets = torch.zeros(len(first), size)
-    for r, i in enumerate(first):
-        for name in task.train_labels[i]:
-            if ids[name] < size:
-                targets[r, ids[name]] = 1
+    targets = multi_hot([task.train_labels[i] for i in first], label_ids(task), size).float()
     model.requires_grad_(False)
     trained = list(model.encoder.layer[-args.layers:]) + ([model.pooler] if path == "pooler" else [])
     for module in trained:
@@ -85,35 +79,13 @@ def fine_tune(task, labels: list[str], path: str, args: AdaptPathArguments):
 def main(args: AdaptPathArguments) -> None:
     torch.set_num_threads(2)
     task = load_task(ForgettingBenchmarkArguments(datasets=["goemotions"], data_dir=args.data_dir), "goemotions")
-    labels = [name for increment in task.increments for name in increment]
-    ids = {name: i for i, name in enumerate(labels)}
-
-    def multi_hot(rows: list[list[str]], seen: int) -> torch.Tensor:
-        y = torch.zeros(len(rows), seen, dtype=torch.float64)
-        for r, names in enumerate(rows):
-            for name in names:
-                if ids.get(name, seen) < seen:
-                    y[r, ids[name]] = 1
-        return y
-
     for path in args.paths:
         started = time.perf_counter()
-        model, tokenizer = fine_tune(task, labels, path, args)
+        model, tokenizer = fine_tune(task, path, args)
         tuned = time.perf_counter() - started
         train = representation(encode(model, tokenizer, task.train_texts), f"top{args.layers}").double()
         test = representation(encode(model, tokenizer, task.test_texts), f"top{args.layers}").double()
-        statistics, figures = RidgeStatistics.empty(train.shape[1], 0), []
-        for t, increment in enumerate(task.increments):
-            seen = len(increment) * (t + 1)
-            rows = [i for i, names in enumerate(task.train_labels) if any(n in increment for n in names)]
-            statistics.add(RidgeStatistics.empty(train.shape[1], seen).update(
-                train[rows], multi_hot([task.train_labels[i] for i in rows], seen)))
-            weight, bias = statistics.solve_binary_lda()
-            cuts = statistics.decision_thresholds(weight, bias)
-            mask = torch.tensor(task.seen_test(t))
-            predicted = (test[mask] @ weight.T + bias > cuts).double()
-            gold = multi_hot([task.test_labels[i] for i in mask.nonzero().flatten().tolist()], seen)
-            figures.append("{:.1f} / {:.1f}".format(*f1(predicted, gold)))
+        figures, _ = solve_increments(task, train, test)
         print(f"{path}: micro / macro-F1 per increment {', '.join(figures)} (fine-tune {tuned:.0f} s, all "
               f"{time.perf_counter() - started:.0f} s)", flush=True)
 

@@ -92,8 +92,6 @@ def representation(states: torch.Tensor, kind: str) -> torch.Tensor:
 def main(args: LayerArguments) -> None:
     torch.set_num_threads(2)
     task = load_task(ForgettingBenchmarkArguments(datasets=["goemotions"], data_dir=args.data_dir), "goemotions")
-    labels = [name for increment in task.increments for name in increment]
-    ids = {name: i for i, name in enumerate(labels)}
     cache = Path(args.cache)
     if not cache.exists():
         path = default_encoder()
@@ -103,14 +101,6 @@ def main(args: LayerArguments) -> None:
                    "test": encode(model, tokenizer, task.test_texts)}, str(cache))
     data = load_file(str(cache))
 
-    def multi_hot(rows: list[list[str]], seen: int) -> torch.Tensor:
-        y = torch.zeros(len(rows), len(labels), dtype=torch.float64)
-        for r, names in enumerate(rows):
-            for name in names:
-                if name in ids and ids[name] < seen:
-                    y[r, ids[name]] = 1
-        return y
-
     for spec in args.specs:
         kind, _, features = spec.partition(":")
         train, test = representation(data["train"], kind).double(), representation(data["test"], kind).double()
@@ -119,35 +109,58 @@ def main(args: LayerArguments) -> None:
             bandwidth = args.factor * median_pairwise_distance(train[first].float())
             projection = RandomFourierFeatures(train.shape[1], int(features), bandwidth, seed=0)
             train, test = projection(train.float(), torch.float64), projection(test.float(), torch.float64)
-        dim = train.shape[1]
-        statistics = RidgeStatistics.empty(dim, 0)
-        figures, started = [], time.perf_counter()
-        for t, increment in enumerate(task.increments):
-            seen = 7 * (t + 1)
-            rows = [i for i, names in enumerate(task.train_labels) if any(n in increment for n in names)]
-            # As the library does: the rows annotate every label seen so far, and a label added now counts every
-            # earlier row as a row without it (RidgeStatistics.grow).
-            statistics.add(RidgeStatistics.empty(dim, seen).update(
-                train[rows], multi_hot([task.train_labels[i] for i in rows], seen)[:, :seen]))
-            weight, bias = statistics.solve_binary_lda()
-            cuts = statistics.decision_thresholds(weight, bias)
-            mask = torch.tensor(task.seen_test(t))
-            predicted = (test[mask] @ weight.T + bias > cuts).double()
-            gold = multi_hot([task.test_labels[i] for i in mask.nonzero().flatten().tolist()], seen)[:, :seen]
-            figures.append("{:.1f} / {:.1f}".format(*f1(predicted, gold)))
+        started = time.perf_counter()
+        figures, last = solve_increments(task, train, test)
         print(f"{spec}: micro / macro-F1 per increment {', '.join(figures)} ({time.perf_counter() - started:.0f} s)",
               flush=True)
         if args.ceiling:
-            ceiling(task, multi_hot, train, test[mask], gold, weight, bias, cuts)
+            ceiling(task, train, *last)
 
 
-def ceiling(task, multi_hot, train, test, gold, weight, bias, cuts) -> None:
+def label_ids(task) -> dict[str, int]:
+    """Each label's id: its place in the increments' order."""
+    return {name: i for i, name in enumerate(name for increment in task.increments for name in increment)}
+
+
+def multi_hot(rows: list[list[str]], ids: dict[str, int], seen: int) -> torch.Tensor:
+    """0/1 targets (rows, seen) of the labels with an id below ``seen``."""
+    y = torch.zeros(len(rows), seen, dtype=torch.float64)
+    for r, names in enumerate(rows):
+        for name in names:
+            if ids.get(name, seen) < seen:
+                y[r, ids[name]] = 1
+    return y
+
+
+def solve_increments(task, train: torch.Tensor, test: torch.Tensor) -> tuple[list[str], tuple]:
+    """The library's per-label discriminants and thresholds over the task's increments, on these features: the
+    micro / macro-F1 figures per increment, and (the last increment's test rows, gold, weight, bias, cuts)."""
+    ids = label_ids(task)
+    statistics, figures, seen = RidgeStatistics.empty(train.shape[1], 0), [], 0
+    for t, increment in enumerate(task.increments):
+        seen += len(increment)
+        rows = [i for i, names in enumerate(task.train_labels) if any(n in increment for n in names)]
+        # As the library does: the rows annotate every label seen so far, and a label added now counts every
+        # earlier row as a row without it (RidgeStatistics.grow).
+        statistics.add(RidgeStatistics.empty(train.shape[1], seen).update(
+            train[rows], multi_hot([task.train_labels[i] for i in rows], ids, seen)))
+        weight, bias = statistics.solve_binary_lda()
+        cuts = statistics.decision_thresholds(weight, bias)
+        mask = torch.tensor(task.seen_test(t))
+        predicted = (test[mask] @ weight.T + bias > cuts).double()
+        gold = multi_hot([task.test_labels[i] for i in mask.nonzero().flatten().tolist()], ids, seen)
+        figures.append("{:.1f} / {:.1f}".format(*f1(predicted, gold)))
+    return figures, (test[mask], gold, weight, bias, cuts)
+
+
+def ceiling(task, train, test, gold, weight, bias, cuts) -> None:
     """Where the last increment's head loses F1: its thresholds or its ranking (every row is in its statistics)."""
     from sklearn.linear_model import LogisticRegression
 
     seen = gold.shape[1]
+    ids = label_ids(task)
     rows = [i for i, names in enumerate(task.train_labels) if names]
-    train_gold = multi_hot([task.train_labels[i] for i in rows], seen)[:, :seen]
+    train_gold = multi_hot([task.train_labels[i] for i in rows], ids, seen)
     scores, train_scores = test @ weight.T + bias, train[rows] @ weight.T + bias
     print("  statistics' thresholds: {:.1f} / {:.1f}".format(*f1((scores > cuts).double(), gold)))
     print("  thresholds tuned on the training rows: {:.1f} / {:.1f}".format(
