@@ -62,8 +62,9 @@ layers are fine-tuned when training the base (increment 0) only, and frozen afte
   full_annotated     setting (a): frozen recipe on all seen labels' rows, warm-started
   full_annotated_finetune  setting (a): warm-started, cached warm-up then 1 epoch of the top 2 layers, every increment
   joint              upper bound: train_base_classifier on all data seen so far with the fine-tuning recipe (cached
-                     warm-up, top 2 layers 5 epochs at 1e-4; tuned on a GPU: within 0.3 points of the best full
-                     fine-tune found), after every increment (``--joint_increments last``: once, on all the data)
+                     warm-up, top 2 layers 5 epochs at 1e-4, ``--joint_learning_rate``; tuned on a GPU: within 0.3
+                     points of the best full fine-tune found), after every increment (``--joint_increments last``:
+                     once, on all the data)
   joint_frozen       the same with the frozen recipe (cached warm-up only)
   joint_ridge        joint closed-form ridge head, once on all the data
   joint_probe        joint logistic regression (scikit-learn, C tuned on a held-out tenth) on the frozen encoder's
@@ -220,6 +221,10 @@ class ForgettingBenchmarkArguments:
         default=5.0, metadata={"help": "Epochs of the base's fine-tune in the `adapted_*` methods."})
     adapt_layers: int = field(
         default=2, metadata={"help": "Top layers the base's fine-tune trains in the `adapted_*` methods."})
+    adapt_learning_rate: float = field(
+        default=1e-4, metadata={"help": "Learning rate of the head in that fine-tune (each layer below: x 0.8)."})
+    joint_learning_rate: float = field(
+        default=1e-4, metadata={"help": "Learning rate of the head in `joint`'s fine-tune (each layer below: x 0.8)."})
     joint_increments: str = field(
         default="auto",
         metadata={"help": "`joint` retrains after every increment (all) or only once on all the data (last); auto: "
@@ -499,8 +504,11 @@ def _config(task: Task, args: ForgettingBenchmarkArguments, method: str) -> Incr
         overrides["random_features"] = args.random_features
     if overrides.get("kernel_features"):
         overrides["kernel_features"] = args.random_features  # the same feature budget as the random-feature rows
+    if method == "joint":
+        overrides.update(finetune_learning_rate=args.joint_learning_rate)
     if method.startswith("adapted_"):
-        overrides.update(finetune_epochs=args.adapt_epochs, finetune_layers=args.adapt_layers)
+        overrides.update(finetune_epochs=args.adapt_epochs, finetune_layers=args.adapt_layers,
+                         finetune_learning_rate=args.adapt_learning_rate)
     if method == "naive":
         return IncrementConfig(**{**FROZEN, **common, **dict(
             warmup_epochs=0, finetune_layers=-1, finetune_epochs=args.naive_epochs,

@@ -13,6 +13,10 @@ then the adapted encoder's top 4 layers are read as the kernel head reads them a
 per-label discriminants and thresholds over the forgetting benchmark's 4 increments (as
 ``scripts/multilabel_layers.py`` does). Prints micro / macro-F1 (%) per increment and the seconds.
 
+Read with care: built into the recipe (a probe on the pooled layers during the fine-tune), the path made no difference
+in the forgetting benchmark (48.0 against 48.2 through the pooler at 3e-4); the gap here comes from this loop's
+learning rates (see docs/benchmarks.md, Multi-label decisions).
+
     PYTHONPATH=. python scripts/multilabel_adapt_path.py --data_dir ../shared/data --paths pooler mean
 """
 
