@@ -77,3 +77,22 @@ def test_benchmark_forgetting_resume_keeps_measured_methods(tmp_path, data_dir, 
         "accuracy_per_increment"]
     with pytest.raises(SystemExit, match="other arguments"):
         bench.main(bench.ForgettingBenchmarkArguments(methods=["ridge"], resume=True, **{**common, "seed": 7}))
+
+
+def test_the_learning_rate_arguments_reach_only_their_methods():
+    """`--adapt_learning_rate` sets the base's fine-tune of the `adapted_*` rows, `--joint_learning_rate` the joint
+    retraining's; both default to the 1e-4 the stored rows were measured with, and no other row changes."""
+    from types import SimpleNamespace
+
+    bench = _load_script()
+    task = SimpleNamespace(label_column="label", multi_label=False)
+    tuned = bench.ForgettingBenchmarkArguments(adapt_learning_rate=3e-4, joint_learning_rate=5e-4)
+    default = bench.ForgettingBenchmarkArguments()
+
+    def rate(args, method):
+        return bench._config(task, args, method).finetune_learning_rate
+
+    assert rate(tuned, "adapted_kernel_lda") == rate(tuned, "adapted_lda") == 3e-4
+    assert rate(tuned, "joint") == 5e-4
+    assert rate(tuned, "finetune_replay") == rate(default, "finetune_replay") == 1e-4
+    assert rate(default, "adapted_kernel_lda") == rate(default, "joint") == 1e-4
