@@ -8,7 +8,8 @@ frozen encoder's features, given
 - (ii) those plus ``--shots`` rows of every old label (seeded pick),
 - (iii) those plus every old row (fully annotated),
 
-and compares with keeping the base head untouched and with a joint fine-tune on all labels (same Trainer recipe).
+and compares with keeping the base head untouched and with a joint fine-tune on all labels (same Trainer recipe, or
+hf_incr's own fine-tuning recipe with ``--joint_recipe hf_incr``).
 Fine-tuned models and features are cached under ``--cache_dir`` and reused.
 
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python scripts/benchmark_elsewhere.py --datasets banking77
@@ -81,8 +82,8 @@ class ElsewhereBenchmarkArguments:
         metadata={
             "help": "How the joint reference is fine-tuned: `trainer` (plain Trainer, all layers, the base's recipe) "
             "or `hf_incr` (hf_incr's own fine-tuning recipe, as the forgetting benchmark's `joint`: a cached "
-            "warm-up of the head, then the top 2 layers 5 epochs at 1e-4; for data where a plain all-layer "
-            "fine-tune from a random head collapses). Cached apart (`joint` / `joint_hf_incr`).",
+            "warm-up of the head, then the top 2 layers 5 epochs at `--hf_incr_learning_rate`; for data where a "
+            "plain all-layer fine-tune from a random head collapses). Cached apart (`joint` / `joint_hf_incr`).",
             "choices": ["trainer", "hf_incr"],
         },
     )
