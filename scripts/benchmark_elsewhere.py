@@ -231,16 +231,11 @@ def finetune_with_hf_incr(rows: list[dict], labels: list[str], multi_label: bool
 
     import hf_incr
 
+    # A ClassLabel keeps the benchmark's label order (train_base_classifier would sort plain names).
     names = ClassLabel(names=labels)
-    if multi_label:
-        features = Features({"text": Value("string"), "labels": Sequence(names)})
-        data = Dataset.from_dict({"text": [r["text"] for r in rows],
-                                  "labels": [[names.str2int(lab) for lab in r["labels"]] for r in rows]},
-                                 features=features)
-    else:
-        features = Features({"text": Value("string"), "labels": names})
-        data = Dataset.from_dict({"text": [r["text"] for r in rows],
-                                  "labels": [names.str2int(r["labels"][0]) for r in rows]}, features=features)
+    ids = [names.str2int(r["labels"]) if multi_label else names.str2int(r["labels"][0]) for r in rows]
+    features = Features({"text": Value("string"), "labels": Sequence(names) if multi_label else names})
+    data = Dataset.from_dict({"text": [r["text"] for r in rows], "labels": ids}, features=features)
     config = hf_incr.IncrementConfig(**{**FROZEN, **FINETUNE, "label_column": "labels", "multi_label": multi_label,
                                         "max_length": args.max_length,
                                         "finetune_learning_rate": args.hf_incr_learning_rate})
