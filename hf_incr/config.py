@@ -250,7 +250,8 @@ class IncrementConfig:
             "hf_incr_kernel_lda_statistics.safetensors (next increment, ~50 MB per member in float32). Multi-label: "
             "each label its own discriminant on the pooled top layers themselves (no random features, one member: "
             "measured better there), with its F1-tuned threshold folded in; labels the rows do not annotate keep "
-            "their rows. 0: off."
+            "their rows. A multi-label classifier trained elsewhere can start one at any increment: its own labels "
+            "keep the Linear's logits, the kernel head decides the labels added from then on. 0: off."
         },
     )
     kernel_members: int = field(

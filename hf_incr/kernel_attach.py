@@ -202,7 +202,12 @@ class _KernelHook:
             # A decoder's score Linear runs on every token and the model then picks the last real one: every
             # position gets its text's logits, so whichever is picked answers for the text.
             logits = logits[:, None, :].expand(-1, output.shape[1], -1)
-        return logits.to(output.dtype)
+        logits = logits.to(output.dtype)
+        linear = self.classifier.config.linear_labels
+        if linear:  # labels of a classifier trained elsewhere: the Linear's own logits (every position's), bit for bit
+            logits = logits.clone()
+            logits[..., linear] = output[..., linear]
+        return logits
 
 
 def _hooks(module: nn.Module, kind: type) -> list:
@@ -275,6 +280,8 @@ class KernelHeadState:
         entry = {"num_features": c.num_features, "num_members": c.num_members, "pooling": c.pooling,
                  "layers": c.layers, "normalize": c.normalize, "bandwidth": c.bandwidth,
                  "bandwidth_factor": c.bandwidth_factor}
+        if c.linear_labels:
+            entry["linear_labels"] = list(c.linear_labels)
         if self.bandwidth_report is not None:
             entry["bandwidth_choice"] = {
                 "median_distance": self.bandwidth_report["median_distance"],

@@ -324,17 +324,18 @@ class MultiLabelStatistics:
         return LabelMoments(self.num_rows, self.rows.covariance(), positives, negatives, positive_mean, negative_mean)
 
 
-def solve_multi_label(stats: MultiLabelStatistics, shrinkage: float | str = "oas"
+def solve_multi_label(stats: MultiLabelStatistics, shrinkage: float | str = "oas", labels: list[int] | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each label's discriminant against the rows without it (:func:`~hf_incr.closed_form.binary_discriminants`) and
     its F1-optimal threshold (:func:`~hf_incr.closed_form.f1_thresholds`): ``weight`` (labels, dim), ``bias`` with
-    the threshold folded in (so a sigmoid's 0.5 decides as tuned), and the thresholds (logits), float64."""
+    the threshold folded in (so a sigmoid's 0.5 decides as tuned), and the thresholds (logits), float64; for the
+    label ids ``labels`` (default: all), in that order."""
     if stats.num_rows <= 1:
         raise DataError("solve_multi_label: the statistics hold no rows. Fix: call update() with the increment's rows "
                         "first.")
     if shrinkage != "oas" and not (isinstance(shrinkage, (int, float)) and 0.0 <= float(shrinkage) <= 1.0):
         raise DataError(f"solve_multi_label: shrinkage must be 'oas' or a number in [0, 1], got {shrinkage!r}.")
-    moments = stats.moments()
+    moments = stats.moments(labels)
     weight, bias = binary_discriminants(moments, None if shrinkage == "oas" else float(shrinkage))
     cuts = f1_thresholds(weight, bias, moments)
     return weight, bias - cuts, cuts
@@ -420,6 +421,10 @@ class KernelLDAConfig:
     # bias; the members' sigmoid probabilities are averaged.
     multi_label: bool = False
     labels: list[str] = field(default_factory=list)
+    # Multi-label: label ids whose logits stay the model's own Linear's. A classifier trained elsewhere brings its
+    # labels as trained rows of its Linear, with no rows this head could learn them from; sigmoids are independent,
+    # so those labels keep their predictions bit for bit while the head decides the others.
+    linear_labels: list[int] = field(default_factory=list)
 
     def __post_init__(self):
         if self.in_features <= 0 or self.num_features < 0 or self.num_members <= 0:
@@ -433,6 +438,9 @@ class KernelLDAConfig:
             raise DataError(f"KernelLDAConfig: layers must be >= 1 (the top layers pooled), got {self.layers}.")
         if self.pooling not in ("mean", "cls"):
             raise DataError(f"KernelLDAConfig: pooling must be 'mean' or 'cls', got {self.pooling!r}.")
+        if self.linear_labels and not self.multi_label:
+            raise DataError("KernelLDAConfig: linear_labels (labels whose logits stay the Linear's) needs "
+                            "multi_label=True: a softmax cannot mix two heads' logits.")
         if self.statistics_dtype not in ("float32", "float64"):
             raise DataError(f"KernelLDAConfig: statistics_dtype must be 'float32' or 'float64', got "
                             f"{self.statistics_dtype!r}.")
@@ -442,8 +450,11 @@ class KernelLDAConfig:
 
     def inference_dict(self) -> dict:
         keys = ("in_features", "num_features", "num_members", "bandwidth", "bandwidth_factor", "seed", "normalize",
-                "pooling", "layers", "combine", "multi_label", "labels")
-        return {k: v for k, v in asdict(self).items() if k in keys}
+                "pooling", "layers", "combine", "multi_label", "labels", "linear_labels")
+        settings = {k: v for k, v in asdict(self).items() if k in keys}
+        if not settings["linear_labels"]:
+            del settings["linear_labels"]  # files read by versions without the field load as before
+        return settings
 
 
 def head_size(num_features: int, num_members: int, multi_label: bool) -> tuple[int, int]:
@@ -622,20 +633,29 @@ class KernelLDAHead:
 
         Multi-label: only the rows of ``labels`` (default: all) are solved, each with its threshold folded in; the
         other labels keep ``previous``'s rows bit for bit (an increment whose rows do not annotate them says nothing
-        new about them), and so their predictions."""
+        new about them), and so their predictions. Labels of ``config.linear_labels`` are never solved (zero rows:
+        the model's Linear answers for them, see :class:`~hf_incr.kernel_attach`'s hook)."""
         if not self.statistics:
             raise DataError("KernelLDAHead.solve: no rows seen yet. Fix: call update() with the first increment.")
         weights, biases, cuts = [], [], []
         kept: list[int] = []  # labels whose rows stay as `previous` has them
+        linear = set(self.config.linear_labels)
         if self.config.multi_label and previous is not None and labels is not None:
             annotated = set(labels)
-            kept = [k for k in range(previous.num_labels) if k not in annotated]
+            kept = [k for k in range(previous.num_labels) if k not in annotated and k not in linear]
+        solvable = [k for k in range(self.statistics[0].num_labels) if k not in linear] if self.config.multi_label \
+            else []
         for index, stats in enumerate(self.statistics):
             if not self.config.multi_label:
                 weight, bias, _ = solve_lda(stats, self.config.shrinkage, self.config.priors)
             else:
-                weight, bias, cut = solve_multi_label(stats, self.config.shrinkage)
-                weight, bias = weight.float(), bias.float()
+                weight = torch.zeros(stats.num_labels, self.dim)
+                bias = torch.zeros(stats.num_labels)
+                cut = torch.zeros(stats.num_labels, dtype=torch.float64)
+                if solvable:
+                    solved_weight, solved_bias, cut[solvable] = solve_multi_label(stats, self.config.shrinkage,
+                                                                                  solvable)
+                    weight[solvable], bias[solvable] = solved_weight.float(), solved_bias.float()
                 if kept:
                     weight[kept] = previous.weights[index][kept].to(weight)
                     bias[kept] = previous.biases[index][kept].to(bias)
@@ -643,7 +663,7 @@ class KernelLDAHead:
             weights.append(weight)
             biases.append(bias)
         if cuts:
-            solved = range(len(cuts[0])) if labels is None or previous is None else labels
+            solved = solvable if labels is None or previous is None else [k for k in labels if k not in linear]
             mean = torch.stack(cuts).mean(0)
             self.thresholds = {int(k): float(mean[k]) for k in solved}
         return KernelLDAClassifier(self.config, self.projections, weights, biases)
@@ -710,7 +730,8 @@ def choose_bandwidth(features: torch.Tensor, labels, config: KernelLDAConfig, fa
 
 
 def _fingerprint(config: KernelLDAConfig, projections) -> str:
-    settings = {k: v for k, v in config.inference_dict().items() if k != "labels"}
+    # Which labels the Linear answers for grows with the head, like the label names: not part of the fingerprint.
+    settings = {k: v for k, v in config.inference_dict().items() if k not in ("labels", "linear_labels")}
     if settings["layers"] == 1:
         del settings["layers"]  # files written before `layers` existed pooled one layer: same fingerprint
     if not settings["multi_label"]:

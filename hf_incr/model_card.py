@@ -618,4 +618,11 @@ def kernel_lda_summary(directory: str | Path, model_or_config) -> dict[str, Any]
         "ratio": _rounded(inference.stat().st_size / weights, 2) if weights else None,
         "statistics_mb": _megabytes(statistics) if statistics.is_file() else None,
         "statistics_pushed": bool(recipe.get("kernel_push_statistics", True)),
+        # Labels whose logits stay the Linear's (a multi-label classifier trained elsewhere), by name.
+        "linear_labels": [str(_id2label(model_or_config).get(i, i)) for i in settings.get("linear_labels", [])],
     }
+
+
+def _id2label(model_or_config) -> dict:
+    config = getattr(model_or_config, "config", model_or_config)
+    return {int(k): v for k, v in (getattr(config, "id2label", None) or {}).items()}

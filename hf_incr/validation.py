@@ -485,7 +485,7 @@ def keeps_trained_rows(
             f"{config.random_features}`. Keep the number it was trained with: `random_features="
             f"{features.num_features}`."
         )
-    _check_kernel_head(statistics, config, keep)
+    _check_kernel_head(statistics, config, keep, is_multi_label_model(model))
     absent = [name for name in model.config.label2id if name not in set(labels_in_data)]
     if statistics is None and absent:
         warnings.warn(
@@ -501,18 +501,23 @@ def keeps_trained_rows(
     return keep
 
 
-def _check_kernel_head(statistics: RidgeStatistics | None, config: IncrementConfig, keep: bool) -> None:
+def _check_kernel_head(statistics: RidgeStatistics | None, config: IncrementConfig, keep: bool,
+                       multi_label: bool) -> None:
     """A later increment with ``kernel_features`` needs the kernel LDA statistics of every old label, of as many
-    features as it was trained with."""
+    features as it was trained with. A multi-label classifier trained elsewhere is the exception: its old labels stay
+    its Linear's (sigmoids are independent), and a kernel head starts with the new ones."""
     if not config.kernel_features:
         return
     kernel = statistics.kernel_lda if statistics is not None else None
-    if keep or kernel is None:
+    if kernel is None and keep and multi_label:
+        return  # starts here; the old labels' logits stay the Linear's (KernelLDAConfig.linear_labels)
+    if kernel is None or (keep and not multi_label):
         raise ConfigError(
             f"`kernel_features={config.kernel_features}`, but the model has no kernel LDA head with statistics (the "
             "base was trained without it, by another library, or its hf_incr_kernel_lda_statistics.safetensors was "
             "not pushed), so the old labels' kernel statistics are missing. Start from the folder the model was "
-            "trained in, train the base with `kernel_features` set, or keep `kernel_features=0`."
+            "trained in, train the base with `kernel_features` set, or keep `kernel_features=0`. (A multi-label "
+            "classifier trained elsewhere can start one: its old labels keep the Linear's logits.)"
         )
     expected = head_size(config.kernel_features, config.kernel_members, kernel.config.multi_label)
     if expected != (kernel.config.num_features, kernel.config.num_members):

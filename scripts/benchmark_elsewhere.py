@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import textwrap
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -87,6 +88,13 @@ class ElsewhereBenchmarkArguments:
             "choices": ["trainer", "hf_incr"],
         },
     )
+    kernel_features: int = field(
+        default=0,
+        metadata={"help": "With --product_only: `train_increment`'s kernel_features (multi-label: the new labels "
+                  "from a kernel LDA head on the encoder's pooled top layers, the old ones from the kept Linear; "
+                  "scored through the model, as hf_incr.load_model serves it). 0: the defaults."},
+    )
+    kernel_layers: int = field(default=4, metadata={"help": "With --kernel_features: `kernel_layers`."})
     hf_incr_learning_rate: float = field(
         default=3e-4,
         metadata={"help": "With `--joint_recipe hf_incr`: the head's learning rate in its fine-tune (each layer below "
@@ -101,6 +109,13 @@ class ElsewhereBenchmarkArguments:
     joint_only: bool = field(
         default=False, metadata={"help": "Add the joint fine-tune's row to an existing PREFIX_DATASET.json."}
     )
+    plot: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Only draw stored results: PREFIX_DATASET.json files, one panel per data set (files of one "
+                  "data set share it, rows in the order given), into --plot_path (no training). A run draws "
+                  "PREFIX_DATASET.png by itself."},
+    )
+    plot_path: str = field(default="", metadata={"help": "With --plot: the PNG to write."})
 
 
 # ----------------------------------------------------------------------------------------------------- data
@@ -296,8 +311,10 @@ def tune_thresholds(model_dir: Path, validation: list[dict], labels: list[str], 
 # ----------------------------------------------------------------------------------------------------- features
 
 
-def head_inputs(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64) -> torch.Tensor:
-    """What the output Linear receives (BERT: the pooler output), in eval mode; texts sorted by length for speed."""
+def head_inputs(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64,
+                logits: bool = False) -> torch.Tensor:
+    """What the output Linear receives (BERT: the pooler output), in eval mode; texts sorted by length for speed.
+    ``logits``: the model's logits instead (what an attached kernel head answers, not the Linear alone)."""
     captured = []
     head = model.classifier
     hook = head.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].detach()))
@@ -308,7 +325,9 @@ def head_inputs(model, tokenizer, texts: list[str], max_length: int, batch_size:
             for start in range(0, len(order), batch_size):
                 batch = [texts[i] for i in order[start:start + batch_size]]
                 enc = tokenizer(batch, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-                model(**enc)
+                output = model(**enc)
+                if logits:
+                    captured[-1] = output.logits.detach()
     finally:
         hook.remove()
     features = torch.cat(captured).float()
@@ -422,10 +441,11 @@ def product_case(base_dir: Path, rows: list[dict], test: list[dict], labels: lis
         new = [lab for lab in labels if lab not in model.config.label2id]
         train = Dataset.from_list([{"text": r["text"], "labels": [lab for lab in r["labels"] if lab in new]}
                                    for r in rows])
-        config = hf_incr.IncrementConfig(label_column="labels", multi_label=True)
+        config = hf_incr.IncrementConfig(label_column="labels", multi_label=True,
+                                         kernel_features=args.kernel_features, kernel_layers=args.kernel_layers)
     else:
         train = Dataset.from_list([{"text": r["text"], "label": r["labels"][0]} for r in rows])
-        config = hf_incr.IncrementConfig()
+        config = hf_incr.IncrementConfig(kernel_features=args.kernel_features, kernel_layers=args.kernel_layers)
     out = Path(args.cache_dir) / "product_i"
     # The batch size the user fine-tuned with (it sets the batch of the adaptation's fine-tune, when that runs).
     training_args = TrainingArguments(
@@ -436,10 +456,13 @@ def product_case(base_dir: Path, rows: list[dict], test: list[dict], labels: lis
     result = hf_incr.train_increment(model, tokenizer, train, config=config, args=training_args, save=False)
     seconds = time.perf_counter() - start
     model.eval()
-    feats = head_inputs(model, tokenizer, [r["text"] for r in test], args.max_length)
+    test_texts = [r["text"] for r in test]
+    if args.kernel_features:  # the model's logits: the kernel head's, and the kept Linear's for the old labels
+        logits = head_inputs(model, tokenizer, test_texts, args.max_length, logits=True)
+    else:
+        with torch.no_grad():
+            logits = model.classifier(head_inputs(model, tokenizer, test_texts, args.max_length))
     label2id = model.config.label2id
-    with torch.no_grad():
-        logits = model.classifier(feats)
     # Map the model's label order onto the benchmark's.
     order = torch.tensor([label2id[lab] for lab in labels])
     return {"logits": logits[:, order], "seconds": seconds, "timings": result.timings,
@@ -536,11 +559,14 @@ def run_dataset(name: str, args) -> dict:
         idx = torch.nonzero(mask).flatten()
         if args.product_only:
             out = product_case(base_dir, [train[i] for i in idx.tolist()], test, labels, args)
-            row = {"case": case, "method": f"hf_incr.train_increment defaults (head rows {out['head_rows']})",
+            method = "defaults" if not args.kernel_features else (
+                f"kernel_features={args.kernel_features}, kernel_layers={args.kernel_layers}")
+            row = {"case": case, "method": f"hf_incr.train_increment {method} (head rows {out['head_rows']})",
                    **scores(out["logits"], y_test, num_old, multi), "seconds": out["seconds"], "rows": len(idx),
                    "timings": out["timings"]}
             if multi:
                 row["old_predictions_bit_exact"] = bool(torch.equal(out["logits"][:, :num_old] > 0, base_logits > 0))
+                row["old_logits_max_abs_diff"] = float((out["logits"][:, :num_old] - base_logits).abs().max())
             result["rows"].append(row)
             print(json.dumps(row), flush=True)
             continue
@@ -590,7 +616,74 @@ def write_markdown(result: dict, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def merge_by_dataset(results: list[dict]) -> list[dict]:
+    """Results of the same data set (e.g. runs with other settings, kept in files of their own) as one, their rows
+    in the order given; the first file's base row and figures stand for all."""
+    merged: dict[str, dict] = {}
+    for result in results:
+        if result["dataset"] not in merged:
+            merged[result["dataset"]] = {**result, "rows": list(result["rows"])}
+        else:
+            merged[result["dataset"]]["rows"] += [r for r in result["rows"] if not r["case"].startswith("base")]
+    return list(merged.values())
+
+
+def _short(method: str) -> str:
+    """A row's method as a tick label: what differs from the product's defaults."""
+    for noise in ("hf_incr.train_increment ", " (head rows kept)", ", all labels"):
+        method = method.replace(noise, "")
+    return method
+
+
+def plot_results(results: list[dict], path: Path) -> None:
+    """One panel per data set: per case a group of bars (old / new / all labels), the seconds above it, and the
+    base's old-label figure before the increment as a dashed line, which the old bars should reach."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    parts = (("old", "tab:blue"), ("new", "tab:orange"), ("all", "tab:gray"))
+    fig = Figure(figsize=(1.6 + 1.5 * max(len(r["rows"]) for r in results), 3.6 * len(results)))
+    FigureCanvasAgg(fig)
+    for k, result in enumerate(results):
+        ax = fig.add_subplot(len(results), 1, k + 1)
+        rows = [r for r in result["rows"] if not r["case"].startswith("base")]
+        rows.sort(key=lambda r: r["case"].startswith("joint"))  # the references last (a stable sort)
+        for i, r in enumerate(rows):
+            for j, (part, colour) in enumerate(parts):
+                value = r.get(part)
+                if value is not None and np.isfinite(value):
+                    ax.bar(i + (j - 1) * 0.27, value, 0.27, color=colour, label=part if i == 0 else None)
+            top = max((r.get(p) or 0) for p, _ in parts if r.get(p) is None or np.isfinite(r[p]))
+            ax.annotate(f"{r['seconds']:.0f} s", (i, top), textcoords="offset points", xytext=(0, 3), ha="center",
+                        fontsize=8)
+        ax.axhline(result["base_old"], color="tab:blue", linestyle="--", linewidth=1,
+                   label=f"old labels before ({result['base_old']:.1f})")
+        # Several rows of one case (module variants, two joint recipes): the method tells them apart.
+        cases = [r["case"] for r in rows]
+        names = [c.replace(" (reference)", "") if cases.count(c) == 1 else
+                 f"{c.replace(' (reference)', '')}\n{textwrap.fill(_short(r['method']), 24)}"
+                 for c, r in zip(cases, rows)]
+        ax.set_xticks(range(len(rows)), names, fontsize=7)
+        metric = "micro-F1 %" if result["multi_label"] else "accuracy %"
+        ax.set_ylabel(metric)
+        ax.set_ylim(0, 122)  # room above the bars for the legend
+        ax.set_yticks(range(0, 101, 20))
+        ax.set_title(f"{result['dataset']}: {result['num_old']} labels trained elsewhere + {result['num_new']} new",
+                     fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", ncol=4, frameon=False)
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=110)
+
+
 def main(args: ElsewhereBenchmarkArguments) -> list[dict]:
+    if args.plot:
+        if not args.plot_path:
+            raise ValueError("--plot draws stored results into --plot_path, which is not set. Fix: add "
+                             "--plot_path scripts/results/elsewhere.png (or another PNG path).")
+        results = merge_by_dataset([json.loads(Path(p).read_text()) for p in args.plot])
+        plot_results(results, Path(args.plot_path))
+        return results
     torch.set_num_threads(args.num_threads)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
@@ -604,6 +697,7 @@ def main(args: ElsewhereBenchmarkArguments) -> list[dict]:
         prefix.parent.mkdir(parents=True, exist_ok=True)
         Path(f"{prefix}_{name}.json").write_text(json.dumps(result, indent=1))
         write_markdown(result, Path(f"{prefix}_{name}.md"))
+        plot_results([result], Path(f"{prefix}_{name}.png"))
         results.append(result)
     return results
 

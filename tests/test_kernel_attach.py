@@ -350,3 +350,56 @@ def test_multi_label_kernel_head_keeps_unannotated_labels_and_reloads(tmp_path):
     repair = next(line for line in card.splitlines() if line.startswith("| 3 | `repair`"))
     assert format_probability(result.record["kernel_lda"]["thresholds"]["repair"]) in repair
     assert result.record["kernel_lda"]["thresholds"]["repair"] != result.record["thresholds"]["repair"]
+
+
+def test_a_multi_label_classifier_trained_elsewhere_starts_a_kernel_head_beside_its_linear(tmp_path):
+    # No hf_incr statistics: the old labels keep the Linear's logits bit for bit, the new one is the kernel head's.
+    tok = tokenizer()
+    old = ["refund", "delivery", "login"]
+    model = tiny_bert(old, problem_type="multi_label_classification", seed=2)
+    texts = list(text_dataset([*old, "repair", "colour"], 2, offset=30)["text"])
+    before = _logits(model, tok, texts)
+    config = IncrementConfig(label_column="labels", kernel_features=64)
+    train = as_label_lists(text_dataset(["repair", "refund"], 6))
+    with pytest.warns(UserWarning):  # no saved statistics; rows carry old labels
+        result = train_increment(model, tok, train, config=config,
+                                 args=training_args(tmp_path, output_dir=str(tmp_path / "b")))
+    kernel = attached_kernel_head(model)
+    assert kernel is not None and kernel.config.linear_labels == [0, 1, 2]
+    assert result.record["head_rows"] == "kept" and result.record["kernel_lda"]["linear_labels"] == [0, 1, 2]
+    assert list(result.record["kernel_lda"]["thresholds"]) == ["repair"] and "kernel_lda_s" in result.timings
+    after = _logits(model, tok, texts)
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "b").eval()
+    plain_logits = _logits(plain, tok, texts)
+    # The old labels: the Linear's own logits (what plain transformers computes), the same decisions as before.
+    assert torch.equal(after[:, :3], plain_logits[:, :3]) and torch.equal(after[:, :3] > 0, before > 0)
+    torch.testing.assert_close(after[:, :3], before, rtol=0, atol=1e-6)
+    # The new label: the kernel head's discriminant on the pooled top layers, not the Linear's new row.
+    torch.testing.assert_close(after[:, 3], kernel(_pooled(model, tok, texts))[:, 3], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(after[:, 3], plain_logits[:, 3])
+    reloaded = hf_incr.load_model(str(tmp_path / "b"))
+    torch.testing.assert_close(_logits(reloaded, tok, texts), after, rtol=0, atol=0)
+    card = " ".join((tmp_path / "b" / "README.md").read_text().split())
+    assert 'the 3 label(s) the classifier came with, "refund", "delivery", "login", keep its Linear' in card
+
+    # The next increment continues the kernel head: `repair` keeps its kernel rows, the old labels their Linear's.
+    with pytest.warns(UserWarning, match="rows carry old labels"):
+        again = train_increment(reloaded, tok, as_label_lists(text_dataset(["colour", "refund"], 6)), config=config,
+                                args=training_args(tmp_path, output_dir=str(tmp_path / "c")))
+    grown = attached_kernel_head(reloaded)
+    assert grown.config.linear_labels == [0, 1, 2] and list(again.record["kernel_lda"]["thresholds"]) == ["colour"]
+    assert torch.equal(grown.weights[0][3], kernel.weights[0][3]) and torch.equal(grown.biases[0][3],
+                                                                                    kernel.biases[0][3])
+    last = _logits(reloaded, tok, texts)
+    assert last.shape[1] == 5 and torch.equal(last[:, :3] > 0, before > 0)
+    torch.testing.assert_close(last[:, :4], after, rtol=0, atol=1e-6)
+
+
+def test_a_single_label_classifier_trained_elsewhere_cannot_start_a_kernel_head(tmp_path, snapshot,
+                                                                                  assert_unchanged):
+    model = tiny_bert(["refund", "delivery"], seed=2)
+    before = snapshot(model)
+    with pytest.raises(ConfigError, match=r"no kernel LDA head with statistics.*multi-label classifier trained else"):
+        train_increment(model, tokenizer(), text_dataset(["login"], 4), config=IncrementConfig(kernel_features=64),
+                        args=training_args(tmp_path), save=False)
+    assert_unchanged(model, before)
