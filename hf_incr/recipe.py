@@ -811,7 +811,7 @@ def solve_kernel_head_beside_kept_rows(run: IncrementRun, statistics: RidgeStati
     capture, hooks = capture_pooled(run.model, kernel.config)
     share = KernelStatisticsAccumulator(kernel, capture, run.annotated)
     try:
-        accumulate_head_statistics(
+        run.rows_encoded = accumulate_head_statistics(
             run.model, run.tokenizer, rows[run.config.text_column], targets, [share],
             batch_size=run.config.feature_batch_size, max_length=run.config.max_length, device=run.args.device,
             show_progress=run.show_progress, head=run.head,

@@ -99,9 +99,10 @@ def adapt(out_dir: Path, batch_size: int) -> None:
     }))
 
 
-def kernel(out_dir: Path, multi_label: bool) -> None:
+def kernel(out_dir: Path, multi_label: bool, elsewhere: bool = False) -> None:
     """A kernel LDA head's first increment and a continuation, the frozen pass sharded over the processes; writes
-    the head's statistics (its one member), bandwidth and solved weights, and the rows this process encoded."""
+    the head's statistics (its one member), bandwidth and solved weights, and the rows this process encoded.
+    ``elsewhere``: no base increment; a multi-label classifier trained elsewhere starts the head on the new labels."""
     labels = ["refund", "delivery", "login"]
     column = "labels" if multi_label else "label"
 
@@ -119,9 +120,13 @@ def kernel(out_dir: Path, multi_label: bool) -> None:
                              kernel_members=1, kernel_statistics_dtype="float64", feature_batch_size=1,
                              label_column=column, multi_label_annotation="all")
     args = training_args(out_dir, per_device_eval_batch_size=4)
-    first = train_increment(model, tokenizer(), rows(labels, 6), config=config, args=args, save=False, kind="base")
+    statistics = None
+    if not elsewhere:
+        first = train_increment(model, tokenizer(), rows(labels, 6), config=config, args=args, save=False,
+                                kind="base")
+        statistics = first.ridge_statistics
     result = train_increment(model, tokenizer(), rows(["repair", "colour"], 7), config=config, args=args,
-                             save=False, ridge_statistics=first.ridge_statistics)
+                             save=False, ridge_statistics=statistics)
     state = result.ridge_statistics.kernel_lda
     stats = state.head.statistics[0]
     tensors = {"weight": state.classifier.weights[0], "bias": state.classifier.biases[0]}
@@ -133,13 +138,14 @@ def kernel(out_dir: Path, multi_label: bool) -> None:
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out_dir / f"rank{rank}.safetensors"))
     (out_dir / f"rank{rank}.json").write_text(json.dumps({
         "world_size": args.world_size, "bandwidth": state.config.bandwidth, "rows_encoded": result.rows_encoded,
+        "linear_labels": state.config.linear_labels,
     }))
 
 
 def main(out: str, batch_size: int, accumulation: int, phase: str) -> None:
     out_dir = Path(out)
-    if phase in ("kernel", "kernel_multi_label"):
-        kernel(out_dir, multi_label=phase == "kernel_multi_label")
+    if phase in ("kernel", "kernel_multi_label", "kernel_elsewhere"):
+        kernel(out_dir, multi_label=phase != "kernel", elsewhere=phase == "kernel_elsewhere")
         return
     if phase in ("closed_form", "closed_form_stream"):
         closed_form(out_dir, stream=phase == "closed_form_stream")

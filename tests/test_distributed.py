@@ -133,10 +133,12 @@ def test_two_processes_adapt_a_model_trained_elsewhere_to_the_same_weights(tmp_p
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("phase", ["kernel", "kernel_multi_label"], ids=["single_label", "multi_label"])
+@pytest.mark.parametrize("phase", ["kernel", "kernel_multi_label", "kernel_elsewhere"],
+                         ids=["single_label", "multi_label", "multi_label_trained_elsewhere"])
 def test_two_processes_share_the_kernel_heads_pass_and_solve_the_same_head(tmp_path, phase):
     # The first increment gathers every process's pooled rows (every process chooses the same bandwidth); the
     # continuation sums the processes' shares (counts, sums, raw second moments) and merges them into the head.
+    # Trained elsewhere: the head starts at the increment, beside the classifier's kept rows.
     _run(tmp_path / "single", 8, 1, phase)
     _run(tmp_path / "ddp", 8, 1, phase, processes=2)
     single, single_info = _load(tmp_path / "single", 0)
@@ -144,6 +146,7 @@ def test_two_processes_share_the_kernel_heads_pass_and_solve_the_same_head(tmp_p
     for tensors, info in ranks:
         assert info["world_size"] == 2 and info["bandwidth"] == single_info["bandwidth"]
         assert info["rows_encoded"] <= 7  # each process encodes its share of the 14 rows
+        assert info["linear_labels"] == ([0, 1, 2] if phase == "kernel_elsewhere" else [])
         assert torch.equal(tensors["counts"], single["counts"])
         for name in single:
             if name in ("weight", "bias", "counts"):
