@@ -204,6 +204,13 @@ def next_increment(info: dict[str, Any]) -> str:
             + ": every trained row of the head is kept bit for bit and only the new labels' rows are fitted beside "
             "them; a few examples of every old label in the data let hf_incr calibrate new against old"
         )
+        if info.get("kernel_lda"):  # a multi-label classifier trained elsewhere that started a kernel head
+            text += (
+                " (its kernel LDA head is continued for the labels hf_incr added, with `--kernel_features`; the "
+                "labels the classifier came with keep its Linear's logits)" if info.get("kernel_lda_statistics") else
+                " (its kernel LDA head cannot be continued: its statistics file was not saved here; start from the "
+                "folder it was trained in)"
+            )
     if info.get("replay"):
         text += "; the replay memory's stored examples are mixed into the training rows (with replay_per_label > 0)"
     return text

@@ -381,6 +381,8 @@ def test_a_multi_label_classifier_trained_elsewhere_starts_a_kernel_head_beside_
     torch.testing.assert_close(_logits(reloaded, tok, texts), after, rtol=0, atol=0)
     card = " ".join((tmp_path / "b" / "README.md").read_text().split())
     assert 'the 3 label(s) the classifier came with, "refund", "delivery", "login", keep its Linear' in card
+    plan = next_increment(model_info(str(tmp_path / "b")))
+    assert "kernel LDA head is continued for the labels hf_incr added" in plan
 
     # The next increment continues the kernel head: `repair` keeps its kernel rows, the old labels their Linear's.
     with pytest.warns(UserWarning, match="rows carry old labels"):
