@@ -110,8 +110,11 @@ def test_multi_label_new_label_on_every_row_is_refused_without_statistics(tmp_pa
 def test_multi_label_new_rows_beside_kept_ones_get_a_tuned_threshold(tmp_path):
     model = tiny_bert(OLD, problem_type="multi_label_classification", seed=2)
     train = text_dataset(["repair", "refund"], 6).map(lambda row: {"labels": [row["label"]]}).remove_columns("label")
-    result = train_increment(model, tokenizer(), train, config=IncrementConfig(label_column="labels"),
-                             args=training_args(tmp_path), save=False)
+    # The warning says what happens to a multi-label model's old labels (nothing) and how to decide the new ones.
+    advice = r"kept bit for bit, so their predictions do not change.*kernel_features=5000"
+    with pytest.warns(UserWarning, match=advice):
+        result = train_increment(model, tokenizer(), train, config=IncrementConfig(label_column="labels"),
+                                 args=training_args(tmp_path), save=False)
     assert result.record["head_rows"] == "kept" and list(result.record["thresholds"]) == ["repair"]
 
 
