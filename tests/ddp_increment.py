@@ -184,5 +184,17 @@ def main(out: str, batch_size: int, accumulation: int, phase: str) -> None:
     }))
 
 
+def shut_down() -> None:
+    """Leave the process group together before exiting, as PyTorch asks: a process that exits with the group's
+    threads still running can abort ("terminate called without an active exception"; seen once in a CI run of the
+    streamed phase)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 if __name__ == "__main__":
     main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+    shut_down()
