@@ -110,12 +110,14 @@ def extract_head_inputs(
     device: torch.device | str | None = None,
     show_progress: bool = True,
     head: ClassifierHead | None = None,
+    on_batch: Callable[[list[int]], None] | None = None,
 ) -> torch.Tensor:
     """Return a float32 CPU tensor ``(len(texts), in_features)`` of the head's inputs (e.g. BERT's pooler output), in
     the input order (see :func:`head_input_batches`; ``texts`` may be a datasets column).
 
     Under a distributed launch each process encodes its share of the texts and the shares are gathered, so every
-    process returns the whole matrix.
+    process returns the whole matrix. ``on_batch``: called after each batch's forward pass with its row indices (this
+    process's rows), where a forward hook's capture of the same pass can be read.
     """
     head = head or find_classifier_head(model)
     rows = rows_of_this_process(len(texts))
@@ -126,6 +128,8 @@ def extract_head_inputs(
     ):
         # A process's rows are contiguous (rows_of_this_process): row i sits at i - rows.start.
         local[torch.tensor(index) - rows.start] = inputs.float().cpu()
+        if on_batch is not None:
+            on_batch(index)
     return gather_rows(local, rows, len(texts))
 
 

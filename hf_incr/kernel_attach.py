@@ -375,6 +375,10 @@ class KernelStatisticsAccumulator:
                 f"The kernel LDA statistics expected {targets.shape[0]} pooled rows from the encoder hook, got "
                 f"{None if pooled is None else pooled.shape[0]}: the frozen pass did not run the model's encoder."
             )
+        return self.add(pooled, targets)
+
+    def add(self, pooled: torch.Tensor, targets: torch.Tensor) -> KernelStatisticsAccumulator:
+        """Add rows whose pooled vectors were captured already (e.g. during another pass over the same texts)."""
         self.rows.append(pooled.detach().float().cpu())
         self.labels.append(targets.float() if self.state.config.multi_label else targets.argmax(1))
         self.pending += pooled.shape[0]

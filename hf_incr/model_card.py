@@ -198,7 +198,7 @@ def card_context(
     lineage = get_lineage(config)
     examples = examples or {}
     multi = getattr(config, "problem_type", None) == MULTI_LABEL
-    id2label = {int(i): str(name) for i, name in (getattr(config, "id2label", None) or {}).items()}
+    id2label = _id2label(config)
     added_in, thresholds = {}, {}
     for record in lineage:
         for name in record.get("labels_added") or []:
@@ -601,7 +601,8 @@ def kernel_lda_summary(directory: str | Path, model_or_config) -> dict[str, Any]
         settings = {}
     weights = sum(p.stat().st_size for p in directory.glob("*.safetensors") if not p.name.startswith("hf_incr_"))
     statistics = directory / KERNEL_STATISTICS_FILENAME
-    lineage = get_lineage(getattr(model_or_config, "config", model_or_config))
+    config = getattr(model_or_config, "config", model_or_config)
+    lineage = get_lineage(config)
     recipe = ((lineage[-1] if lineage else {}) or {}).get("recipe") or {}
     bandwidth = settings.get("bandwidth")
     layers = int(settings.get("layers", 1))
@@ -619,10 +620,10 @@ def kernel_lda_summary(directory: str | Path, model_or_config) -> dict[str, Any]
         "statistics_mb": _megabytes(statistics) if statistics.is_file() else None,
         "statistics_pushed": bool(recipe.get("kernel_push_statistics", True)),
         # Labels whose logits stay the Linear's (a multi-label classifier trained elsewhere), by name.
-        "linear_labels": [str(_id2label(model_or_config).get(i, i)) for i in settings.get("linear_labels", [])],
+        "linear_labels": [_id2label(config).get(i, str(i)) for i in settings.get("linear_labels", [])],
     }
 
 
-def _id2label(model_or_config) -> dict:
-    config = getattr(model_or_config, "config", model_or_config)
-    return {int(k): v for k, v in (getattr(config, "id2label", None) or {}).items()}
+def _id2label(config) -> dict[int, str]:
+    """A model config's label names by id (config.json stores the ids as strings)."""
+    return {int(i): str(name) for i, name in (getattr(config, "id2label", None) or {}).items()}

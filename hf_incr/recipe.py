@@ -25,6 +25,7 @@ import copy
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,10 @@ class IncrementRun:
     keep_rows: bool = False  # a classifier hf_incr did not train: trained rows kept, new rows fitted beside them
     adapt: bool = False  # ... and given its old labels' data: the encoder is fine-tuned once (adapt_trained_elsewhere)
     adaptation: dict[str, Any] = field(default_factory=dict)  # what that step did, for the lineage and the summary
+    # ... multi-label, with `kernel_features`: the kernel head beside the kept rows, and the pooled top layers of this
+    # process's share of the increment's own rows (row ids, vectors), read in the same pass as the head inputs.
+    kernel_beside_kept_rows: KernelHeadState | None = None
+    pooled_rows: tuple[torch.Tensor, torch.Tensor] | None = None
     # Multi-label: the label ids this increment's rows annotate (None: every label), and the decision thresholds
     # (logits) folded into the biases of the rows it fitted, by label id.
     annotated: list[int] | None = None
@@ -392,7 +397,12 @@ def grow_head(run: IncrementRun) -> None:
         control.prepare_rows(run)
     if needs_features(run):
         started = time.perf_counter()
-        run.features = _encode(run, run.train_rows)
+        if run.keep_rows and run.multi_label:
+            run.kernel_beside_kept_rows = kernel_head_state(run, _statistics_of(run))
+        if run.kernel_beside_kept_rows is not None:
+            run.features, run.pooled_rows = _encode_with_pooled_rows(run, run.kernel_beside_kept_rows.config)
+        else:
+            run.features = _encode(run, run.train_rows)
         run.timed("feature_cache_s", started)
     examples = None
     init = config.init
@@ -435,12 +445,37 @@ def solves_head(run: IncrementRun) -> bool:
     return run.closed_form and not run.fine_tune
 
 
-def _encode(run: IncrementRun, rows: Dataset) -> torch.Tensor:
+def _encode(run: IncrementRun, rows: Dataset, on_batch: Callable[[list[int]], None] | None = None) -> torch.Tensor:
     config = run.config
     return extract_head_inputs(
         run.model, run.tokenizer, rows[config.text_column], batch_size=config.feature_batch_size,
         max_length=config.max_length, device=run.args.device, show_progress=run.show_progress, head=run.head,
+        on_batch=on_batch,
     )
+
+
+def _encode_with_pooled_rows(run: IncrementRun, kernel: KernelLDAConfig) -> tuple[torch.Tensor, tuple]:
+    """The head inputs of the training rows (:func:`_encode`) and, from the same forward passes, the pooled top layers
+    a kernel head reads, for this process's share of the increment's own rows (not replayed ones): ``(row ids,
+    vectors)`` in row order."""
+    capture, hooks = capture_pooled(run.model, kernel)
+    own = len(run.train_dataset)
+    ids, vectors = [], []
+
+    def keep(index: list[int]) -> None:
+        ids.extend(index)
+        vectors.append(capture.pooled.detach().float().cpu())
+
+    try:
+        features = _encode(run, run.train_rows, on_batch=keep)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    ids = torch.tensor(ids, dtype=torch.long)
+    vectors = torch.cat(vectors) if vectors else torch.zeros(0, kernel.in_features)
+    order = ids.argsort()
+    ids, vectors = ids[order], vectors[order]
+    return features, (ids[ids < own], vectors[ids < own])
 
 
 # 6. Measure ---------------------------------------------------------------------------------------------------------
@@ -787,38 +822,28 @@ def fit_new_rows_beside_kept_ones(run: IncrementRun) -> None:
     # Rows refitted on every label's rows are the data's own fit; otherwise every row is a kept, trained row.
     statistics.kept[:] = not refit
     run.statistics = statistics
-    if run.multi_label:
-        solve_kernel_head_beside_kept_rows(run, statistics)
+    solve_kernel_head_beside_kept_rows(run, statistics)
 
 
 def solve_kernel_head_beside_kept_rows(run: IncrementRun, statistics: RidgeStatistics) -> None:
     """Multi-label, trained rows kept, ``kernel_features`` set: a kernel LDA head decides the labels it has rows of
     (this increment's and later ones), reading the encoder's pooled top layers, while the labels the classifier
-    brought keep the Linear's logits bit for bit (``KernelLDAConfig.linear_labels``). One more frozen pass over this
-    increment's own rows feeds its statistics. On GoEmotions (14 labels trained elsewhere, 14 new) the new labels'
-    micro-F1 went from 48.7 (new Linear rows on the pooler) to 57.3, 58.6 at ``kernel_layers=6``
-    (docs/benchmarks.md)."""
-    kernel = kernel_head_state(run, statistics)
+    brought keep the Linear's logits bit for bit (``KernelLDAConfig.linear_labels``). Its statistics come from the
+    pooled rows the feature pass kept (:func:`_encode_with_pooled_rows`). On GoEmotions (14 labels trained elsewhere,
+    14 new) the new labels' micro-F1 went from 48.7 (new Linear rows on the pooler) to 57.3, 58.6 at
+    ``kernel_layers=6`` (docs/benchmarks.md)."""
+    kernel = run.kernel_beside_kept_rows
     if kernel is None:
         return
     started = time.perf_counter()
-    rows = run.train_encoded.select(range(len(run.train_dataset)))
-    labels, num_labels = rows.select_columns(["labels"]), run.head.linear.out_features
-
-    def targets(index) -> torch.Tensor:
-        return _targets(torch.tensor(labels[list(index)]["labels"]), num_labels, True, run.annotated)
-
-    capture, hooks = capture_pooled(run.model, kernel.config)
-    share = KernelStatisticsAccumulator(kernel, capture, run.annotated)
-    try:
-        run.rows_encoded = accumulate_head_statistics(
-            run.model, run.tokenizer, rows[run.config.text_column], targets, [share],
-            batch_size=run.config.feature_batch_size, max_length=run.config.max_length, device=run.args.device,
-            show_progress=run.show_progress, head=run.head,
-        )
-    finally:
-        for hook in hooks:
-            hook.remove()
+    ids, pooled = run.pooled_rows
+    run.pooled_rows = None  # held only until here
+    num_labels = run.head.linear.out_features
+    share = KernelStatisticsAccumulator(kernel, None, run.annotated)
+    if len(ids):
+        labels = torch.tensor(run.train_encoded.select_columns(["labels"])[ids.tolist()]["labels"])
+        share.add(pooled, _targets(labels, num_labels, True, run.annotated))
+    run.rows_encoded = len(ids)
     statistics.kernel_lda = share.finish(num_labels)
     attach_kernel_head(run.model, statistics.kernel_lda.classifier, run.head)
     run.timed("kernel_lda_s", started)

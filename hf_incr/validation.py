@@ -485,29 +485,29 @@ def keeps_trained_rows(
             f"{config.random_features}`. Keep the number it was trained with: `random_features="
             f"{features.num_features}`."
         )
-    _check_kernel_head(statistics, config, keep, is_multi_label_model(model))
+    multi_label = is_multi_label_model(model)
+    _check_kernel_head(statistics, config, keep, multi_label)
     absent = [name for name in model.config.label2id if name not in set(labels_in_data)]
-    if statistics is None and absent and is_multi_label_model(model):
-        # Sigmoids are independent: the old labels lose nothing, so the only advice is how to decide the new ones.
+    if statistics is None and absent:
+        if multi_label:  # sigmoids are independent: the old labels lose nothing; the advice is for the new ones
+            what = (
+                " are kept bit for bit, so their predictions do not change; the new labels' rows are fitted on the "
+                "encoder's pooler output"
+                + ("." if config.kernel_features else
+                   ". If the model will be loaded with `hf_incr.load_model`, `kernel_features=5000` decides the new "
+                   "labels on the encoder's top layers instead (GoEmotions: 57.3 % micro-F1 against 48.7 %).")
+            )
+        else:
+            what = (
+                " are kept bit for bit and only the new labels' rows are fitted, on the old rows' scale; with no rows "
+                "of those labels nothing calibrates new against old, so they may lose a few points to the new labels. "
+                "Add a few training examples of every old label to this data to calibrate the new rows against them, "
+                "or all the data the model was trained on to adapt its encoder too (`adapt_trained_elsewhere`)."
+            )
         warnings.warn(
             f"The model has no saved statistics ({RIDGE_FILENAME}; was it trained without hf_incr?) and the data "
-            f"lacks its label(s) {absent[:10]}{' ...' if len(absent) > 10 else ''}. Their trained rows of the head "
-            "are kept bit for bit, so their predictions do not change; the new labels' rows are fitted on the "
-            "encoder's pooler output"
-            + ("." if config.kernel_features else
-               ". If the model will be loaded with `hf_incr.load_model`, `kernel_features=5000` decides the new "
-               "labels on the encoder's top layers instead (GoEmotions: 57.3 % micro-F1 against 48.7 %)."),
-            UserWarning,
-            stacklevel=4,
-        )
-    elif statistics is None and absent:
-        warnings.warn(
-            f"The model has no saved statistics ({RIDGE_FILENAME}; was it trained without hf_incr?) and the data "
-            f"lacks its label(s) {absent[:10]}{' ...' if len(absent) > 10 else ''}. Their trained rows of the head "
-            "are kept bit for bit and only the new labels' rows are fitted, on the old rows' scale; with no rows of "
-            "those labels nothing calibrates new against old, so they may lose a few points to the new labels. Add a "
-            "few training examples of every old label to this data to calibrate the new rows against them, or all "
-            "the data the model was trained on to adapt its encoder too (`adapt_trained_elsewhere`).",
+            f"lacks its label(s) {absent[:10]}{' ...' if len(absent) > 10 else ''}. Their trained rows of the head"
+            + what,
             UserWarning,
             stacklevel=4,
         )
