@@ -7,6 +7,8 @@ frozen encoder's features, given
 - (i) the new labels' rows only,
 - (ii) those plus ``--shots`` rows of every old label (seeded pick),
 - (iii) those plus every old row (fully annotated),
+- multi-label, (i') every training text annotated with the new labels only: the new labels' rows and the texts that
+  carry none of them (old labels unannotated; what relabelling a corpus for the new labels gives),
 
 and compares with keeping the base head untouched and with a joint fine-tune on all labels (same Trainer recipe, or
 hf_incr's own fine-tuning recipe with ``--joint_recipe hf_incr``).
@@ -76,6 +78,11 @@ class ElsewhereBenchmarkArguments:
     )
     seed: int = field(default=0, metadata={"help": "Seed of the label order, the shots and the fine-tunes."})
     shots: int = field(default=5, metadata={"help": "Rows of every old label in case (ii)."})
+    cases: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Run only these cases, by their first word: (i), (i'), (ii), (iii) (default: all the data "
+                  "set has; (i') is multi-label only)."},
+    )
     num_threads: int = field(default=1, metadata={"help": "torch intra-op threads (the machine is shared)."})
     joint: bool = field(default=True, metadata={"help": "Also fine-tune jointly on all labels (the reference)."})
     joint_recipe: str = field(
@@ -437,7 +444,8 @@ def product_case(base_dir: Path, rows: list[dict], test: list[dict], labels: lis
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForSequenceClassification.from_pretrained(base_dir)
     if model.config.problem_type == "multi_label_classification":
-        # Case (i) as a user brings it: the new labels' rows annotated with the new labels (old ones unannotated).
+        # As a user brings it: the rows annotated with the new labels (old ones unannotated); in case (i') the
+        # texts with none of them come with an empty list.
         new = [lab for lab in labels if lab not in model.config.label2id]
         train = Dataset.from_list([{"text": r["text"], "labels": [lab for lab in r["labels"] if lab in new]}
                                    for r in rows])
@@ -547,9 +555,15 @@ def run_dataset(name: str, args) -> dict:
     few = has_new.clone()
     few[torch.tensor(shot_idx, dtype=torch.long)] = True
     cases = {"(i) new rows only": has_new}
-    if not multi:
+    if multi:
+        # Relabelling a corpus for the new labels also says which texts carry none of them: each new label's
+        # negatives then include texts of the old labels only, which case (i) never shows it.
+        cases["(i') every text, new labels annotated"] = torch.ones_like(has_new)
+    else:
         cases[f"(ii) + {args.shots} per old label"] = few
         cases["(iii) + every old row"] = torch.ones_like(has_new)
+    if args.cases:
+        cases = {case: mask for case, mask in cases.items() if case.split()[0] in args.cases}
     ablations = {
         "(i) new rows only": ["aligned_no_anchors", "free_l2_1e-3_uncalibrated"],
         f"(ii) + {args.shots} per old label": ["free_l2_1e-3_uncalibrated", "logreg_all_rows"],
@@ -660,8 +674,8 @@ def plot_results(results: list[dict], path: Path) -> None:
                    label=f"old labels before ({result['base_old']:.1f})")
         # Several rows of one case (module variants, two joint recipes): the method tells them apart.
         cases = [r["case"] for r in rows]
-        names = [c.replace(" (reference)", "") if cases.count(c) == 1 else
-                 f"{c.replace(' (reference)', '')}\n{textwrap.fill(_short(r['method']), 24)}"
+        names = [textwrap.fill(c.replace(" (reference)", ""), 24) if cases.count(c) == 1 else
+                 f"{textwrap.fill(c.replace(' (reference)', ''), 24)}\n{textwrap.fill(_short(r['method']), 24)}"
                  for c, r in zip(cases, rows)]
         ax.set_xticks(range(len(rows)), names, fontsize=7)
         metric = "micro-F1 %" if result["multi_label"] else "accuracy %"
