@@ -392,7 +392,7 @@ def _check_new_labels_have_negatives(run: IncrementRun) -> None:
     new_labels = set(run.new_labels)
     if run.statistics is None and all(new_labels.intersection(names) for names in rows):
         # GoEmotions, 14 + 14 labels: 58.6 % micro-F1 on the new labels from their rows alone, 62.0 % with the texts
-        # that carry none of them (docs/benchmarks.md): the thresholds, not the ranking, gain most.
+        # that carry none of them (docs/benchmarks.md): both the thresholds and the ranking gain.
         warnings.warn(
             "Every row of this increment carries one of the new labels, and the model has no saved statistics: "
             "each new label's threshold is chosen against the other new labels' rows only, so it fires too often on "

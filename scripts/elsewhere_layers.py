@@ -43,7 +43,7 @@ class ElsewhereLayerArguments:
     data_dir: str = field(default="../shared/data", metadata={"help": "Folder of the shared data sets."})
     seed: int = field(default=0, metadata={"help": "The label order's seed (as the benchmark's)."})
     cache: str = field(default="outputs/elsewhere_layers_all.safetensors",
-                       metadata={"help": "Where the encoded states of every training text are cached (about 520 MB)."})
+                       metadata={"help": "Where the encoded states of every training text are cached (about 600 MB)."})
     ceiling: bool = field(default=False, metadata={"help": "Also score at thresholds tuned on the test rows."})
     without_new: list[float] = field(default_factory=lambda: [0.0], metadata={
         "help": "Texts without a new label added to the new labels' rows, as fractions of their number (1e9: all)."})

@@ -4,6 +4,7 @@ new rows are fitted beside them, and the statistics saved make the next incremen
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -120,14 +121,13 @@ def test_multi_label_new_rows_beside_kept_ones_get_a_tuned_threshold(tmp_path):
 
 def test_multi_label_rows_that_all_carry_new_labels_are_warned_about_and_texts_without_them_are_negatives(
         tmp_path):
-    import warnings
-
     model = tiny_bert(OLD, problem_type="multi_label_classification", seed=2)
     train = text_dataset(["repair", "colour"], 6).map(lambda row: {"labels": [row["label"]]}).remove_columns("label")
     advice = r"Every row of this increment carries one of the new labels.*an empty label list `\[\]`"
     with pytest.warns(UserWarning, match=advice):
-        train_increment(copy.deepcopy(model), tokenizer(), train, config=IncrementConfig(label_column="labels"),
-                        args=training_args(tmp_path), save=False)
+        alone = train_increment(copy.deepcopy(model), tokenizer(), train,
+                                config=IncrementConfig(label_column="labels"), args=training_args(tmp_path),
+                                save=False)
     # Texts that carry none of the new labels ([] or only old labels) are the new labels' negatives: no warning,
     # and the new labels' thresholds are chosen against them too.
     none = text_dataset(OLD, 2, offset=20).map(lambda row: {"labels": []}).remove_columns("label")
@@ -138,6 +138,7 @@ def test_multi_label_rows_that_all_carry_new_labels_are_warned_about_and_texts_w
                                  save=False)
     assert not [w for w in caught if "Every row of this increment" in str(w.message)]
     assert result.record["head_rows"] == "kept" and sorted(result.record["thresholds"]) == ["colour", "repair"]
+    assert result.record["thresholds"] != alone.record["thresholds"]
 
 
 def _encoder(model) -> dict[str, torch.Tensor]:
