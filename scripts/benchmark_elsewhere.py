@@ -508,6 +508,10 @@ def add_joint_row(name: str, args) -> dict:
 def run_dataset(name: str, args) -> dict:
     task = load_task(name, args.data_dir, args.seed)
     multi = task["multi_label"]
+    known = ["(i)", "(i')"] if multi else ["(i)", "(ii)", "(iii)"]
+    if unknown := [case for case in args.cases if case not in known]:  # before any fine-tune
+        raise ValueError(f"--cases {unknown} are not cases of {name}; its cases are {known}. Fix: pass some of those "
+                         "(quoted in a shell, e.g. --cases \"(i')\").")
     labels = task["base"] + task["new"]
     num_old, num_new = len(task["base"]), len(task["new"])
     cache = Path(args.cache_dir) / name

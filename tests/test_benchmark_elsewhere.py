@@ -52,3 +52,21 @@ def test_plot_without_a_path_says_which_argument_is_missing(tmp_path):
     bench = load_script("benchmark_elsewhere")
     with pytest.raises(ValueError, match="--plot_path"):
         bench.main(bench.ElsewhereBenchmarkArguments(plot=[str(tmp_path / "x.json")]))
+
+
+def test_cases_a_data_set_lacks_are_refused_before_any_fine_tune(tmp_path, monkeypatch):
+    bench = load_script("benchmark_elsewhere")
+
+    def fine_tune(*args, **kwargs):
+        raise AssertionError("the base's fine-tune started before the cases were checked")
+
+    monkeypatch.setattr(bench, "finetune", fine_tune)
+    data_dir = load_script("benchmark_data").shared_data_dir()
+    if data_dir is None:
+        pytest.skip("The shared data sets (../shared/data or $HF_INCR_DATA_DIR) are absent in this checkout.")
+    args = bench.ElsewhereBenchmarkArguments(data_dir=str(data_dir), cache_dir=str(tmp_path / "cache"),
+                                             cases=["(ii)"])
+    refused = r"\['\(ii\)'\] are not cases of goemotions; its cases are \['\(i\)', \"\(i'\)\"\]"
+    with pytest.raises(ValueError, match=refused):
+        bench.run_dataset("goemotions", args)
+    assert not (tmp_path / "cache").exists()  # nothing written
