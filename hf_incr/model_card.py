@@ -603,6 +603,7 @@ def kernel_lda_summary(directory: str | Path, model_or_config) -> dict[str, Any]
     statistics = directory / KERNEL_STATISTICS_FILENAME
     config = getattr(model_or_config, "config", model_or_config)
     lineage = get_lineage(config)
+    names = _id2label(config)
     recipe = ((lineage[-1] if lineage else {}) or {}).get("recipe") or {}
     bandwidth = settings.get("bandwidth")
     layers = int(settings.get("layers", 1))
@@ -620,7 +621,7 @@ def kernel_lda_summary(directory: str | Path, model_or_config) -> dict[str, Any]
         "statistics_mb": _megabytes(statistics) if statistics.is_file() else None,
         "statistics_pushed": bool(recipe.get("kernel_push_statistics", True)),
         # Labels whose logits stay the Linear's (a multi-label classifier trained elsewhere), by name.
-        "linear_labels": [_id2label(config).get(i, str(i)) for i in settings.get("linear_labels", [])],
+        "linear_labels": [names.get(i, str(i)) for i in settings.get("linear_labels", [])],
     }
 
 

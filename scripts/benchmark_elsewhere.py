@@ -323,8 +323,8 @@ def head_inputs(model, tokenizer, texts: list[str], max_length: int, batch_size:
     """What the output Linear receives (BERT: the pooler output), in eval mode; texts sorted by length for speed.
     ``logits``: the model's logits instead (what an attached kernel head answers, not the Linear alone)."""
     captured = []
-    head = model.classifier
-    hook = head.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].detach()))
+    hook = None if logits else model.classifier.register_forward_hook(
+        lambda module, inputs, output: captured.append(inputs[0].detach()))
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     model.eval()
     try:
@@ -334,9 +334,10 @@ def head_inputs(model, tokenizer, texts: list[str], max_length: int, batch_size:
                 enc = tokenizer(batch, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
                 output = model(**enc)
                 if logits:
-                    captured[-1] = output.logits.detach()
+                    captured.append(output.logits.detach())
     finally:
-        hook.remove()
+        if hook is not None:
+            hook.remove()
     features = torch.cat(captured).float()
     out = torch.empty_like(features)
     out[torch.tensor(order)] = features

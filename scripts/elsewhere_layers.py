@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 from benchmark_elsewhere import load_task, restrict, targets
-from multilabel_layers import encode, f1, tuned_cuts
+from multilabel_layers import encode, f1, representation, tuned_cuts
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoTokenizer, HfArgumentParser
 
@@ -47,14 +47,6 @@ class ElsewhereLayerArguments:
     ceiling: bool = field(default=False, metadata={"help": "Also score at thresholds tuned on the test rows."})
     without_new: list[float] = field(default_factory=lambda: [0.0], metadata={
         "help": "Texts without a new label added to the new labels' rows, as fractions of their number (1e9: all)."})
-
-
-def representation(states: torch.Tensor, spec: str) -> torch.Tensor:
-    if spec == "pooler":
-        return states[:, -1]
-    layers = int(spec.removeprefix("top"))
-    top = states[:, -1 - layers:-1]
-    return torch.nn.functional.normalize(top, dim=2).flatten(1)
 
 
 def main(args: ElsewhereLayerArguments) -> dict[tuple[str, float], tuple[float, float]]:

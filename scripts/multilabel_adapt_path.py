@@ -59,25 +59,36 @@ def fine_tune(task, path: str, args: AdaptPathArguments):
     head = torch.nn.Linear(model.config.hidden_size * (1 if path == "pooler" else args.layers), size)
     optimizer = torch.optim.AdamW([{"params": [p for p in model.parameters() if p.requires_grad], "lr": 1e-4},
                                    {"params": head.parameters(), "lr": 1e-3}])
-    model.train()
+
+    def pool(output, mask):
+        if path == "pooler":
+            return output.pooler_output
+        return torch.cat([(h * mask).sum(1) / mask.sum(1) for h in output.hidden_states[-args.layers:]], 1)
+
+    texts = [task.train_texts[i] for i in first]
     for epoch in range(args.epochs):
-        order = list(range(len(first)))
-        random.Random(args.seed + epoch).shuffle(order)
-        for start in range(0, len(order), 32):
-            index = order[start : start + 32]
-            batch = tokenizer([task.train_texts[first[i]] for i in index], truncation=True, max_length=64,
-                              padding=True, return_tensors="pt")
-            output = model(**batch, output_hidden_states=True)
-            if path == "pooler":
-                pooled = output.pooler_output
-            else:
-                mask = batch["attention_mask"].unsqueeze(-1).float()
-                pooled = torch.cat([(h * mask).sum(1) / mask.sum(1) for h in output.hidden_states[-args.layers:]], 1)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(head(pooled), targets[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+        train_epoch(model, tokenizer, texts, targets, head, pool, optimizer, seed=args.seed + epoch)
     return model.eval(), tokenizer
+
+
+def train_epoch(model, tokenizer, texts: list[str], targets: torch.Tensor, head: torch.nn.Module, pool,
+                optimizer: torch.optim.Optimizer, seed: int) -> None:
+    """One epoch of binary cross-entropy on ``texts`` in seeded random batches of 32: ``head(pool(output, mask))``
+    against ``targets``, where ``output`` is the model's (with every hidden state) and ``mask`` the attention mask
+    as a (batch, tokens, 1) float."""
+    model.train()
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    for start in range(0, len(order), 32):
+        index = order[start : start + 32]
+        batch = tokenizer([texts[i] for i in index], truncation=True, max_length=64, padding=True,
+                          return_tensors="pt")
+        output = model(**batch, output_hidden_states=True)
+        pooled = pool(output, batch["attention_mask"].unsqueeze(-1).float())
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(head(pooled), targets[index].float())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
 
 
 def main(args: AdaptPathArguments) -> None:

@@ -10,9 +10,7 @@ does (``mean`` path); then, per ``--variant``:
 - ``oracle``: every later increment fine-tunes the top 4 layers again for one epoch on its own rows (binary
   cross-entropy over every label seen, through a Linear started from the current closed-form head), and the
   statistics of *every* increment's rows are recomputed with the new encoder. That needs every text stored: it is
-  the upper bound of any drift compensation (carrying the old statistics across the encoder's change without text);
-- ``affine``: the same fine-tunes, the old statistics carried across by the affine map from the encoder's features
-  before to after the fine-tune, fitted on the increment's rows, plus its residual covariance (no text stored).
+  the upper bound of any drift compensation (carrying the old statistics across the encoder's change without text).
 
 Prints micro / macro-F1 (%) over the labels seen after each increment, and the seconds so far.
 
@@ -22,13 +20,12 @@ Prints micro / macro-F1 (%) over the labels seen after each increment, and the s
 from __future__ import annotations
 
 import copy
-import random
 import time
 from dataclasses import dataclass, field
 
 import torch
 from benchmark_forgetting import ForgettingBenchmarkArguments, load_task
-from multilabel_adapt_path import AdaptPathArguments, fine_tune
+from multilabel_adapt_path import AdaptPathArguments, fine_tune, train_epoch
 from multilabel_layers import encode, f1, label_ids, multi_hot, representation
 from transformers import HfArgumentParser
 
@@ -39,8 +36,7 @@ LAYERS = 4
 
 @dataclass
 class LaterAdaptationArguments:
-    variant: str = field(default="oracle", metadata={"help": "frozen, oracle or affine.",
-                                                     "choices": ["frozen", "oracle", "affine"]})
+    variant: str = field(default="oracle", metadata={"help": "frozen or oracle.", "choices": ["frozen", "oracle"]})
     learning_rate: float = field(default=1e-4, metadata={"help": "The top layers' rate in the later fine-tunes."})
     data_dir: str = field(default="../shared/data", metadata={"help": "Folder of the shared data sets."})
 
@@ -49,10 +45,8 @@ def features(model, tokenizer, texts: list[str]) -> torch.Tensor:
     return representation(encode(model, tokenizer, texts), f"top{LAYERS}").double()
 
 
-def pooled(model, batch) -> torch.Tensor:
-    """The kernel head's reading of a batch, with gradients."""
-    output = model(**batch, output_hidden_states=True)
-    mask = batch["attention_mask"].unsqueeze(-1).float()
+def pooled(output, mask) -> torch.Tensor:
+    """The kernel head's reading of a batch (mean-pooled, L2-normalised top layers, concatenated), with gradients."""
     return torch.cat([torch.nn.functional.normalize((h * mask).sum(1) / mask.sum(1), dim=1)
                       for h in output.hidden_states[-LAYERS:]], 1)
 
@@ -68,34 +62,8 @@ def refine(model, tokenizer, texts, targets, weight, bias, learning_rate: float,
         head.bias.copy_(bias.float())
     optimizer = torch.optim.AdamW([{"params": [p for p in model.parameters() if p.requires_grad],
                                     "lr": learning_rate}, {"params": head.parameters(), "lr": 1e-4}])
-    model.train()
-    order = list(range(len(texts)))
-    random.Random(seed).shuffle(order)
-    for start in range(0, len(order), 32):
-        index = order[start : start + 32]
-        batch = tokenizer([texts[i] for i in index], truncation=True, max_length=64, padding=True,
-                          return_tensors="pt")
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(head(pooled(model, batch)),
-                                                                    targets[index].float())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    train_epoch(model, tokenizer, texts, targets, head, pooled, optimizer, seed)
     return model.eval()
-
-
-def carry_across(statistics: RidgeStatistics, before: torch.Tensor, after: torch.Tensor, penalty: float = 1e-3):
-    """Map the statistics' second moments through the affine fit ``[after, 1] ~ M [before, 1]``, in place."""
-    x = torch.cat([before, torch.ones(len(before), 1, dtype=before.dtype)], 1)
-    gram = x.T @ x
-    solution = torch.linalg.solve(gram + penalty * len(x) * torch.eye(len(gram), dtype=gram.dtype), x.T @ after)
-    residual = after - x @ solution
-    mapping = torch.eye(len(gram), dtype=gram.dtype)
-    mapping[:-1] = solution.T
-    rows = float(statistics.gram[-1, -1])
-    statistics.gram = mapping @ statistics.gram @ mapping.T
-    statistics.gram[:-1, :-1] += rows * residual.T @ residual / len(x)
-    statistics.cross = mapping @ statistics.cross
-    statistics.unannotated = mapping @ statistics.unannotated
 
 
 def main(args: LaterAdaptationArguments) -> list[tuple[float, float]]:
@@ -111,15 +79,12 @@ def main(args: LaterAdaptationArguments) -> list[tuple[float, float]]:
         rows = [i for i, names in enumerate(task.train_labels) if any(n in increment for n in names)]
         texts, y = [task.train_texts[i] for i in rows], multi_hot([task.train_labels[i] for i in rows], ids, seen)
         increments.append((texts, y))
-        if t > 0 and args.variant != "frozen":
+        if t > 0 and args.variant == "oracle":
             before = features(model, tokenizer, texts)
             start = copy.deepcopy(statistics).add(RidgeStatistics.empty(before.shape[1], seen).update(before, y))
             weight, bias = start.solve_binary_lda()
             model = refine(model, tokenizer, texts, y, weight, bias - start.decision_thresholds(weight, bias),
                            args.learning_rate, seed=t)
-            if args.variant == "affine":
-                carry_across(statistics, before, features(model, tokenizer, texts))
-        if args.variant == "oracle" and t > 0:
             statistics = RidgeStatistics.empty(LAYERS * model.config.hidden_size, 0)
             for some_texts, some_y in increments:
                 statistics.add(RidgeStatistics.empty(statistics.gram.shape[0] - 1, some_y.shape[1]).update(

@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 from datasets import concatenate_datasets
-from text_models import text_dataset, tiny_bert, tokenizer, training_args
+from text_models import as_label_lists, text_dataset, tiny_bert, tokenizer, training_args
 from transformers import AutoModelForSequenceClassification
 
 import hf_incr
@@ -122,7 +122,7 @@ def test_multi_label_new_rows_beside_kept_ones_get_a_tuned_threshold(tmp_path):
 def test_multi_label_rows_that_all_carry_new_labels_are_warned_about_and_texts_without_them_are_negatives(
         tmp_path):
     model = tiny_bert(OLD, problem_type="multi_label_classification", seed=2)
-    train = text_dataset(["repair", "colour"], 6).map(lambda row: {"labels": [row["label"]]}).remove_columns("label")
+    train = as_label_lists(text_dataset(["repair", "colour"], 6))
     advice = r"Every row of this increment carries one of the new labels.*an empty label list `\[\]`"
     with pytest.warns(UserWarning, match=advice):
         alone = train_increment(copy.deepcopy(model), tokenizer(), train,
