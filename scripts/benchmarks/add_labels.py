@@ -15,8 +15,8 @@ model, head size (existing labels) and ``init``, the script reports
 and, per model, the time of ``find_classifier_head`` alone, by the table of known paths and by the structural probe
 used for unknown classes (which walks the modules once).
 
-    python scripts/benchmark_add_labels.py                          # everything, about a minute on 2 cores
-    python scripts/benchmark_add_labels.py --models bert-tiny bert-large --label_counts 10 1000 --output_json out.json
+    python scripts/benchmarks/add_labels.py                         # everything, about a minute on 2 cores
+    python scripts/benchmarks/add_labels.py --models bert-tiny bert-large --label_counts 10 1000 --output_json out.json
 
 Timings use one intra-op thread by default (``--num_threads``): on a shared machine, waking a second OpenMP thread
 for a copy of a few hundred kB cost 10-20 ms here, which measured the scheduler rather than ``add_labels``.

@@ -1,4 +1,4 @@
-"""The shared benchmark data sets (BANKING77, CLINC150, GoEmotions) as read by the benchmark scripts and tests
+"""The shared benchmark data sets (BANKING77, CLINC150, GoEmotions) as read by the benchmark scripts
 (development only: not part of the installed package).
 
 They are not shipped: a checkout reads them from ``../shared/data`` (or ``HF_INCR_DATA_DIR``); a user gets the same
@@ -20,7 +20,7 @@ DATA_DIR_ENV = "HF_INCR_DATA_DIR"
 
 def shared_data_dir(default: str | os.PathLike | None = None) -> Path | None:
     """``$HF_INCR_DATA_DIR``, else ``default``, else ``../shared/data`` next to the checkout; None if absent."""
-    candidates = [os.environ.get(DATA_DIR_ENV), default, Path(__file__).resolve().parents[2] / "shared" / "data"]
+    candidates = [os.environ.get(DATA_DIR_ENV), default, Path(__file__).resolve().parents[3] / "shared" / "data"]
     for candidate in candidates:
         if candidate and (Path(candidate) / "banking77").is_dir():
             return Path(candidate)

@@ -13,9 +13,10 @@ datasets cache: ``concatenate_datasets`` of the split repeated), as a user feeds
             how the pass worked before it was streamed.
   forward   a plain ``Trainer.predict`` over the same texts (the floor: the encoder alone).
 
-    python scripts/benchmark_scale.py --sizes 10000 30000 100000 --modes streamed cached forward
-    accelerate launch --multi_gpu --num_processes 2 scripts/benchmark_scale.py --child streamed --rows 30000 --use_cpu
-    python scripts/benchmark_scale.py --model_layers 1 --sizes 10000 300000 --modes streamed cached   # cheap encoder
+    python scripts/benchmarks/scale.py --sizes 10000 30000 100000 --modes streamed cached forward
+    accelerate launch --multi_gpu --num_processes 2 scripts/benchmarks/scale.py --child streamed --rows 30000 \
+        --use_cpu
+    python scripts/benchmarks/scale.py --model_layers 1 --sizes 10000 300000 --modes streamed cached   # cheap encoder
 
 Each row also records the machine's 1-minute load average when its run started (other work on the machine slows it).
 
@@ -37,7 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 from accelerate import PartialState
-from benchmark_data import load_shared_split
+from data import load_shared_split
 from datasets import Dataset, concatenate_datasets
 from transformers import (
     AutoModelForSequenceClassification,

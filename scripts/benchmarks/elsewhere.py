@@ -14,8 +14,8 @@ and compares with keeping the base head untouched and with a joint fine-tune on 
 hf_incr's own fine-tuning recipe with ``--joint_recipe hf_incr``).
 Fine-tuned models and features are cached under ``--cache_dir`` and reused.
 
-    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python scripts/benchmark_elsewhere.py --datasets banking77
-    python scripts/benchmark_elsewhere.py --datasets banking77 clinc150 goemotions --product false
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python scripts/benchmarks/elsewhere.py --datasets banking77
+    python scripts/benchmarks/elsewhere.py --datasets banking77 clinc150 goemotions --product false
 
 Label order: label names sorted, ``random.Random(seed).shuffle``, first half = base, the rest = new.
 Accuracy (single-label) or micro-F1 at the sigmoid's 0.5 (multi-label) on the test split, over the old labels' test
@@ -48,7 +48,7 @@ from transformers import (
 
 from hf_incr import new_rows
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 SPLITS = {"banking77": "test", "clinc150": "test", "goemotions": "test"}
 VALIDATION = "validation"  # GoEmotions' split on which a careful user tunes each label's threshold
@@ -62,7 +62,8 @@ class ElsewhereBenchmarkArguments:
     data_dir: str = field(default=str(REPO.parent / "shared" / "data"), metadata={"help": "Folder of the data sets."})
     cache_dir: str = field(default="/work/cache/elsewhere", metadata={"help": "Fine-tuned models and features."})
     output_prefix: str = field(
-        default=str(REPO / "scripts" / "results" / "elsewhere"), metadata={"help": "Writes PREFIX_DATASET.json/.md."}
+        default=str(REPO / "scripts" / "benchmarks" / "results" / "elsewhere"),
+        metadata={"help": "Writes PREFIX_DATASET.json/.md."},
     )
     model_path: str | None = field(default=None, metadata={"help": "Encoder folder; default all-MiniLM-L6-v2."})
     learning_rate: float = field(default=1e-4, metadata={"help": "Fine-tune learning rate (base and joint)."})
@@ -248,8 +249,8 @@ def finetune_with_hf_incr(rows: list[dict], labels: list[str], multi_label: bool
     done = out_dir / "seconds.json"
     if done.exists():
         return json.loads(done.read_text())["seconds"]
-    from benchmark_forgetting import FINETUNE, FROZEN
     from datasets import ClassLabel, Dataset, Features, Sequence, Value
+    from forgetting import FINETUNE, FROZEN
 
     import hf_incr
 
@@ -699,7 +700,7 @@ def main(args: ElsewhereBenchmarkArguments) -> list[dict]:
     if args.plot:
         if not args.plot_path:
             raise ValueError("--plot draws stored results into --plot_path, which is not set. Fix: add "
-                             "--plot_path scripts/results/elsewhere.png (or another PNG path).")
+                             "--plot_path scripts/benchmarks/results/elsewhere.png (or another PNG path).")
         results = merge_by_dataset([json.loads(Path(p).read_text()) for p in args.plot])
         plot_results(results, Path(args.plot_path))
         return results

@@ -27,13 +27,13 @@ to ``train_increment`` and records its own ``metrics_after`` beside ours (slower
 Wall time: the sum over increments of ``IncrementResult.timings["total_s"]`` (feature caching, warm-up, fine-tuning;
 no evaluation, no model loading), compared with one joint retraining on all the training data (``joint``'s last
 increment). ``joint`` retrains from the pretrained encoder on all data seen so far after every increment (the upper
-bound per increment); ``joint_ridge`` is the closed-form joint head, fitted once on all data (a tuned joint variant).
+bound per increment).
 
 ``--quick`` keeps 8 training and 4 test rows per label (4 per label for ``naive``), cuts the replay budget to 2 per
-label (a quarter of the rows: 10 would replay every old row), uses 1,000 random features instead of 5,000, runs only
-the first 5 increments of each data set, leaves out ``finetune_replay`` (unless named in ``--methods``), and runs
-``joint`` once on all the data; every cut is written under the data set's table. A full run keeps all rows except
-GoEmotions' (600 per label of its 43k).
+label (a quarter of the rows: 10 would replay every old row), gives the kernel head 1,000 random features instead of
+5,000, runs only the first 5 increments of each data set, leaves out ``finetune_replay`` (unless named in
+``--methods``), and runs ``joint`` once on all the data; every cut is written under the data set's table. A full
+run keeps all rows except GoEmotions' (600 per label of its 43k).
 
 Methods (``--methods``; default all). "Frozen" = the pretrained encoder is never trained; "adapted" = the top 2
 layers are fine-tuned when training the base (increment 0) only, and frozen afterwards (first-session adaptation):
@@ -43,20 +43,16 @@ layers are fine-tuned when training the base (increment 0) only, and frozen afte
   distill            frozen_head + distillation from the model before the increment
   weight_align       frozen_head + weight aligning of the new rows
   replay_distill     replay + distillation
-  ridge              frozen; closed-form ridge head from accumulated statistics (no stored text)
-  lda                frozen; closed-form LDA head from the same statistics (multi-label: each label against the rest,
-                     F1-tuned thresholds; no stored text)
-  random_features    frozen; closed-form ridge head on 5,000 random ReLU features (RanPAC; no stored text; the
-                     model needs hf_incr.load_model for that head)
+  lda                frozen; closed-form LDA head from accumulated statistics (multi-label: each label against the
+                     rest, F1-tuned thresholds; no stored text)
   finetune_replay    top 2 layers fine-tuned in EVERY increment (5 epochs) + replay + distillation (the defaults
                      before this benchmark)
   adapted_replay     adapted; then cached warm-ups with replay + distillation
   adapted_lda        adapted; then closed-form LDA heads (no stored text)
-  adapted_random_features  adapted; then the random-feature closed-form head (no stored text; needs hf_incr to load)
-  kernel_lda         frozen; kernel LDA head (``kernel_features`` = --random_features random Fourier features of the
+  kernel_lda         frozen; kernel LDA head (``kernel_features`` = --kernel_features random Fourier features of the
                      normalised mean-pooled states of the encoder's top 4 layers, concatenated (the library's
                      ``kernel_layers``), 1 member, bandwidth chosen at increment 0; no stored text; needs
-                     hf_incr.load_model for that head); single-label only
+                     hf_incr.load_model for that head)
   adapted_kernel_lda adapted; then the kernel LDA head
   recommended        the library's defaults (IncrementConfig()); shown as "= <method>" when they equal a row above
   full_annotated     setting (a): frozen recipe on all seen labels' rows, warm-started
@@ -66,7 +62,6 @@ layers are fine-tuned when training the base (increment 0) only, and frozen afte
                      points of the best full fine-tune found), after every increment (``--joint_increments last``:
                      once, on all the data)
   joint_frozen       the same with the frozen recipe (cached warm-up only)
-  joint_ridge        joint closed-form ridge head, once on all the data
   joint_probe        joint logistic regression (scikit-learn, C tuned on a held-out tenth) on the frozen encoder's
                      head inputs: the "joint linear probe on the same frozen encoder", once on all the data
 Multi-label: every joint row decides each label at its F1-tuned threshold, chosen as hf_incr chooses its own (from the
@@ -75,9 +70,13 @@ training rows' statistics, ``fold_tuned_thresholds``), so the comparison is not 
 Outputs in ``--output_dir``: results.json, results.md (one Markdown table per data set), accuracy.png (one subplot
 per data set, accuracy after each increment per method). The table is printed at the end.
 
-    python scripts/benchmark_forgetting.py --quick                      # < 10 min on 2 CPU cores (subsampled)
-    python scripts/benchmark_forgetting.py --datasets banking77 --methods frozen_head replay ridge joint
-    python scripts/benchmark_forgetting.py                              # full run (long; GoEmotions subsampled)
+    python scripts/benchmarks/forgetting.py --quick            # < 10 min on 2 CPU cores (subsampled)
+    python scripts/benchmarks/forgetting.py --datasets banking77 --methods frozen_head replay lda joint
+    python scripts/benchmarks/forgetting.py                    # full run (long; GoEmotions subsampled)
+
+Measured tables: docs/benchmarks.md and scripts/benchmarks/results/forgetting_full.md. The ridge, random-feature
+(RanPAC) and joint ridge rows of that file were measured with scripts/benchmark_forgetting.py at 3b9b7ca; those
+heads left the product, and their methods left this script.
 """
 
 from __future__ import annotations
@@ -98,7 +97,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import datasets
 import numpy as np
 import torch
-from benchmark_data import label_order, load_shared_split, shared_data_dir
+from data import label_order, load_shared_split, shared_data_dir
 from datasets import Dataset
 from transformers import AutoTokenizer, EvalPrediction, HfArgumentParser, TrainingArguments
 from transformers.utils import logging as hf_logging
@@ -124,50 +123,42 @@ DATASETS = {
     "goemotions": (4, "labels", True, "test"),
 }
 METHODS = (
-    "naive", "frozen_head", "replay", "distill", "weight_align", "replay_distill", "ridge", "lda", "random_features",
-    "finetune_replay", "adapted_replay", "adapted_lda", "adapted_random_features", "kernel_lda", "adapted_kernel_lda",
-    "recommended", "full_annotated",
-    "full_annotated_finetune", "joint", "joint_frozen", "joint_ridge", "joint_probe",
+    "naive", "frozen_head", "replay", "distill", "weight_align", "replay_distill", "lda", "finetune_replay",
+    "adapted_replay", "adapted_lda", "kernel_lda", "adapted_kernel_lda", "recommended", "full_annotated",
+    "full_annotated_finetune", "joint", "joint_frozen", "joint_probe",
 )
-JOINT_METHODS = ("joint", "joint_frozen", "joint_ridge", "joint_probe")
+JOINT_METHODS = ("joint", "joint_frozen", "joint_probe")
 CUMULATIVE_METHODS = ("full_annotated", "full_annotated_finetune", *JOINT_METHODS)
 # Method -> IncrementConfig overrides on top of the frozen recipe (cached warm-up of the output Linear). Every
 # setting is spelled out (not left to IncrementConfig's defaults), so a row keeps its meaning when defaults change.
 FROZEN = dict(warmup_epochs=30.0, warmup_learning_rate=1e-2, warmup_scope="output", cache_features=True,
               finetune_layers=0, finetune_increments=True, replay_per_label=0, distill_weight=0.0,
-              weight_align=False, closed_form_head=False, random_features=0, kernel_features=0, init="imprint")
+              weight_align=False, closed_form_head=False, kernel_features=0, init="imprint")
 FINETUNE = dict(finetune_layers=2, finetune_epochs=5.0, finetune_learning_rate=1e-4, layer_lr_decay=0.8)
 ADAPTED = dict(FINETUNE, finetune_increments=False)  # fine-tune the base only
 REPLAY_DISTILL = dict(replay_per_label=10, distill_weight=1.0, distill_temperature=2.0)
-RANDOM_FEATURES = dict(closed_form_head=True, random_features=5000, random_features_lambda=1e-3,
-                       closed_form_solver="auto")
-KERNEL_LDA = dict(closed_form_head=True, kernel_features=5000, kernel_members=1, kernel_pooling="auto",
-                  closed_form_solver="auto")
+KERNEL_LDA = dict(closed_form_head=True, kernel_features=5000, kernel_members=1, kernel_pooling="auto")
 CONTROLS = {
     "frozen_head": {},
     "replay": dict(replay_per_label=10),
     "distill": dict(distill_weight=1.0, distill_temperature=2.0),
     "weight_align": dict(weight_align=True),
     "replay_distill": REPLAY_DISTILL,
-    "ridge": dict(closed_form_head=True, closed_form_solver="ridge"),
-    "lda": dict(closed_form_head=True, closed_form_solver="lda"),
-    "random_features": RANDOM_FEATURES,
+    "lda": dict(closed_form_head=True),
     "finetune_replay": dict(FINETUNE, **REPLAY_DISTILL),
     "adapted_replay": dict(ADAPTED, **REPLAY_DISTILL),
-    "adapted_lda": dict(ADAPTED, closed_form_head=True, closed_form_solver="auto"),
-    "adapted_random_features": dict(ADAPTED, **RANDOM_FEATURES),
+    "adapted_lda": dict(ADAPTED, closed_form_head=True),
     "kernel_lda": KERNEL_LDA,
     "adapted_kernel_lda": dict(ADAPTED, **KERNEL_LDA),
     "full_annotated": {},
     "full_annotated_finetune": dict(FINETUNE, finetune_epochs=1.0),
     "joint": FINETUNE,
     "joint_frozen": {},
-    "joint_ridge": dict(closed_form_head=True, closed_form_solver="ridge"),
     "joint_probe": {},
 }
-QUICK = dict(train_rows_per_label=8, test_rows_per_label=4, naive_train_rows_per_label=4, random_features=1000)
+QUICK = dict(train_rows_per_label=8, test_rows_per_label=4, naive_train_rows_per_label=4, kernel_features=1000)
 # Left out of --quick unless named in --methods: the per-increment fine-tuning of the old defaults alone takes
-# longer than the rest of the quick run (its full-data figures are in the README).
+# longer than the rest of the quick run (its full-data figure is in docs/benchmarks.md).
 QUICK_SKIPPED = ("finetune_replay",)
 
 
@@ -210,10 +201,10 @@ class ForgettingBenchmarkArguments:
         metadata={"help": "Replay budget per label of the replay methods. With subsampled data it is cut to a quarter "
                   "of the training rows per label (else replay would hold every old row: setting a)."},
     )
-    random_features: int = field(
+    kernel_features: int = field(
         default=-1,
-        metadata={"help": "Random features of the random-feature methods (-1: 1000 with --quick, else 5000; the solve "
-                  "costs the same whatever the number of rows)."},
+        metadata={"help": "Random Fourier features of the kernel LDA rows (-1: 1000 with --quick, else 5000; the "
+                  "solve costs the same whatever the number of rows)."},
     )
     naive_epochs: float = field(default=3.0, metadata={"help": "Epochs per increment of `naive`."})
     naive_learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of `naive` (all layers)."})
@@ -253,7 +244,7 @@ class ForgettingBenchmarkArguments:
             self.methods = [m for m in METHODS if m not in QUICK_SKIPPED]
         if self.quick and not self.max_increments:
             self.max_increments = 5  # CLINC150's 15 increments of the fine-tuning recipe alone would take ~5 min
-        full_values = {"random_features": RANDOM_FEATURES["random_features"]}
+        full_values = {"kernel_features": KERNEL_LDA["kernel_features"]}
         for name, quick_value in QUICK.items():
             if getattr(self, name) < 0:
                 setattr(self, name, quick_value if self.quick else full_values.get(name, 0))
@@ -342,8 +333,8 @@ def load_task(args: ForgettingBenchmarkArguments, name: str) -> Task:
     if len(test_keep) < len(test_labels):
         notes.append(f"test subsampled to {len(test_keep)} of {len(test_labels)} rows "
                      f"(up to {args.test_rows_per_label} per label).")
-    if args.random_features != RANDOM_FEATURES["random_features"]:
-        notes.append(f"random-feature methods use {args.random_features} features (5000 in a full run).")
+    if args.kernel_features != KERNEL_LDA["kernel_features"]:
+        notes.append(f"the kernel LDA rows use {args.kernel_features} random features (5000 in a full run).")
     if replay_budget(args) != args.replay_per_label:
         notes.append(f"replay budget cut to {replay_budget(args)} per label (a quarter of the {per_label} training "
                      f"rows per label; {args.replay_per_label} would replay every old row).")
@@ -500,10 +491,8 @@ def _config(task: Task, args: ForgettingBenchmarkArguments, method: str) -> Incr
     overrides = dict(CONTROLS[method]) if method in CONTROLS else {}
     if overrides.get("replay_per_label"):
         overrides["replay_per_label"] = replay_budget(args)
-    if overrides.get("random_features"):
-        overrides["random_features"] = args.random_features
     if overrides.get("kernel_features"):
-        overrides["kernel_features"] = args.random_features  # the same feature budget as the random-feature rows
+        overrides["kernel_features"] = args.kernel_features
     if method == "joint":
         overrides.update(finetune_learning_rate=args.joint_learning_rate)
     if method.startswith("adapted_"):
@@ -536,10 +525,10 @@ def run_method(task: Task, method: str, args: ForgettingBenchmarkArguments, mode
         subset = _per_label_subsample(task.train_labels, args.naive_train_rows_per_label, args.seed)
     cumulative = method in CUMULATIVE_METHODS
     steps = range(len(task.increments))
-    if method in ("joint_ridge", "joint_probe") or (method in JOINT_METHODS and args.joint_increments == "last"):
+    if method == "joint_probe" or (method in JOINT_METHODS and args.joint_increments == "last"):
         steps = [len(task.increments) - 1]
     increments, model, tokenizer, prev_logits = [], None, None, None
-    memory, ridge = None, None
+    memory, statistics = None, None
     needs_state = config.replay_per_label > 0 or config.closed_form_head
     for t in steps:
         train = task.rows(t, cumulative, subset)
@@ -555,7 +544,7 @@ def run_method(task: Task, method: str, args: ForgettingBenchmarkArguments, mode
             model, tokenizer, result = fit_joint_probe(model_path, train, task, args)
         elif model is None or method in JOINT_METHODS:
             # Increment 0 (or a joint retrain from the pretrained encoder). train_base_classifier takes no replay
-            # memory / ridge statistics and returns neither: with save=True they are written beside the model, so
+            # memory / closed-form statistics and returns neither: with save=True they are written beside the model, so
             # methods that keep state save the base to a scratch folder and read them back.
             save_dir = run_dir / "base"
             base_args = replace(targs, output_dir=str(save_dir)) if needs_state else targs
@@ -564,19 +553,20 @@ def run_method(task: Task, method: str, args: ForgettingBenchmarkArguments, mode
             )
             if needs_state:
                 memory = ReplayMemory.load(save_dir) if config.replay_per_label > 0 else None
-                ridge = load_statistics(save_dir) if config.closed_form_head else None
+                statistics = load_statistics(save_dir) if config.closed_form_head else None
                 shutil.rmtree(save_dir, ignore_errors=True)
         else:
-            count_before = (len(memory) if memory is not None else None, ridge.count if ridge is not None else None)
+            count_before = (len(memory) if memory is not None else None,
+                            statistics.count if statistics is not None else None)
             result = train_increment(
                 model, tokenizer, train, eval_ds, config=config, args=targs,
-                replay_memory=memory, ridge_statistics=ridge, save=False,
+                replay_memory=memory, ridge_statistics=statistics, save=False,
             )
             # train_increment must have updated the memory / statistics we hold (in place): check it did.
             if memory is not None and len(memory) <= count_before[0]:
                 raise RuntimeError(f"{method}: the replay memory was not updated in place by train_increment.")
-            if ridge is not None and ridge.count <= count_before[1]:
-                raise RuntimeError(f"{method}: the ridge statistics were not updated in place by train_increment.")
+            if statistics is not None and statistics.count <= count_before[1]:
+                raise RuntimeError(f"{method}: train_increment did not update the closed-form statistics in place.")
         if task.multi_label and method in JOINT_METHODS:
             # The joint baselines decide each label at its tuned threshold too, chosen the same way as hf_incr's
             # closed-form heads (from the training rows' statistics): a fair comparison, not sigmoid > 0.5.
@@ -869,8 +859,6 @@ def dataset_report(task: Task, results: dict[str, dict]) -> dict:
     joint_final_s = None
     if "joint" in results:
         joint_final_s = results["joint"]["increments"][-1]["train_s"]
-    elif "joint_ridge" in results:
-        joint_final_s = results["joint_ridge"]["train_s"]
     for m, r in results.items():
         r["time_vs_joint"] = r["train_s"] / joint_final_s if joint_final_s else None
         r["last_vs_joint"] = r["last_increment_s"] / joint_final_s if joint_final_s else None
@@ -889,11 +877,16 @@ def resumed_datasets(args: ForgettingBenchmarkArguments, output_dir: Path) -> di
     if not path.is_file():
         return {}
     stored = json.loads(path.read_text())
-    ignored = {"datasets", "methods", "resume", "output_dir"}
+    ignored = {"datasets", "methods", "resume", "output_dir", "data_dir"}  # data_dir: where, not which, data
     ours = {k: v for k, v in _json_safe(asdict(args)).items() if k not in ignored}
-    # An argument added after the run was stored counts as its default there.
+    # An argument added after the run was stored counts as its default there; one removed since is not compared
+    # (`random_features`, the feature budget that the kernel rows shared with the removed random-feature rows, is
+    # `kernel_features` now).
     defaults = _json_safe(asdict(ForgettingBenchmarkArguments()))
-    theirs = {k: v for k, v in {**defaults, **stored.get("arguments", {})}.items() if k not in ignored}
+    stored_args = dict(stored.get("arguments", {}))
+    if "random_features" in stored_args:
+        stored_args.setdefault("kernel_features", stored_args.pop("random_features"))
+    theirs = {k: v for k, v in {**defaults, **stored_args}.items() if k not in ignored and k in defaults}
     if ours != theirs:
         differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
         sys.exit(f"--resume: {path} was measured with other arguments ({differ}); use another --output_dir or "
