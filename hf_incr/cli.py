@@ -17,18 +17,17 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from .config import IncrementConfig
+from .config import IncrementConfig, check_removed
 from .console import is_verbose, quiet_run
 from .data import encode_labels, is_multi_label_model, load_text_data, model_columns, tokenize
 from .demo import main as demo_main
 from .errors import ConfigError, HfIncrError
+from .heads import extra_heads
 from .hub import push_to_hub
 from .info import model_info
-from .kernel_attach import KERNEL_FILENAME
 from .lineage import get_lineage
 from .loading import default_encoder, load_classifier
 from .model_card import CARD_FILENAME, PLOT_FILENAME
-from .random_features import RANDOM_FEATURES_FILENAME
 from .recipe import train_base_classifier, train_increment
 from .report import PLAIN_ROW, answering_thresholds, format_info, format_summary
 from .trainer import evaluate_model
@@ -112,8 +111,10 @@ def parse_args(argv: list[str] | None = None):
         if index + 1 >= len(argv):
             raise ConfigError("`--config` needs a file name.")
         config_path = argv[index + 1]
+    check_removed([arg[2:].split("=")[0] for arg in argv if arg.startswith("--")], "The command line")
     if config_path:
         values = _read_config_file(config_path)
+        check_removed(values, f"`{config_path}`")
         unknown = sorted(set(values) - set(original_defaults))
         if unknown:
             raise ConfigError(
@@ -248,7 +249,7 @@ def run_push(script_args: ScriptArguments, recipe: IncrementConfig, training_arg
     return push_to_hub(
         script_args.model_name_or_path, script_args.repo_id, token=training_args.hub_token,
         private=bool(training_args.hub_private_repo), revision=getattr(training_args, "hub_revision", None),
-        push_kernel_statistics=recipe.kernel_push_statistics,  # `--kernel_push_statistics false`: inference only
+        push_statistics=recipe.push_statistics,  # `--push_statistics false`: inference only
     )
 
 
@@ -281,7 +282,7 @@ def summary_of(result, title: str, *, multi_label: bool, rows: dict | None = Non
         timings=result.timings, output_dir=result.output_dir, card=written(CARD_FILENAME),
         lineage=written("lineage.json"), plot=written(PLOT_FILENAME), hub_url=result.hub_url, model=hub_id,
         thresholds=answering_thresholds(record), adaptation=record.get("adaptation"),
-        extra_head=bool(result.metrics_plain or written(KERNEL_FILENAME) or written(RANDOM_FEATURES_FILENAME)),
+        extra_head=bool(result.metrics_plain or any(written(cls.files[0]) for cls in extra_heads())),
     )
 
 

@@ -291,11 +291,11 @@ def _captured_inputs(model: nn.Module, linear: nn.Linear, batch: Mapping[str, to
     if features.dim() == 3:
         # Decoder-style heads (GPT-2, Llama) score every position and then pick the last real token; the
         # representation of a sequence is that token's hidden state.
-        features = _last_token(features, batch, model)
+        features = last_token(features, batch, model)
     return features
 
 
-def _last_token(features: torch.Tensor, batch: Mapping[str, torch.Tensor], model: nn.Module) -> torch.Tensor:
+def last_token(features: torch.Tensor, batch: Mapping[str, torch.Tensor], model: nn.Module) -> torch.Tensor:
     pad_id = getattr(model.config, "pad_token_id", None)
     input_ids = batch.get("input_ids")
     if input_ids is None or pad_id is None:

@@ -8,13 +8,12 @@ folder stays complete and a :class:`~hf_incr.errors.HubPushError` says where it 
 uploads the same files again: the lineage lives in ``config.json``, so nothing is appended twice, and files the Hub
 already holds (including large files uploaded before the failure) are skipped.
 
-A push mirrors the folder for hf_incr's own files: the replay memory (``replay_memory/``), the closed-form head's
-files (``hf_incr_ridge.safetensors``, ``hf_incr_random_features.safetensors``, the kernel LDA head's two files),
-``lineage.json`` and the card's plot are deleted on the Hub, in the same commit, when the saved folder no longer has
-them, so the Hub never serves a stale replay memory or head beside a new model. No other file on the Hub is ever
-deleted (see :data:`MIRRORED_PATTERNS`).
+A push mirrors the folder for hf_incr's own files: the replay memory (``replay_memory/``), every head's files (and
+the names earlier versions wrote; :func:`hf_incr.heads.head_files`), ``lineage.json`` and the card's plot are deleted
+on the Hub, in the same commit, when the saved folder no longer has them, so the Hub never serves a stale replay
+memory or head beside a new model. No other file on the Hub is ever deleted (see :func:`mirrored_patterns`).
 
-:func:`hf_incr.load_model` reads the random-feature file from the commit the model's weights came from (transformers
+:func:`hf_incr.load_model` reads an extra head's file from the commit the model's weights came from (transformers
 resolves ``revision`` once and records it as ``config._commit_hash``), so a commit of this module's push (which
 carries model and head together, or removes a stale head in the same commit) is read as a whole, even while others
 push to that branch.
@@ -35,12 +34,10 @@ from huggingface_hub.utils import HFValidationError, get_token, validate_repo_id
 from transformers import PretrainedConfig
 from transformers.utils import logging
 
-from .closed_form import RIDGE_FILENAME
 from .errors import HubPushError
-from .kernel_attach import KERNEL_FILENAME, KERNEL_STATISTICS_FILENAME
+from .heads import HEADS, head_files
 from .lineage import LINEAGE_FILENAME, get_lineage, write_lineage_file
 from .model_card import CARD_FILENAME, PLOT_FILENAME, card_has_lineage, write_model_card
-from .random_features import RANDOM_FEATURES_FILENAME
 from .replay import REPLAY_DIRNAME
 from .saving import KEPT_ENTRIES, save_increment
 
@@ -48,12 +45,6 @@ logger = logging.get_logger(__name__)
 
 # Trainer checkpoints and logs kept in the output folder are not part of the shared model.
 IGNORE_PATTERNS = [f"{name}/*" for name in KEPT_ENTRIES]
-# hf_incr's own files: deleted on the Hub when the pushed folder no longer has them. Matched from the repo root;
-# a user's other files (and these names in subfolders) are never deleted.
-MIRRORED_PATTERNS = [
-    f"{REPLAY_DIRNAME}/*", RIDGE_FILENAME, RANDOM_FEATURES_FILENAME, KERNEL_FILENAME, KERNEL_STATISTICS_FILENAME,
-    LINEAGE_FILENAME, PLOT_FILENAME,
-]
 RETRY_CLI = "hf-incr push --model_name_or_path {folder} --repo_id {repo_id}"
 _TOKEN_LIKE = re.compile(r"hf_[A-Za-z0-9]{8,}")
 _BEARER = re.compile(r"(?i)(bearer\s+)\S+")
@@ -73,9 +64,9 @@ def push_to_hub(
     tokenizer=None,
     save_dir: str | os.PathLike | None = None,
     replay=None,
-    ridge=None,
+    heads=None,
     endpoint: str | None = None,
-    push_kernel_statistics: bool = True,
+    push_statistics: bool = True,
     **card_data_kwargs: Any,
 ):
     """Save locally, then upload model, tokenizer, config (with the lineage), ``lineage.json``, card, plot and (if
@@ -83,7 +74,7 @@ def push_to_hub(
 
     Args:
         folder_or_model: A folder written by :func:`~hf_incr.saving.save_increment` (or any ``save_pretrained``
-            folder), or a model, which is saved first (with ``tokenizer``, ``replay`` and ``ridge``) to ``save_dir``.
+            folder), or a model, which is saved first (with ``tokenizer``, ``replay`` and ``heads``) to ``save_dir``.
         repo_id: ``"namespace/name"`` (a bare name goes to the token owner's namespace).
         token: A Hub token with write access. Default: ``HF_TOKEN`` or the one saved by ``hf auth login``. It is
             never written to a file, a log or an exception.
@@ -93,12 +84,12 @@ def push_to_hub(
             ``HfApi.update_repo_settings(repo_id, private=False)``).
         revision: Branch to commit to; created from ``main`` when it does not exist.
         commit_message: Default: names the labels the last increment added.
-        tokenizer, replay, ridge: Saved with a model (ignored for a folder).
+        tokenizer, replay, heads: Saved with a model (ignored for a folder); ``heads`` as ``IncrementResult.heads``.
         save_dir: Where a model is saved. Default: ``./<repo name>``; an existing folder is only replaced when it
             holds a saved model (a ``config.json``).
         endpoint: The Hub URL. Default: ``HF_ENDPOINT``, else huggingface.co.
-        push_kernel_statistics: Upload the kernel LDA head's statistics file (what the next increment needs, not
-            inference). ``False`` keeps it local only, and removes an older one from the Hub in the same commit.
+        push_statistics: Upload the heads' statistics files (what the next increment needs, not inference).
+            ``False`` keeps them local only, and removes older ones from the Hub in the same commit.
         **card_data_kwargs: Extra card metadata (``license``, ``language``, ``datasets``, ...).
 
     Returns:
@@ -107,7 +98,7 @@ def push_to_hub(
     Raises:
         HubPushError: The upload failed; the local folder is complete and the message says how to retry.
     """
-    folder = _save_locally(folder_or_model, repo_id, tokenizer, save_dir, replay, ridge)
+    folder = _save_locally(folder_or_model, repo_id, tokenizer, save_dir, replay, heads)
     config = _read_config(folder)
     _prepare_folder(folder, config, repo_id, card_data_kwargs)
 
@@ -139,8 +130,8 @@ def push_to_hub(
                 commit_message=message,
                 commit_description=_commit_description(lineage),
                 revision=revision,
-                ignore_patterns=IGNORE_PATTERNS + ([] if push_kernel_statistics else [KERNEL_STATISTICS_FILENAME]),
-                delete_patterns=MIRRORED_PATTERNS,
+                ignore_patterns=IGNORE_PATTERNS + ([] if push_statistics else statistics_files()),
+                delete_patterns=mirrored_patterns(),
             )
     except KeyboardInterrupt:
         logger.warning(_retry_hint(folder, repo_id, "The push was interrupted.", revision))
@@ -151,6 +142,17 @@ def push_to_hub(
         ) from None
     logger.info("Pushed %s to %s (%s)", folder, repo_id, commit.commit_url)
     return commit
+
+
+def mirrored_patterns() -> list[str]:
+    """hf_incr's own files (of every head registered now): deleted on the Hub when the pushed folder lacks them.
+    Matched from the repo root: a user's other files (and these names in subfolders) are never deleted."""
+    return [f"{REPLAY_DIRNAME}/*", *head_files(), LINEAGE_FILENAME, PLOT_FILENAME]
+
+
+def statistics_files() -> list[str]:
+    """The heads' files that only the next increment reads (left out by ``push_statistics=False``)."""
+    return [name for cls in HEADS.values() for name in cls.statistics_files]
 
 
 def push_saved_model(folder: str | os.PathLike, args_or_repo_id, **kwargs):
@@ -193,7 +195,7 @@ def default_commit_message(lineage: list[dict[str, Any]]) -> str:
 # -- helpers ---------------------------------------------------------------------------------------------------------
 
 
-def _save_locally(folder_or_model, repo_id, tokenizer, save_dir, replay, ridge) -> Path:
+def _save_locally(folder_or_model, repo_id, tokenizer, save_dir, replay, heads) -> Path:
     if isinstance(folder_or_model, (str, os.PathLike)):
         folder = Path(folder_or_model)
         if not (folder / "config.json").is_file():
@@ -217,7 +219,7 @@ def _save_locally(folder_or_model, repo_id, tokenizer, save_dir, replay, ridge) 
             folder=folder,
             repo_id=repo_id,
         )
-    return save_increment(folder_or_model, folder, tokenizer, replay=replay, ridge=ridge)
+    return save_increment(folder_or_model, folder, tokenizer, replay=replay, heads=heads)
 
 
 def _read_config(folder: Path):

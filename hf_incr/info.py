@@ -1,7 +1,8 @@
 """``hf-incr info MODEL``: what a saved classifier is, from its ``config.json`` and its list of files only.
 
 A folder is read directly; for a Hub id, ``config.json`` is downloaded and the repo's files are listed (no weights
-are downloaded). :func:`model_info` returns a plain dict that :func:`hf_incr.report.format_info` turns into text.
+are downloaded). :func:`model_info` returns a plain dict that :func:`hf_incr.report.format_info` turns into text,
+with the plan of the next increment (:func:`hf_incr.plan.plan`) under the default recipe.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ from typing import Any
 
 from huggingface_hub import HfApi, constants, hf_hub_download
 
-from .closed_form import RIDGE_FILENAME
+from .config import IncrementConfig
 from .data import MULTI_LABEL
-from .errors import ConfigError
-from .kernel_attach import KERNEL_FILENAME, KERNEL_STATISTICS_FILENAME
+from .errors import ConfigError, HfIncrError
+from .heads import HEADS
 from .lineage import LINEAGE_ATTRIBUTE
 from .model_card import CARD_FILENAME, PLOT_FILENAME
-from .random_features import RANDOM_FEATURES_FILENAME
+from .plan import plan
 from .replay import REPLAY_DIRNAME, REPLAY_FILENAME
 
 
@@ -43,8 +44,19 @@ def _read_source(source: str, revision: str | None, token: str | None) -> tuple[
     return json.loads(Path(config_file).read_text(encoding="utf-8")), files, url
 
 
+class _SavedHead:
+    """What a plan reads of a saved head, from the file names and the lineage alone."""
+
+    def __init__(self, can_continue: bool, keeps_trained_rows: bool = False, num_features: int | None = None):
+        self.can_continue, self.keeps_trained_rows, self.num_features = can_continue, keeps_trained_rows, num_features
+
+    def size_mismatch(self, config) -> None:
+        return None
+
+
 def model_info(source: str, *, revision: str | None = None, token: str | None = None) -> dict[str, Any]:
-    """Labels (with the increment that added each), lineage, saved state and card of the model at ``source``."""
+    """Labels (with the increment that added each), lineage, saved state, card, and the next increment's plan of the
+    model at ``source``."""
     config, files, base = _read_source(source, revision, token)
     id2label = {int(k): v for k, v in (config.get("id2label") or {}).items()}
     lineage = list(config.get(LINEAGE_ATTRIBUTE) or [])
@@ -53,18 +65,42 @@ def model_info(source: str, *, revision: str | None = None, token: str | None = 
         for label_id in record.get("label_ids") or []:
             added_by.setdefault(int(label_id), record.get("increment"))
     names = set(files)
+    multi_label = config.get("problem_type") == MULTI_LABEL
+    heads = {name: cls.describe_files(names) for name, cls in HEADS.items()}
+    head_rows = lineage[-1].get("head_rows") if lineage else None
     return {
         "source": source,
         "model_type": config.get("model_type"),
-        "multi_label": config.get("problem_type") == MULTI_LABEL,
+        "multi_label": multi_label,
         "labels": [(i, id2label[i], added_by.get(i)) for i in sorted(id2label)],
         "lineage": lineage,
-        "statistics": RIDGE_FILENAME in names,
-        "head_rows": (lineage[-1].get("head_rows") if lineage else None),
-        "random_features": RANDOM_FEATURES_FILENAME in names,
-        "kernel_lda": KERNEL_FILENAME in names,
-        "kernel_lda_statistics": KERNEL_STATISTICS_FILENAME in names,
+        "heads": heads,
+        "head_rows": head_rows,
         "replay": f"{REPLAY_DIRNAME}/{REPLAY_FILENAME}" in names or REPLAY_FILENAME in names,
         "card": f"{base}/{CARD_FILENAME}" if CARD_FILENAME in names else None,
         "plot": f"{base}/{PLOT_FILENAME}" if PLOT_FILENAME in names else None,
+        "next_increment": next_increment_plan(id2label, multi_label, heads, head_rows, lineage),
     }
+
+
+def next_increment_plan(id2label, multi_label, heads, head_rows, lineage) -> str:
+    """What ``hf-incr increment`` does next on this model with the recipe it was last trained with (or the defaults):
+    :meth:`IncrementPlan.describe` of the plan for data that brings one new label."""
+    recipe = (lineage[-1].get("recipe") or {}) if lineage else {}
+    head = recipe.get("head") or ("kernel" if heads.get("kernel", "no") != "no" else "linear")
+    try:
+        config = IncrementConfig(head=head if head in HEADS or head == "trained" else "linear")
+    except HfIncrError:
+        config = IncrementConfig()
+    saved = {}
+    if heads.get("linear") == "yes":
+        saved["linear"] = _SavedHead(True, keeps_trained_rows=head_rows == "kept")
+    for name, line in heads.items():
+        if name != "linear" and line not in (None, "no"):
+            saved[name] = _SavedHead("with its statistics" in line)
+    labels = [id2label[i] for i in sorted(id2label)]
+    try:
+        the_plan = plan(labels, multi_label, saved, config, [*labels, "<new label>"], None)
+    except HfIncrError as error:
+        return f"refused with these settings: {error}"
+    return the_plan.describe()

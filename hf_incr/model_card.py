@@ -89,7 +89,7 @@ def write_model_card(
         model_id=model_id,
         plot_filename=plot_filename if has_plot else None,
         examples=_replay_examples(directory),
-        kernel_lda=kernel_lda_summary(directory, config),
+        head_sections=head_sections(directory, config, model_id),
         **card_data_kwargs,
     )
     path = directory / CARD_FILENAME
@@ -104,16 +104,16 @@ def render_model_card(
     plot_filename: str | None = PLOT_FILENAME,
     examples: dict[str, list[str]] | None = None,
     versions: dict[str, str] | None = None,
-    kernel_lda: dict[str, Any] | None = None,
+    head_sections: list[str] | None = None,
     **card_data_kwargs: Any,
 ) -> ModelCard:
     """The card as a ``huggingface_hub.ModelCard`` (metadata header with ``model-index``, and the Markdown body).
-    ``kernel_lda``: the kernel LDA head's summary (:func:`kernel_lda_summary`), when the model has one."""
+    ``head_sections``: what the extra heads saved with the model say of themselves (:func:`head_sections`)."""
     config = getattr(model_or_config, "config", model_or_config)
     context = card_context(
         config, model_id=model_id, plot_filename=plot_filename, examples=examples, versions=versions
     )
-    context["kernel_lda"] = kernel_lda
+    context["head_sections"] = head_sections or []
     card_data = build_card_data(config, model_id=model_id, **card_data_kwargs)
     return ModelCard.from_template(card_data, template_path=str(template_path()), **context)
 
@@ -257,8 +257,6 @@ def card_context(
         "architecture": architecture,
         "model_type": getattr(config, "model_type", None) or "unknown",
         "multi_label": multi,
-        # The last increment's recipe says whether the metrics came from a random-feature head (needs hf_incr).
-        "random_features": int(((last or {}).get("recipe") or {}).get("random_features") or 0),
         "metric_name": "Micro-F1" if multi else "Accuracy",
         "base_model_link": _model_link(base) if base else None,
         "num_labels": len(id2label),
@@ -569,60 +567,16 @@ def _py_string(text: str) -> str:
     return repr(str(text))
 
 
-# The kernel LDA head ----------------------------------------------------------------------------------------------
+# The extra heads -----------------------------------------------------------------------------------------------
 
 
-def _megabytes(path: Path) -> float:
-    return _rounded(path.stat().st_size / 1e6, 1)
+def head_sections(directory: str | Path, model_or_config, model_id: str) -> list[str]:
+    """The Markdown each extra head saved in ``directory`` writes about itself (how to load it, its files)."""
+    from .heads import extra_heads
 
-
-def _rounded(value: float, decimals: int) -> float:
-    # Two significant digits where the decimals would show 0 (a multi-label kernel head's file is tens of kB).
-    return round(value, decimals) if value >= 10.0**-decimals else float(f"{value:.2g}")
-
-
-def kernel_lda_summary(directory: str | Path, model_or_config) -> dict[str, Any] | None:
-    """What the card says about a kernel LDA head saved in ``directory`` (``None`` without one): its settings (read
-    from its inference file) and the sizes of the files a push uploads, against the model's own weights."""
-    import json
-
-    from safetensors import safe_open
-
-    from .kernel_attach import KERNEL_FILENAME, KERNEL_STATISTICS_FILENAME
-
-    directory = Path(directory)
-    inference = directory / KERNEL_FILENAME
-    if not inference.is_file():
-        return None
-    try:
-        with safe_open(str(inference), framework="pt") as f:
-            settings = json.loads((f.metadata() or {}).get("config", "{}"))
-    except Exception:  # a damaged file: load_model says so; the card still names the sizes
-        settings = {}
-    weights = sum(p.stat().st_size for p in directory.glob("*.safetensors") if not p.name.startswith("hf_incr_"))
-    statistics = directory / KERNEL_STATISTICS_FILENAME
     config = getattr(model_or_config, "config", model_or_config)
-    lineage = get_lineage(config)
-    names = _id2label(config)
-    recipe = ((lineage[-1] if lineage else {}) or {}).get("recipe") or {}
-    bandwidth = settings.get("bandwidth")
-    layers = int(settings.get("layers", 1))
-    return {
-        "num_features": settings.get("num_features"),
-        "num_members": settings.get("num_members"),
-        "pooling": {"cls": "first-token"}.get(settings.get("pooling"), "mean-pooled")
-        + (", L2-normalised" if settings.get("normalize") else "")
-        + (" last hidden states" if layers == 1 else f" hidden states of its top {layers} layers, concatenated"),
-        "bandwidth": None if bandwidth is None else f"{bandwidth:.4g}",
-        "bandwidth_factor": settings.get("bandwidth_factor"),
-        "inference_mb": _megabytes(inference),
-        "weights_mb": round(weights / 1e6, 1),
-        "ratio": _rounded(inference.stat().st_size / weights, 2) if weights else None,
-        "statistics_mb": _megabytes(statistics) if statistics.is_file() else None,
-        "statistics_pushed": bool(recipe.get("kernel_push_statistics", True)),
-        # Labels whose logits stay the Linear's (a multi-label classifier trained elsewhere), by name.
-        "linear_labels": [names.get(i, str(i)) for i in settings.get("linear_labels", [])],
-    }
+    sections = [cls.card_section(Path(directory), config, model_id) for cls in extra_heads()]
+    return [section for section in sections if section]
 
 
 def _id2label(config) -> dict[int, str]:

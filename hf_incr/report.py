@@ -19,6 +19,7 @@ PHASE_TIMINGS = {
     "new_rows_s": "new rows",
     "adapt_s": "adapting the encoder",
     "closed_form_s": "closed-form head",
+    "kernel_lda_s": "kernel head",
     "total_s": "total",
 }
 
@@ -104,9 +105,15 @@ def format_thresholds(thresholds: dict[str, float], shown: int = 5) -> str:
 
 
 def answering_thresholds(record: dict) -> dict[str, float] | None:
-    """The multi-label thresholds a lineage record's answering head tuned: the kernel LDA head's when it has one (the
+    """The multi-label thresholds a lineage record's answering head tuned: an extra head's when it recorded some (the
     Linear's are then in the record's ``thresholds``), else the Linear's."""
-    return ((record.get("kernel_lda") or {}).get("thresholds")) or record.get("thresholds")
+    from .heads import extra_heads
+
+    for cls in extra_heads():
+        thresholds = (record.get(cls.lineage_key) or {}).get("thresholds") if cls.lineage_key else None
+        if thresholds:
+            return thresholds
+    return record.get("thresholds")
 
 
 # The summary's row of what plain transformers gets when an extra head answers in hf_incr.
@@ -115,7 +122,7 @@ PLAIN_ROW = "after, plain transformers (its Linear)"
 
 def format_usage(model: str, extra_head: bool = False) -> str:
     """The one line that uses the model: plain transformers, or ``hf_incr.load_model`` for a model whose extra head
-    (kernel LDA, random features) answers only when hf_incr loads it."""
+    (the kernel head) answers only when hf_incr loads it."""
     plain = f'pipeline("text-classification", model="{model}")'
     if extra_head:
         return (f'pipeline("text-classification", model=hf_incr.load_model("{model}"), tokenizer="{model}") '
@@ -152,8 +159,8 @@ def format_summary(
         model: What the usage line loads; default: ``hub_url``'s repo or ``output_dir``.
         thresholds: Multi-label decision thresholds (logits) this run tuned and folded into the biases, by label.
         adaptation: The lineage's ``adaptation`` entry (a model trained elsewhere whose encoder was fine-tuned).
-        extra_head: The model answers with an extra head (kernel LDA, random features) that ``hf_incr.load_model``
-            attaches: the usage line says so.
+        extra_head: The model answers with an extra head (the kernel head) that ``hf_incr.load_model`` attaches: the
+            usage line says so.
     """
     metric = metric_name(multi_label)
     lines = [f"== hf-incr {title}: summary =="]
@@ -181,39 +188,6 @@ def format_summary(
 
 
 # hf-incr info ---------------------------------------------------------------------------------------------------
-
-
-def next_increment(info: dict[str, Any]) -> str:
-    """What the next ``hf-incr increment`` on this model does, from what is saved with it."""
-    kept = info.get("head_rows") == "kept"
-    if info.get("statistics") and not kept:
-        text = (
-            "closed-form exact path: the head is solved from the saved statistics, so the new data needs only the new "
-            "labels and the old labels' head rows stay exact"
-        )
-        if info.get("random_features"):
-            text += " (the random-feature head is refitted too)"
-        if info.get("kernel_lda"):
-            text += (" (the kernel LDA head is continued too)" if info.get("kernel_lda_statistics") else
-                     " (its kernel LDA head cannot be continued: its statistics file was not saved here; train with "
-                     "`--kernel_features 0` or start from the folder it was trained in)")
-    else:
-        text = (
-            "the path for a model trained elsewhere"
-            + (" (its statistics mark its trained rows as kept)" if kept else " (no saved statistics)")
-            + ": every trained row of the head is kept bit for bit and only the new labels' rows are fitted beside "
-            "them; a few examples of every old label in the data let hf_incr calibrate new against old"
-        )
-        if info.get("kernel_lda"):  # a multi-label classifier trained elsewhere that started a kernel head
-            text += (
-                " (its kernel LDA head is continued for the labels hf_incr added, with `--kernel_features`; the "
-                "labels the classifier came with keep its Linear's logits)" if info.get("kernel_lda_statistics") else
-                " (its kernel LDA head cannot be continued: its statistics file was not saved here; start from the "
-                "folder it was trained in)"
-            )
-    if info.get("replay"):
-        text += "; the replay memory's stored examples are mixed into the training rows (with replay_per_label > 0)"
-    return text
 
 
 def _metrics_cells(record: dict[str, Any]) -> list[str]:
@@ -262,25 +236,17 @@ def format_info(info: dict[str, Any]) -> str:
             lines.append("Last metrics: " + ", ".join(f"{k} {shown[k]:.4g}" for k in order))
     else:
         lines.append("Lineage: none (a model hf_incr has not trained)")
-    lines += [
-        "",
-        "Saved with it:",
-        f"  closed-form statistics (hf_incr_ridge.safetensors): {'yes' if info.get('statistics') else 'no'}",
-        f"  random-feature head: {'yes' if info.get('random_features') else 'no'}",
-        f"  kernel LDA head: {_kernel_line(info)}",
-        f"  replay memory: {'yes' if info.get('replay') else 'no'}",
-        "",
-        f"Next increment: {next_increment(info)}.",
-    ]
+    from .heads import HEADS
+
+    heads = info.get("heads") or {}
+    lines += ["", "Saved with it:"]
+    lines += [f"  {HEADS[name].title if name in HEADS else name}{' (its statistics)' if name == 'linear' else ''}: "
+              f"{line or 'no'}" for name, line in heads.items()]
+    lines += [f"  replay memory: {'yes' if info.get('replay') else 'no'}", "",
+              f"Next increment: {info.get('next_increment')}."]
     for name, key in (("Card", "card"), ("Plot", "plot")):
         if info.get(key):
             lines.append(f"{name}: {info[key]}")
-    extra = bool(info.get("random_features") or info.get("kernel_lda"))
+    extra = any(line not in (None, "no") for name, line in heads.items() if name != "linear")
     lines.append(f"Use it: {format_usage(info['source'], extra)}")
     return "\n".join(lines)
-
-
-def _kernel_line(info: dict) -> str:
-    if not info.get("kernel_lda"):
-        return "no"
-    return "yes, with its statistics" if info.get("kernel_lda_statistics") else "yes, without its statistics"

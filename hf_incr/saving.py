@@ -1,4 +1,4 @@
-"""Saving a grown model: model, tokenizer, lineage, replay memory, ridge statistics and card, written to a temporary
+"""Saving a grown model: model, tokenizer, lineage, replay memory, the heads' files and card, written to a temporary
 folder and renamed into place, so a crash during the save leaves the previous model folder intact; and the Trainer
 checkpoints a killed increment resumes from.
 
@@ -46,10 +46,11 @@ def save_increment(
     tokenizer=None,
     *,
     replay=None,
-    ridge=None,
+    heads=None,
     write_card: bool = True,
 ) -> Path:
-    """Save everything an increment produced into ``output_dir``, atomically.
+    """Save everything an increment produced into ``output_dir``, atomically: the model, its tokenizer, the lineage,
+    the replay memory and every head's files (``heads``: by name, as ``IncrementResult.heads``).
 
     The files are written to a sibling temporary folder first; the previous folder (if any) is replaced only once
     everything was written. Trainer checkpoints kept under ``output_dir/checkpoints`` are carried over. Leftovers of
@@ -68,8 +69,8 @@ def save_increment(
             write_lineage_file(staging, get_lineage(model))
             if replay is not None and len(replay):
                 replay.save(staging)
-            if ridge is not None:
-                ridge.save(staging)
+            for head in (heads or {}).values():
+                head.save(staging)
             if write_card:
                 write_model_card(model, staging)
             # A SIGKILL loses nothing already written, but a power cut can: flush before the renames publish it.

@@ -16,15 +16,20 @@ from typing import ClassVar
 import torch
 from datasets import Dataset
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .checkpoints import phase_checkpoint_dir, phase_run, resume_from
 from .console import quiet_trainer
 from .data import is_multi_label_model, model_columns, tokenize
-from .features import CachedFeatureDataset, CachedFeatureHead
 from .freezing import param_groups_layer_lr
 from .head import ClassifierHead
 from .losses import increment_loss
 from .metrics import make_compute_metrics
+
+# Chosen, not settings: the distillation temperature (Hinton et al.'s common choice), and the batch of the cached
+# warm-up (a step is one small matmul, so larger batches than the encoder's pay off).
+DISTILL_TEMPERATURE = 2.0
+CACHED_BATCH_SIZE = 128
 
 
 class IncrementalTrainer(Trainer):
@@ -46,7 +51,7 @@ class IncrementalTrainer(Trainer):
         layer_lr_decay: float | None = None,
         teacher: torch.nn.Module | None = None,
         distill_weight: float = 0.0,
-        distill_temperature: float = 2.0,
+        distill_temperature: float = DISTILL_TEMPERATURE,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -159,7 +164,6 @@ def train_phase(
     layer_lr_decay: float | None = None,
     teacher: torch.nn.Module | None = None,
     distill_weight: float = 0.0,
-    distill_temperature: float = 2.0,
     group_by_length: bool = False,
 ) -> dict:
     """One phase that runs the whole model (trainable set already chosen) in its own :class:`IncrementalTrainer`;
@@ -180,7 +184,6 @@ def train_phase(
         layer_lr_decay=layer_lr_decay,
         teacher=teacher,
         distill_weight=distill_weight,
-        distill_temperature=distill_temperature,
     )
     trainable = [name for name, param in model.named_parameters() if param.requires_grad]
     quiet_trainer(trainer, PHASE_NAMES.get(phase, phase), _phase_heading(phase, epochs, len(train_encoded), trainable))
@@ -205,12 +208,10 @@ def warm_up_on_cached_features(
     *,
     epochs: float,
     learning_rate: float,
-    batch_size: int,
     text_column: str,
     multi_label: bool,
     teacher_head: tuple[torch.Tensor, torch.Tensor | None] | None = None,
     distill_weight: float = 0.0,
-    distill_temperature: float = 2.0,
 ) -> dict:
     """Train the model's output Linear with Trainer on cached head inputs (the frozen-encoder fast path).
 
@@ -223,12 +224,12 @@ def warm_up_on_cached_features(
         weight, bias = teacher_head
         # On the CPU, beside the cached features (the old head may already live on the GPU).
         columns["teacher_logits"] = features @ weight.float().cpu().T + (0 if bias is None else bias.float().cpu())
-    head_model = CachedFeatureHead(linear, multi_label, distill_weight, distill_temperature)
+    head_model = CachedFeatureHead(linear, multi_label, distill_weight, DISTILL_TEMPERATURE)
     trainer = Trainer(
         model=head_model,
         args=phase_args(
             args, "warmup", num_train_epochs=epochs, learning_rate=learning_rate,
-            per_device_train_batch_size=batch_size,
+            per_device_train_batch_size=CACHED_BATCH_SIZE,
         ),
         train_dataset=CachedFeatureDataset(**columns),
     )
@@ -241,3 +242,49 @@ def warm_up_on_cached_features(
     # Trainer may have moved the Linear (shared with the model) to its device; the model follows it.
     model.to(linear.weight.device)
     return metrics
+
+
+class CachedFeatureDataset(torch.utils.data.Dataset):
+    """Rows of in-memory tensors (``features``, ``labels``, optional ``teacher_logits``) for Trainer.
+
+    Indexing tensors directly keeps a step of the cached warm-up cheap; an Arrow data set in torch format was 3x
+    slower per epoch here, which dominates when the model trained is a single Linear.
+    """
+
+    def __init__(self, **columns: torch.Tensor):
+        lengths = {len(v) for v in columns.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"All columns need the same number of rows, got {lengths}.")
+        self.columns = columns
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values())))
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {name: values[index] for name, values in self.columns.items()}
+
+
+class CachedFeatureHead(torch.nn.Module):
+    """Trains a model's output Linear on cached head inputs, inside a normal ``Trainer``.
+
+    It holds the model's own Linear (not a copy), so training it trains the model. ``forward`` takes the batch
+    columns ``features``, ``labels`` and, for distillation, ``teacher_logits`` (the old head's logits on the same
+    features, which a frozen encoder makes exact).
+    """
+
+    def __init__(self, linear: torch.nn.Linear, multi_label: bool, distill_weight: float = 0.0,
+                 distill_temperature: float = DISTILL_TEMPERATURE):
+        super().__init__()
+        self.linear = linear
+        self.multi_label = multi_label
+        self.distill_weight = distill_weight
+        self.distill_temperature = distill_temperature
+
+    def forward(self, features, labels=None, teacher_logits=None):
+        logits = self.linear(features.to(self.linear.weight.dtype))
+        loss = None
+        if labels is not None:
+            loss = increment_loss(
+                logits, labels, self.multi_label, teacher_logits, self.distill_weight, self.distill_temperature
+            )
+        return SequenceClassifierOutput(loss=loss, logits=logits)

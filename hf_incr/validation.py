@@ -22,7 +22,6 @@ from safetensors import safe_open
 from torch import nn
 
 from .checkpoints import parse_resume
-from .closed_form import RIDGE_FILENAME, STATISTICS_FIX, STATISTICS_LOST, RidgeStatistics
 from .config import IncrementConfig
 from .data import check_texts, find_new_labels, is_multi_label_model, label_names_in
 from .errors import (
@@ -35,12 +34,12 @@ from .errors import (
 )
 from .head import (
     KNOWN_HEAD_PATHS,
+    ClassifierHead,
     check_head_matches_config,
     check_new_label_names,
     check_not_peft,
     find_classifier_head,
 )
-from .kernel_head import head_size
 from .replay import REPLAY_DIRNAME, REPLAY_FILENAME
 from .saving import CHECKPOINTS_DIRNAME, KEPT_ENTRIES
 
@@ -53,29 +52,32 @@ def check_increment_inputs(
     train_dataset: Dataset,
     eval_dataset: Dataset | None,
     config: IncrementConfig,
-) -> None:
-    """Raise a :class:`~hf_incr.HfIncrError` (also a ``ValueError``) naming the problem and the fix.
+) -> ClassifierHead:
+    """Raise a :class:`~hf_incr.HfIncrError` (also a ``ValueError``) naming the problem and the fix; return the
+    model's output Linear (found once, here).
 
     Checked, in order: the model (a plain classification model, not a PEFT wrapper; head and ``config.id2label``
     agree), the texts of both data sets (present, not empty), their labels (every row has one, names not ids, no
-    unknown labels in the eval data, valid new label names, examples for ``init='imprint'``), the tokenizer (its ids
-    fit the model's embeddings, a padding token) and ``max_length`` against the model's position embeddings.
+    unknown labels in the eval data, valid new label names with examples), the tokenizer (its ids fit the model's
+    embeddings, a padding token) and ``max_length`` against the model's position embeddings.
     Only reads: nothing is modified, moved to a device or written.
     """
-    check_model(model)
+    location = check_model(model)
     check_texts(train_dataset, config.text_column, what="training data")
     if eval_dataset is not None:
         check_texts(eval_dataset, config.text_column, what="eval data")
     check_labels(model, train_dataset, eval_dataset, config)
-    check_tokenizer(model, tokenizer, {"training data": train_dataset, "eval data": eval_dataset}, config)
+    check_tokenizer(model, tokenizer, {"training data": train_dataset, "eval data": eval_dataset}, config, location)
     check_max_length(model, config.max_length)
+    return location
 
 
 # -- the model --------------------------------------------------------------------------------------------------------
 
 
-def check_model(model) -> None:
-    """A plain classification model whose head and ``config.id2label`` / ``label2id`` agree."""
+def check_model(model) -> ClassifierHead:
+    """A plain classification model whose head and ``config.id2label`` / ``label2id`` agree; returns its output
+    Linear."""
     check_not_peft(model, "train an increment of")
     config = getattr(model, "config", None)
     if config is None or not getattr(config, "id2label", None):
@@ -83,7 +85,9 @@ def check_model(model) -> None:
             f"{type(model).__name__} has no `config.id2label`, so it is not a classification model. Load it with "
             "`AutoModelForSequenceClassification.from_pretrained(...)`."
         )
-    check_head_matches_config(model, find_classifier_head(model))
+    location = find_classifier_head(model)
+    check_head_matches_config(model, location)
+    return location
 
 
 # -- the labels -------------------------------------------------------------------------------------------------------
@@ -177,15 +181,13 @@ def check_labels(model, train_dataset: Dataset, eval_dataset: Dataset | None, co
             # add_labels warns about near-duplicate names when it grows the head; not twice.
             warnings.simplefilter("ignore", UserWarning)
             check_new_label_names(model, new_labels)
-        if config.init == "imprint":
-            present = set(label_names_in(train_dataset, column))
-            lacking = [name for name in new_labels if name not in present]
-            if lacking:
-                raise DataError(
-                    f"`init='imprint'` builds each new label's row from its training examples, but the new label(s) "
-                    f"{lacking} have none in the training data. Add examples of them, or use another `init` "
-                    "(e.g. `init='mean'`)."
-                )
+        present = set(label_names_in(train_dataset, column))
+        lacking = [name for name in new_labels if name not in present]
+        if lacking:
+            raise DataError(
+                f"Each new label's row of the head is built from its training examples, but the new label(s) "
+                f"{lacking} have none in the training data. Add examples of them, or leave them out of `new_labels`."
+            )
     if eval_dataset is not None:
         known = set(model.config.label2id) | set(new_labels)
         stray = [name for name in label_names_in(eval_dataset, column) if name not in known]
@@ -210,7 +212,8 @@ def _embedding_rows(model) -> int | None:
     return None if weight is None else int(weight.shape[0])
 
 
-def check_tokenizer(model, tokenizer, datasets: dict[str, Dataset | None], config: IncrementConfig) -> None:
+def check_tokenizer(model, tokenizer, datasets: dict[str, Dataset | None], config: IncrementConfig,
+                    location: ClassifierHead | None = None) -> None:
     """The tokenizer is the model's: its ids fit the embedding matrix, it pads, and with the id the model expects.
 
     A tokenizer with more tokens than the model has embedding rows (another model's) is checked on the data itself:
@@ -228,7 +231,7 @@ def check_tokenizer(model, tokenizer, datasets: dict[str, Dataset | None], confi
             "without one: set `tokenizer.pad_token = tokenizer.eos_token` and "
             "`model.config.pad_token_id = tokenizer.pad_token_id` first."
         )
-    if find_classifier_head(model).path == "score":
+    if (location or find_classifier_head(model)).path == "score":
         # Decoder heads (GPT-2, Llama, ...) score the last token that is not `config.pad_token_id`.
         model_pad = getattr(model.config, "pad_token_id", None)
         if model_pad != tokenizer.pad_token_id:
@@ -429,114 +432,21 @@ def check_checkpoint(model_name_or_path: str | os.PathLike) -> None:
             return
 
 
-# -- the state saved beside the model and the closed-form head --------------------------------------------------------
+# -- the state saved beside the model ---------------------------------------------------------------------------------
 
 
-def check_saved_state(model, statistics: RidgeStatistics | None, replay_memory, folder=None) -> None:
-    """The statistics and replay memory read from beside the model belong to it: as many labels and head inputs as
-    the model's head, memory rows only of the model's labels. Raises :class:`~hf_incr.errors.SavedStateError` naming
-    the file (in ``folder``), what is lost without it, and the way forward."""
-    head = find_classifier_head(model).linear
-    where = Path(folder) if folder is not None else Path(".")
-    if statistics is not None:
-        dims = (statistics.num_labels, statistics.gram.shape[0] - 1)
-        if dims != (head.out_features, head.in_features):
-            raise damaged_file_error(
-                where / RIDGE_FILENAME,
-                f"describes {dims[0]} labels x {dims[1]} head inputs, but the model's head has "
-                f"{head.out_features} x {head.in_features}: it belongs to another model (or another version of it)",
-                STATISTICS_LOST, STATISTICS_FIX,
-            )
+def check_saved_state(model, location: ClassifierHead, heads: dict, replay_memory, folder=None) -> None:
+    """The heads and replay memory read from beside the model belong to it: each head's sizes fit the model's head
+    (:meth:`~hf_incr.heads.Head.check_model`), memory rows are only of the model's labels. Raises
+    :class:`~hf_incr.errors.SavedStateError` naming the file, what is lost without it, and the way forward."""
+    for head in heads.values():
+        head.check_model(model, location)
     if replay_memory is not None and len(replay_memory):
         foreign = [name for name in replay_memory.labels() if name not in model.config.label2id]
         if foreign:
             raise damaged_file_error(
-                where / REPLAY_DIRNAME / REPLAY_FILENAME,
+                Path(folder or ".") / REPLAY_DIRNAME / REPLAY_FILENAME,
                 f"holds examples of label(s) {foreign[:5]} that the model does not have: it belongs to another model",
                 "the next increment replays no stored example of the old labels",
                 f"Restore the model's own memory, or delete the folder {REPLAY_DIRNAME}.",
             )
-
-
-
-
-def keeps_trained_rows(
-    model, statistics: RidgeStatistics | None, config: IncrementConfig, labels_in_data: list[str]
-) -> bool:
-    """Whether this closed-form increment keeps the head's trained rows and fits only the new ones
-    (:mod:`hf_incr.new_rows`) instead of solving the whole head from the statistics.
-
-    It does for a classifier hf_incr did not train (no saved statistics: its trained rows are the best summary of its
-    labels there is), and for one whose statistics mark kept rows (such a classifier after its first increment).
-    A classifier trained by hf_incr (statistics of every label) is solved in closed form. Settings that need
-    statistics the model lacks are an error; old labels without rows in the data get a warning (they are kept, but
-    nothing calibrates the new rows against them)."""
-    keep = statistics is None or statistics.keeps_trained_rows
-    features = statistics.random_features if statistics is not None else None
-    if config.random_features and (keep or features is None):
-        raise ConfigError(
-            f"`random_features={config.random_features}`, but the model's statistics hold no random-feature head "
-            "(the base was trained without it, or by another library), so the old labels' random-feature statistics "
-            "are missing. Train the base with `random_features` set, or keep `random_features=0`."
-        )
-    if config.random_features and features.num_features != config.random_features:
-        raise ConfigError(
-            f"The model's random-feature head has {features.num_features} features but `random_features="
-            f"{config.random_features}`. Keep the number it was trained with: `random_features="
-            f"{features.num_features}`."
-        )
-    multi_label = is_multi_label_model(model)
-    _check_kernel_head(statistics, config, keep, multi_label)
-    absent = [name for name in model.config.label2id if name not in set(labels_in_data)]
-    if statistics is None and absent:
-        if multi_label:  # sigmoids are independent: the old labels lose nothing; the advice is for the new ones
-            what = (
-                " are kept bit for bit, so their predictions do not change; the new labels' rows are fitted on the "
-                "encoder's pooler output"
-                + ("." if config.kernel_features else
-                   ". If the model will be loaded with `hf_incr.load_model`, `kernel_features=5000` decides the new "
-                   "labels on the encoder's top layers instead (GoEmotions: 57.3 % micro-F1 against 48.7 %).")
-            )
-        else:
-            what = (
-                " are kept bit for bit and only the new labels' rows are fitted, on the old rows' scale; with no rows "
-                "of those labels nothing calibrates new against old, so they may lose a few points to the new labels. "
-                "Add a few training examples of every old label to this data to calibrate the new rows against them, "
-                "or all the data the model was trained on to adapt its encoder too (`adapt_trained_elsewhere`)."
-            )
-        warnings.warn(
-            f"The model has no saved statistics ({RIDGE_FILENAME}; was it trained without hf_incr?) and the data "
-            f"lacks its label(s) {absent[:10]}{' ...' if len(absent) > 10 else ''}. Their trained rows of the head"
-            + what,
-            UserWarning,
-            stacklevel=4,
-        )
-    return keep
-
-
-def _check_kernel_head(statistics: RidgeStatistics | None, config: IncrementConfig, keep: bool,
-                       multi_label: bool) -> None:
-    """A later increment with ``kernel_features`` needs the kernel LDA statistics of every old label, of as many
-    features as it was trained with. A multi-label classifier trained elsewhere is the exception: its old labels stay
-    its Linear's (sigmoids are independent), and a kernel head starts with the new ones."""
-    if not config.kernel_features:
-        return
-    kernel = statistics.kernel_lda if statistics is not None else None
-    if kernel is None and keep and multi_label:
-        return  # starts here; the old labels' logits stay the Linear's (KernelLDAConfig.linear_labels)
-    if kernel is None or (keep and not multi_label):
-        raise ConfigError(
-            f"`kernel_features={config.kernel_features}`, but the model has no kernel LDA head with statistics (the "
-            "base was trained without it, by another library, or its hf_incr_kernel_lda_statistics.safetensors was "
-            "not pushed), so the old labels' kernel statistics are missing. Start from the folder the model was "
-            "trained in, train the base with `kernel_features` set, or keep `kernel_features=0`. (A multi-label "
-            "classifier trained elsewhere can start one: its old labels keep the Linear's logits.)"
-        )
-    expected = head_size(config.kernel_features, config.kernel_members, kernel.config.multi_label)
-    if expected != (kernel.config.num_features, kernel.config.num_members):
-        raise ConfigError(
-            f"The model's kernel LDA head has {kernel.config.num_features} features x {kernel.config.num_members} "
-            f"member(s) but `kernel_features={config.kernel_features}`, `kernel_members={config.kernel_members}`. "
-            f"Keep what it was trained with: `kernel_features={kernel.config.num_features}`, "
-            f"`kernel_members={kernel.config.num_members}`."
-        )

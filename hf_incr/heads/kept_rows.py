@@ -1,10 +1,11 @@
-"""New head rows for a classifier that hf_incr did not train: keep the trained rows, fit only what must be fitted.
+"""New head rows beside the kept, trained rows of a classifier hf_incr did not train.
 
-A model fine-tuned elsewhere (plain ``Trainer``, the Hub) comes without the closed-form statistics hf_incr keeps.
-Its trained output Linear is the best summary of the old labels there is: re-solving it from the few rows a user
-brings loses accuracy on the old labels, and training the whole head by gradient on new rows only collapses them.
-So the old rows stay bit for bit, the encoder stays frozen, and only the new rows (plus, where old rows are given,
-a calibration between old and new logits) are fitted, on features computed once per row (what the head receives).
+A model fine-tuned elsewhere (plain ``Trainer``, the Hub) comes without hf_incr's statistics. Its trained output
+Linear is the best summary of the old labels there is: re-solving it from the few rows a user brings loses accuracy on
+the old labels, and training the whole head by gradient on new rows only collapses them. So the old rows stay bit for
+bit, the encoder stays frozen, and only the new rows (plus, where old rows are given, a calibration between old and
+new logits) are fitted, on the head inputs of the increment's rows (:class:`KeptRowsHead`, which also keeps the
+statistics of those rows so the next increment continues the same way).
 
 Single-label (softmax) head, old rows ``(W_o, b_o)`` frozen, new rows ``(W_n, b_n)``::
 
@@ -26,18 +27,11 @@ Single-label (softmax) head, old rows ``(W_o, b_o)`` frozen, new rows ``(W_n, b_
 4. Every old label has rows: a refit of all rows (:func:`refit_all_rows`) replaces the kept rows only if its
    cross-fitted held-out accuracy is higher on the old labels' rows and on all rows.
 5. Rows of every old label about as many as of a new one (the user's full data, :func:`represents_old_labels`): the
-   recipe fine-tunes the whole model once on them (``adapt_trained_elsewhere`` in :mod:`hf_incr.recipe`): the frozen
-   encoder, trained for the old labels only, is what limits every head on it.
+   recipe fine-tunes the whole model once on them (the plan's ``adapt`` path): the frozen encoder, trained for the
+   old labels only, is what limits every head on it.
 6. :func:`fit_multilabel_new_rows`: in a sigmoid head every label is its own decision, so frozen old rows leave old
    predictions bit for bit unchanged; each new row is a logistic regression of its label against every other row
    (L2 by cross-validated log-loss).
-
-For the next increment, :func:`closed_form_statistics` accumulates ``gram = sum [x,1][x,1]^T`` and
-``cross = sum [x,1] y^T`` over the rows seen; labels without rows there (old labels in case "new rows only") cannot
-be re-solved in closed form: :func:`resolvable_labels` says which can, :func:`calibrate_kept_rows` maps the kept
-trained rows onto the re-solved rows' scale (fitted on the labels that have both), :func:`merge_rows` assembles.
-
-Plain tensors in, plain tensors out; nothing here touches a model.
 """
 
 from __future__ import annotations
@@ -45,14 +39,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from hf_incr.closed_form import RidgeStatistics
-from hf_incr.errors import DataError
+from ..distributed import gather_rows, rows_of_this_process
+from ..errors import DataError
+from ..head import ClassifierHead
+from .lda import f1_thresholds
+from .linear import LinearHead
+from .statistics import check_features, check_labels, check_targets
 
 # L2 strengths tried by cross-validation, relative to the class-balanced mean loss (scale-free in n).
 L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2)
 
 
-# --------------------------------------------------------------------------------------------------- checks
+# --------------------------------------------------------------------------------------------------- helpers
 
 
 def _check_head(old_weight: torch.Tensor, old_bias: torch.Tensor | None) -> tuple[int, int]:
@@ -69,36 +67,6 @@ def _check_head(old_weight: torch.Tensor, old_bias: torch.Tensor | None) -> tupl
         )
     return num_old, dim
 
-
-def _check_features(features: torch.Tensor, dim: int | None = None) -> None:
-    if features.dim() != 2 or features.shape[0] == 0:
-        raise DataError(
-            f"features must be a non-empty (rows, hidden) matrix; found shape {tuple(features.shape)}. "
-            "Stack the head's inputs (e.g. the pooler output) of the increment's rows."
-        )
-    if dim is not None and features.shape[1] != dim:
-        raise DataError(
-            f"features have {features.shape[1]} columns but the head reads {dim}; found shape "
-            f"{tuple(features.shape)}. Compute features at the head's input (what the output Linear receives)."
-        )
-    if not torch.isfinite(features).all():
-        raise DataError("features contain NaN or inf; found non-finite values. Recompute them in float32.")
-
-
-def _check_labels(labels: torch.Tensor, n: int, num_labels: int) -> None:
-    if labels.dim() != 1 or labels.shape[0] != n or labels.dtype in (torch.float16, torch.float32, torch.float64):
-        raise DataError(
-            f"labels must be a 1-D integer tensor with one label id per feature row ({n}); found dtype "
-            f"{labels.dtype}, shape {tuple(labels.shape)}. Pass ids in the grown label space (new labels >= num_old)."
-        )
-    if n and (labels.min() < 0 or labels.max() >= num_labels):
-        raise DataError(
-            f"label ids must lie in [0, {num_labels}); found [{int(labels.min())}, {int(labels.max())}]. "
-            "Map label names to ids of the grown head (old ids first, then the new ones)."
-        )
-
-
-# --------------------------------------------------------------------------------------------------- helpers
 
 
 def balanced_weights(labels: torch.Tensor, num_labels: int) -> torch.Tensor:
@@ -171,8 +139,8 @@ def fit_new_rows(
         ``(new_weight (num_new, d), new_bias (num_new,))`` in float32.
     """
     num_old, dim = _check_head(old_weight, old_bias)
-    _check_features(features, dim)
-    _check_labels(labels, features.shape[0], num_old + num_new)
+    check_features(features, dim, "features", min_rows=1)
+    check_labels(labels, features.shape[0], num_old + num_new, "labels")
     if num_new < 1:
         raise DataError(f"num_new must be >= 1; found {num_new}. Pass the number of labels added to the head.")
     if scale not in ("aligned", "tied", "free"):
@@ -246,7 +214,7 @@ def fit_logit_calibration(
             f"old_logits, new_logits and labels must have one row per example; found {old_logits.shape[0]}, "
             f"{new_logits.shape[0]}, {labels.shape[0]} rows. Compute all three on the same held-out rows."
         )
-    _check_labels(labels, labels.shape[0], num_labels)
+    check_labels(labels, labels.shape[0], num_labels, "labels")
     if not (labels < num_old).any() or not (labels >= num_old).any():
         raise DataError(
             "calibrating new logits against old ones needs held-out rows of old AND new labels; found only "
@@ -273,7 +241,7 @@ def fold_calibration(
     return new_weight * a, new_bias * a + c
 
 
-def grow_head(
+def grow_rows(
     old_weight: torch.Tensor, old_bias: torch.Tensor | None, new_weight: torch.Tensor, new_bias: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Concatenate the untouched old rows with the new ones (old rows copied bit for bit, in their dtype)."""
@@ -301,7 +269,7 @@ def old_label_anchors(features: torch.Tensor, old_weight: torch.Tensor) -> torch
     Returns ``(num_old, d)``.
     """
     _, dim = _check_head(old_weight, None)
-    _check_features(features, dim)
+    check_features(features, dim, "features", min_rows=1)
     x = features.to(torch.float64)
     centre = x.mean(0)
     directions = old_weight.detach().to(torch.float64)
@@ -365,8 +333,8 @@ def refit_all_rows(
     (:func:`add_new_rows`): a trained row summarises data the increment may not hold.
     """
     _, dim = _check_head(weight, bias)
-    _check_features(features, dim)
-    _check_labels(labels, features.shape[0], weight.shape[0])
+    check_features(features, dim, "features", min_rows=1)
+    check_labels(labels, features.shape[0], weight.shape[0], "labels")
     x = features.to(torch.float64)
     w = weight.detach().to(torch.float64).clone().requires_grad_(True)
     b = bias.detach().to(torch.float64).clone().requires_grad_(True)
@@ -409,8 +377,8 @@ def add_new_rows(
         and (case ``"with_old"``) the head before any refit (``"kept_weight"``, ``"kept_bias"``).
     """
     num_old, _ = _check_head(old_weight, old_bias)
-    _check_features(features, old_weight.shape[1])
-    _check_labels(labels, features.shape[0], num_old + num_new)
+    check_features(features, old_weight.shape[1], "features", min_rows=1)
+    check_labels(labels, features.shape[0], num_old + num_new, "labels")
     present_old = torch.unique(labels[labels < num_old])
     info: dict = {"a": 1.0, "c": 0.0, "l2": None, "refit": False}
     if present_old.numel() == 0:
@@ -418,7 +386,7 @@ def add_new_rows(
         x = torch.cat([features.float(), anchors])
         y = torch.cat([labels, torch.arange(num_old)])
         new_weight, new_bias = fit_new_rows(x, y, old_weight, old_bias, num_new, scale="aligned", max_iter=max_iter)
-        weight, bias = grow_head(old_weight, old_bias, new_weight, new_bias)
+        weight, bias = grow_rows(old_weight, old_bias, new_weight, new_bias)
         return {"weight": weight, "bias": bias, "new_weight": new_weight, "new_bias": new_bias, "case": "new_only",
                 **info}
 
@@ -436,7 +404,7 @@ def add_new_rows(
     new_weight, new_bias = fit_new_rows(features, labels, old_weight, old_bias, num_new, scale="free", l2=l2,
                                         max_iter=max_iter)
     new_weight, new_bias = fold_calibration(new_weight, new_bias, a, c)
-    weight, bias = grow_head(old_weight, old_bias, new_weight, new_bias)
+    weight, bias = grow_rows(old_weight, old_bias, new_weight, new_bias)
     info.update(kept_weight=weight, kept_bias=bias)
 
     if allow_refit and old_bias is not None and present_old.numel() == num_old:
@@ -448,7 +416,7 @@ def add_new_rows(
             w_f, b_f = fit_new_rows(features[keep], labels[keep], old_weight, old_bias, num_new, scale="free", l2=l2,
                                     max_iter=max_iter)
             w_f, b_f = fold_calibration(w_f, b_f, a, c)
-            w_all, b_all = refit_all_rows(features[keep], labels[keep], *grow_head(old_weight, old_bias, w_f, b_f),
+            w_all, b_all = refit_all_rows(features[keep], labels[keep], *grow_rows(old_weight, old_bias, w_f, b_f),
                                           l2=l2, max_iter=max_iter)
             refit_pred[fold] = (features[fold].float() @ w_all.float().T + b_all.float()).argmax(1)
         old = labels < num_old
@@ -476,7 +444,7 @@ def represents_old_labels(labels: torch.Tensor, num_old: int, num_labels: int) -
     :func:`hf_incr.train_increment` does for a model trained elsewhere, ``adapt_trained_elsewhere``). A few rows per
     old label cannot: a fine-tune on mostly new rows moves the encoder away from the old labels (issue 13's benchmark:
     5 rows per old label, one epoch, old-label accuracy 91.9 -> 74.1 %)."""
-    _check_labels(labels, labels.shape[0], num_labels)
+    check_labels(labels, labels.shape[0], num_labels, "labels")
     if num_old == 0 or num_old >= num_labels:
         return False
     counts = torch.bincount(labels.long(), minlength=num_labels).double()
@@ -502,8 +470,8 @@ def refit_if_better(
 
     Returns ``{"weight", "bias", "refit"}`` (the input tensors themselves when kept)."""
     num_labels, _ = _check_head(weight, bias)
-    _check_features(features, weight.shape[1])
-    _check_labels(labels, features.shape[0], num_labels)
+    check_features(features, weight.shape[1], "features", min_rows=1)
+    check_labels(labels, features.shape[0], num_labels, "labels")
     info: dict = {"weight": weight, "bias": bias, "refit": False}
     if bias is None or torch.unique(labels).numel() < num_labels:
         return info
@@ -523,17 +491,6 @@ def refit_if_better(
 
 
 # --------------------------------------------------------------------------------------------------- multi-label
-
-
-def _check_targets(targets: torch.Tensor, n: int, num_labels: int | None = None) -> None:
-    if targets.dim() != 2 or targets.shape[0] != n or (num_labels is not None and targets.shape[1] != num_labels):
-        want = f"(rows={n}, labels{'' if num_labels is None else '=' + str(num_labels)})"
-        raise DataError(
-            f"targets must be a multi-hot matrix of shape {want}; found {tuple(targets.shape)}. Pass one row per "
-            "feature row and one column per label of the grown head (old labels first)."
-        )
-    if not ((targets == 0) | (targets == 1)).all():
-        raise DataError("targets must be 0/1 (multi-hot); found other values. Binarise the label sets first.")
 
 
 def _fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float, max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -575,8 +532,8 @@ def fit_multilabel_new_rows(
     Returns:
         ``{"new_weight", "new_bias", "l2", "cv_loss"}``.
     """
-    _check_features(features)
-    _check_targets(targets, features.shape[0])
+    check_features(features, None, "features", min_rows=1)
+    check_targets(targets, features.shape[0], None, "targets")
     if targets.shape[1] <= num_old:
         raise DataError(
             f"targets must have columns for the new labels after the {num_old} old ones; found {targets.shape[1]} "
@@ -607,95 +564,106 @@ def fit_multilabel_new_rows(
     return {"new_weight": w.float(), "new_bias": b.float(), "l2": l2, "cv_loss": cv_loss}
 
 
-# --------------------------------------------------------------------------------------------------- statistics
 
 
-def closed_form_statistics(features: torch.Tensor, targets: torch.Tensor, num_labels: int | None = None) -> dict:
-    """Sufficient statistics of the rows seen, in hf_incr's format, for later closed-form increments.
+# --------------------------------------------------------------------------------------------------- the head
 
-    ``gram = sum [x,1][x,1]^T`` (d+1, d+1) and ``cross = sum [x,1] y^T`` (d+1, num_labels), float64, ``count = n``.
-    ``y`` is one-hot (``targets`` 1-D label ids, ``num_labels`` required) or multi-hot (``targets`` 2-D).
-    The last row of ``cross`` is each label's row count (:func:`label_counts`); with the last row/column of ``gram``
-    it gives every label's mean and the shared covariance an LDA solve needs.
-    """
-    _check_features(features)
-    if targets.dim() == 1:
-        if num_labels is None:
-            raise DataError("num_labels is required with 1-D label ids; found None. Pass the grown head's size.")
-        _check_labels(targets, features.shape[0], num_labels)
-        y = F.one_hot(targets, num_labels).to(torch.float64)
-    else:
-        _check_targets(targets, features.shape[0], num_labels)
-        y = targets.to(torch.float64)
-    statistics = RidgeStatistics.empty(features.shape[1], y.shape[1]).update(features, y)
-    return {"gram": statistics.gram, "cross": statistics.cross, "count": statistics.count}
+# L-BFGS iterations of the new rows' fit that only starts the adaptation of a model trained elsewhere (the fine-tune
+# moves them anyway): 200 took 15.6 of CLINC150's 194 s.
+ADAPT_START_ITERATIONS = 50
 
 
-def label_counts(cross: torch.Tensor) -> torch.Tensor:
-    """Rows per label in the statistics: the constant feature's row of ``cross``."""
-    return cross[-1]
+class KeptRowsHead(LinearHead):
+    """The Linear of a classifier hf_incr did not train: its trained rows stay (bit for bit, unless every old label
+    has rows and a held-out check prefers refitting them all), the new rows are fitted against them on the head inputs
+    of the increment's rows (replayed rows included), and the statistics of the increment's own rows are kept, the
+    trained rows marked, so the next increment continues the same way.
 
+    ``quick``: only the start of an adaptation of the encoder (the whole head is solved again after it): one fit of
+    the new rows against the frozen old ones, no held-out calibration."""
 
-def resolvable_labels(cross: torch.Tensor, kept: torch.Tensor | None = None, min_rows: int = 1) -> torch.Tensor:
-    """Which labels a later closed-form increment may re-solve: those with ``>= min_rows`` rows in the statistics and
-    not marked ``kept`` (rows trained elsewhere that no held-out check has shown worse than a re-solve).
+    def __init__(self, statistics, kept=None, *, seed: int = 0, quick: bool = False):
+        super().__init__(statistics, kept)
+        self.seed, self.quick = seed, quick
+        self.rows = None
+        self._cached: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []
+        self.features = self.targets = None
 
-    A label without rows has no mean: a closed-form solve would give it a row that never fires.
-    """
-    counts = label_counts(cross)
-    mask = counts >= min_rows
-    if kept is not None:
-        if kept.shape != mask.shape:
-            raise DataError(
-                f"kept must have one flag per label ({mask.shape[0]}); found shape {tuple(kept.shape)}. "
-                "Pass a bool tensor over the grown head's labels."
-            )
-        mask = mask & ~kept.bool()
-    return mask
+    @classmethod
+    def start(cls, model, location, *, config=None, multi_label, seed=0, kept_labels=()) -> KeptRowsHead:
+        return cls(LinearHead.start(model, location, multi_label=multi_label).statistics, seed=seed)
 
+    @property
+    def head_rows(self) -> str:
+        return "kept" if self.keeps_trained_rows else "refitted"
 
-def calibrate_kept_rows(
-    gram: torch.Tensor, current_rows: torch.Tensor, solved_rows: torch.Tensor, pairs: torch.Tensor
-) -> tuple[float, float]:
-    """Affine ``(a, c)`` mapping the current (trained) rows' scores onto the re-solved rows' scale.
+    def begin(self, rows) -> None:
+        super().begin(rows)
+        self._cached, self.features, self.targets = [], None, None
 
-    Least squares over the rows in the statistics and the labels in ``pairs`` (those with both a current and a
-    re-solved row): ``min sum_k sum_x (a u_k.[x,1] + c - v_k.[x,1])^2``, computed from ``gram`` alone (no rows
-    stored). Rows are ``(K, d+1)`` with the bias last. Applied to kept labels, it puts their trained logits on the
-    same footing as the re-solved scores before the argmax.
-    """
-    if current_rows.shape != solved_rows.shape or current_rows.shape[1] != gram.shape[0]:
-        raise DataError(
-            f"current_rows and solved_rows must both be (labels, {gram.shape[0]}) [weight | bias]; found "
-            f"{tuple(current_rows.shape)} and {tuple(solved_rows.shape)}. Concatenate each head's bias as last column."
-        )
-    if not pairs.any():
-        raise DataError("calibration needs at least one label with both rows; found none. Keep (a, c) = (1, 0).")
-    g = gram.to(torch.float64)
-    u = current_rows[pairs].to(torch.float64)
-    v = solved_rows[pairs].to(torch.float64)
-    n = g[-1, -1]
-    total = g[-1]  # sum [x, 1]
-    uu = torch.einsum("ki,ij,kj->", u, g, u)
-    uv = torch.einsum("ki,ij,kj->", u, g, v)
-    u1 = (u @ total).sum()
-    v1 = (v @ total).sum()
-    k = u.shape[0]
-    system = torch.tensor([[uu, u1], [u1, k * n]], dtype=torch.float64)
-    rhs = torch.tensor([uv, v1], dtype=torch.float64)
-    a, c = torch.linalg.lstsq(system, rhs.unsqueeze(1)).solution.flatten().tolist()
-    return a, c
+    def feed(self, rows: list[int], features: torch.Tensor, targets: torch.Tensor) -> None:
+        # Every training row (replayed ones too) is fitted; only the increment's own rows enter the statistics.
+        self._cached.append((rows, features, targets))
+        super().feed(rows, features, targets)
 
+    def end(self) -> None:
+        super().end()
+        share = rows_of_this_process(self.rows.total)
+        dim = self.statistics.dim
+        features = torch.zeros(len(share), dim)
+        targets = torch.zeros(len(share), *((self.rows.num_labels,) if self.statistics.multi_label else ()),
+                              dtype=torch.float64 if self.statistics.multi_label else torch.long)
+        for rows, batch_features, batch_targets in self._cached:
+            index = torch.tensor(rows) - share.start  # a process's rows are contiguous
+            features[index] = batch_features.float()
+            targets[index] = batch_targets.to(targets.dtype)
+        self._cached = []
+        self.features = gather_rows(features, share, self.rows.total)
+        self.targets = gather_rows(targets, share, self.rows.total)
 
-def merge_rows(
-    solved_rows: torch.Tensor, current_rows: torch.Tensor, resolve: torch.Tensor, a: float = 1.0, c: float = 0.0
-) -> torch.Tensor:
-    """Head rows ``(K, d+1)``: re-solved rows where ``resolve``, else the current rows mapped by ``(a, c)``."""
-    if solved_rows.shape != current_rows.shape or resolve.shape != (solved_rows.shape[0],):
-        raise DataError(
-            f"solved_rows, current_rows must share a shape and resolve hold one flag per row; found "
-            f"{tuple(solved_rows.shape)}, {tuple(current_rows.shape)}, {tuple(resolve.shape)}."
-        )
-    kept = current_rows.to(solved_rows.dtype) * a
-    kept[:, -1] += c
-    return torch.where(resolve.unsqueeze(1), solved_rows, kept)
+    def solve(self, model, location: ClassifierHead) -> dict[int, float]:
+        linear, num_old = location.linear, self.rows.num_old
+        new_ids = list(range(num_old, self.rows.num_labels))
+        old_weight = linear.weight[:num_old].detach().float().cpu()
+        old_bias = None if linear.bias is None else linear.bias[:num_old].detach().float().cpu()
+        refit, thresholds = False, {}
+        weight = bias = new_weight = new_bias = None
+        if self.statistics.multi_label:
+            if new_ids:  # each new label its own logistic regression; old rows are not even read
+                fitted = fit_multilabel_new_rows(self.features, self.targets.float(), num_old, seed=self.seed)
+                new_weight, new_bias = fitted["new_weight"], fitted["new_bias"]
+        else:
+            labels = self.targets
+            if new_ids and self.quick:
+                grown = grow_rows(old_weight, old_bias, *fit_new_rows(
+                    self.features, labels, old_weight, old_bias, len(new_ids), scale="free",
+                    max_iter=ADAPT_START_ITERATIONS,
+                ))
+                fitted = {"refit": False, "weight": grown[0], "bias": grown[1]}
+            elif new_ids:
+                fitted = add_new_rows(self.features, labels, old_weight, old_bias, len(new_ids), seed=self.seed)
+            else:  # only the model's own labels: nothing to add, a refit only if it wins a held-out check
+                fitted = refit_if_better(self.features, labels, old_weight, old_bias, seed=self.seed)
+            refit = bool(fitted["refit"])
+            weight, bias = fitted["weight"], fitted["bias"]
+            new_weight, new_bias = weight[num_old:], None if bias is None else bias[num_old:]
+        with torch.no_grad():
+            if refit:
+                linear.weight.copy_(weight.to(linear.weight))
+                if linear.bias is not None:
+                    linear.bias.copy_(bias.to(linear.bias))
+            elif new_ids:
+                # Only the new rows are written: the old ones stay the tensors they were, bit for bit.
+                linear.weight[num_old:] = new_weight.to(linear.weight)
+                if linear.bias is not None and new_bias is not None:
+                    linear.bias[num_old:] = new_bias.to(linear.bias)
+        if self.statistics.multi_label and new_ids and linear.bias is not None:
+            # Each new label decides at its F1-tuned threshold, folded into its bias (old rows are not touched).
+            cuts = f1_thresholds(new_weight.double(), new_bias.double(), self.statistics.moments(new_ids))
+            with torch.no_grad():
+                linear.bias[num_old:] -= cuts.to(linear.bias)
+            thresholds = {num_old + k: float(cut) for k, cut in enumerate(cuts)}
+        # Rows refitted on every label's rows are the data's own fit; otherwise every row is a kept, trained row.
+        self.kept[:] = not refit
+        self.features = self.targets = None
+        return thresholds

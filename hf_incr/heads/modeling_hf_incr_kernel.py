@@ -1,0 +1,349 @@
+"""The kernel LDA head of hf_incr at inference: what turns a transformers classifier's encoder states into the head's
+logits. Self-contained (torch and safetensors only), so that the same bytes serve ``hf_incr.load_model`` and ship
+beside a model's weights.
+
+The head reads the encoder's top ``layers`` layers, each pooled (the attention-mask weighted mean, or the first
+token) and, when ``normalize``, L2-normalised, concatenated (:class:`PooledCapture`). Each of ``num_members`` members
+expands that vector ``x`` into random Fourier features ``z(x) = sqrt(2 / D) cos(x W + b)`` (none when
+``num_features`` is 0) and scores them with its solved LDA rows; the members' probabilities are averaged (softmax,
+or per-label sigmoids for a multi-label head). It is attached with forward hooks, so the model's state dict is
+untouched: one hook on the encoder (``model.base_model``) pools its output with the attention mask it was called
+with, one on each lower block hands its output over, and one on the output Linear replaces the Linear's logits by
+the head's. Labels listed in ``linear_labels`` (a multi-label classifier trained elsewhere) keep the Linear's own
+logits.
+
+File: ``hf_incr_kernel_lda.safetensors`` (format ``hf_incr.kernel_lda.inference``): per member ``projection`` /
+``offset`` (with random features), ``weight`` and ``bias``, float32; the settings in the metadata (``config``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+KERNEL_FILENAME = "hf_incr_kernel_lda.safetensors"
+INFERENCE_FORMAT = "hf_incr.kernel_lda.inference"
+FORMAT_VERSION = "1"
+
+
+@dataclass
+class KernelConfig:
+    """What defines a kernel head at inference, apart from its tensors (stored in its file's metadata)."""
+
+    in_features: int
+    num_features: int = 5000
+    num_members: int = 1
+    bandwidth: float | None = None
+    bandwidth_factor: float = 1.0
+    seed: int = 0
+    normalize: bool = True
+    pooling: str = "mean"  # "mean" or "cls"
+    layers: int = 1
+    combine: str = "probs"  # members: averaged probabilities ("probs") or averaged log-probabilities ("logits")
+    multi_label: bool = False
+    labels: list[str] = field(default_factory=list)
+    # Multi-label: label ids whose logits stay the model's own Linear's (a classifier trained elsewhere).
+    linear_labels: list[int] = field(default_factory=list)
+    # Dotted paths, inside ``model.base_model``, of the blocks below the top one whose outputs are pooled too, and of
+    # the output Linear inside the model (written by hf_incr; files written before they existed lack them).
+    block_paths: list[str] = field(default_factory=list)
+    linear_path: str | None = None
+
+    @classmethod
+    def from_dict(cls, values: dict) -> KernelConfig:
+        """From a file's settings; settings this version does not read (e.g. the trainer's) are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def to_dict(self) -> dict:
+        values = asdict(self)
+        for key in ("linear_labels", "block_paths"):
+            if not values[key]:
+                del values[key]  # files read by versions without these fields load as before
+        if values["linear_path"] is None:
+            del values["linear_path"]
+        return values
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, mode: str) -> torch.Tensor:
+    """One vector per text from hidden states ``(batch, tokens, hidden)``: the attention-mask weighted mean
+    (``mean``) or the first token's state (``cls``); float32."""
+    hidden = hidden.float()
+    if mode == "cls":
+        return hidden[:, 0]
+    if attention_mask is None:
+        return hidden.mean(1)
+    mask = attention_mask[:, : hidden.shape[1]].to(hidden.dtype).unsqueeze(-1)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+
+class PooledCapture:
+    """Forward hook (with kwargs) on the encoder: keeps the head's input vector of the last batch in :attr:`pooled`.
+
+    With ``layers > 1`` the vector is the concatenation, bottom to top, of the pooled outputs of the top ``layers``
+    layers (the blocks below the top one hand theirs over through :class:`LayerOutput` hooks; the top one is the
+    encoder's last hidden state), each L2-normalised first when ``normalize`` so that no layer outweighs another."""
+
+    def __init__(self, mode: str, layers: int = 1, normalize: bool = False):
+        self.mode, self.layers, self.normalize = mode, layers, normalize
+        self.lower: list[torch.Tensor] = []  # this forward pass's outputs of the blocks below the top one
+        self.pooled: torch.Tensor | None = None
+
+    def __call__(self, module, args, kwargs, output) -> None:
+        hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
+        mask = kwargs.get("attention_mask")
+        if mask is None and len(args) > 1 and isinstance(args[1], torch.Tensor):
+            mask = args[1]  # BERT-style forward(input_ids, attention_mask, ...) called positionally
+        # The latest outputs: a pass that failed half-way may have left some of its own behind.
+        states, self.lower = [*self.lower[len(self.lower) - (self.layers - 1) :], hidden], []
+        if len(states) != self.layers:
+            raise ValueError(
+                f"The kernel LDA head pools the top {self.layers} layers but saw {len(states)} in this forward pass. "
+                "Attach it with `attach_kernel_head` (which hooks those layers), not by hand."
+            )
+        pooled = [pool(state, mask, self.mode) for state in states]
+        if self.layers > 1 and self.normalize:
+            pooled = [nn.functional.normalize(vector, dim=1) for vector in pooled]
+        self.pooled = torch.cat(pooled, dim=1)
+
+    def read(self) -> torch.Tensor:
+        """The vector of the last forward pass (the frozen pass reads it after each batch)."""
+        if self.pooled is None:
+            raise ValueError("No forward pass of the encoder was seen: call the model, not its output Linear.")
+        return self.pooled
+
+
+class LayerOutput:
+    """Forward hook on one of the blocks below the top one: hands its output to the :class:`PooledCapture`."""
+
+    def __init__(self, capture: PooledCapture):
+        self.capture = capture
+
+    def __call__(self, module, args, output) -> None:
+        self.capture.lower.append(output[0] if isinstance(output, tuple) else output)
+
+
+def base_model_of(model: nn.Module) -> nn.Module:
+    """The encoder whose hidden states are pooled (``model.base_model``: ``bert``, ``roberta``, ``model``, ...)."""
+    base = getattr(model, "base_model", None)
+    if base is None or base is model:
+        raise ValueError(
+            f"The kernel LDA head pools the encoder's hidden states, but {type(model).__name__} exposes no separate "
+            "encoder (`model.base_model`). Expected a transformers `*ForSequenceClassification` model."
+        )
+    return base
+
+
+def capture_pooled(model: nn.Module, config: KernelConfig) -> tuple[PooledCapture, list]:
+    """Hook ``model``'s encoder so that every forward pass leaves the head's input vector in the returned capture;
+    also returns the hooks' handles (``handle.remove()`` undoes them)."""
+    base = base_model_of(model)
+    capture = PooledCapture(config.pooling, config.layers, config.normalize)
+    handles = [base.register_forward_hook(capture, with_kwargs=True)]
+    if config.layers > 1:
+        if len(config.block_paths) != config.layers - 1:
+            raise ValueError(
+                f"The kernel LDA head pools the top {config.layers} layers, but its file names "
+                f"{len(config.block_paths)} block(s) below the top one. Save the model again with hf_incr."
+            )
+        handles += [base.get_submodule(path).register_forward_hook(LayerOutput(capture))
+                    for path in config.block_paths]
+    return capture, handles
+
+
+class RandomFourierFeatures:
+    """``z(x) = sqrt(2 / D) cos(x @ weight + offset)``, kept in float32."""
+
+    def __init__(self, weight: torch.Tensor, offset: torch.Tensor):
+        self.weight = weight.to(torch.float32).contiguous()
+        self.offset = offset.to(torch.float32).contiguous()
+
+    @property
+    def num_features(self) -> int:
+        return self.weight.shape[1]
+
+    def __call__(self, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The features of ``x`` (rows, in_features) computed in ``dtype`` (float32 for inference; the statistics use
+        float64, so that a row's features do not depend on the batch it came in)."""
+        weight, offset = self.weight.to(dtype), self.offset.to(dtype)
+        return math.sqrt(2.0 / self.num_features) * torch.cos(x.to(dtype) @ weight + offset)
+
+    def to(self, device) -> RandomFourierFeatures:
+        self.weight, self.offset = self.weight.to(device), self.offset.to(device)
+        return self
+
+
+def prepare(x: torch.Tensor, normalize: bool, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The pooled vector as the members read it (L2-normalised when ``normalize``)."""
+    x = x.to(dtype)
+    return nn.functional.normalize(x, dim=1) if normalize else x
+
+
+class KernelClassifier:
+    """What inference needs: the members' projections and solved rows. Calling it on pooled vectors gives logits
+    (the log of the members' averaged probabilities; multi-label: the logit of their averaged sigmoids)."""
+
+    def __init__(self, config: KernelConfig, projections: list[RandomFourierFeatures | None],
+                 weights: list[torch.Tensor], biases: list[torch.Tensor]):
+        self.config, self.projections = config, projections
+        self.weights = [w.to(torch.float32).contiguous() for w in weights]
+        self.biases = [b.to(torch.float32).contiguous() for b in biases]
+
+    @property
+    def num_labels(self) -> int:
+        return self.weights[0].shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.weights[0].device
+
+    def to(self, device) -> KernelClassifier:
+        """Move every tensor to ``device`` (in place; returns self), e.g. the encoder's GPU."""
+        for projection in self.projections:
+            if projection is not None:
+                projection.to(device)
+        self.weights = [w.to(device) for w in self.weights]
+        self.biases = [b.to(device) for b in self.biases]
+        return self
+
+    def member_logits(self, pooled: torch.Tensor) -> list[torch.Tensor]:
+        """Each member's LDA scores (rows, num_labels)."""
+        if pooled.ndim != 2 or pooled.shape[1] != self.config.in_features:
+            raise ValueError(f"The kernel LDA head reads {self.config.in_features}-dimensional pooled vectors, got "
+                             f"shape {tuple(pooled.shape)}.")
+        x = prepare(pooled, self.config.normalize)
+        return [(projection(x) if projection is not None else x) @ weight.T + bias
+                for projection, weight, bias in zip(self.projections, self.weights, self.biases)]
+
+    def __call__(self, pooled: torch.Tensor) -> torch.Tensor:
+        scores = self.member_logits(pooled)
+        if self.config.multi_label:
+            if len(scores) == 1:
+                return scores[0]
+            probs = torch.stack([torch.sigmoid(s.to(torch.float64)) for s in scores]).mean(0)
+            return torch.logit(probs, eps=1e-12).to(torch.float32)
+        log_probs = torch.stack([torch.log_softmax(s.to(torch.float64), dim=1) for s in scores])
+        if self.config.combine == "logits":
+            return log_probs.mean(0).to(torch.float32)
+        return (torch.logsumexp(log_probs, dim=0) - math.log(len(scores))).to(torch.float32)
+
+    def with_linear_labels(self, logits: torch.Tensor, linear_logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` with the labels of ``config.linear_labels`` taken from the Linear's own ``linear_logits``."""
+        if not self.config.linear_labels:
+            return logits
+        logits = logits.clone()
+        logits[..., self.config.linear_labels] = linear_logits[..., self.config.linear_labels].to(logits.dtype)
+        return logits
+
+    @classmethod
+    def from_tensors(cls, config: KernelConfig, tensors: dict[str, torch.Tensor]) -> KernelClassifier:
+        """From an inference file's tensors (``KeyError`` if one is missing)."""
+        projections, weights, biases = [], [], []
+        for i in range(config.num_members):
+            projections.append(None if config.num_features == 0 else RandomFourierFeatures(
+                tensors[f"member{i}.projection"], tensors[f"member{i}.offset"]))
+            weights.append(tensors[f"member{i}.weight"])
+            biases.append(tensors[f"member{i}.bias"])
+        return cls(config, projections, weights, biases)
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {}
+        for i, (projection, weight, bias) in enumerate(zip(self.projections, self.weights, self.biases)):
+            if projection is not None:
+                tensors[f"member{i}.projection"] = projection.weight
+                tensors[f"member{i}.offset"] = projection.offset
+            tensors[f"member{i}.weight"] = weight
+            tensors[f"member{i}.bias"] = bias
+        return tensors
+
+
+def read_inference_file(path) -> KernelClassifier:
+    """The classifier in an inference file (``ValueError`` for a file of another kind or an incomplete one)."""
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        if metadata.get("format") != INFERENCE_FORMAT:
+            raise ValueError(f"{path} is not a {INFERENCE_FORMAT} file (format {metadata.get('format')!r}).")
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (not a dict)
+    return KernelClassifier.from_tensors(KernelConfig.from_dict(json.loads(metadata["config"])), tensors)
+
+
+class KernelHook:
+    """Forward hook on the output Linear: its output is replaced by the kernel head's logits of the pooled vector.
+
+    ``fewer_labels_ok``: while hf_incr scores the model as it was before an increment grew the head, the old kernel
+    head has fewer labels; the new ones get very low logits (they are not scored then)."""
+
+    def __init__(self, classifier: KernelClassifier, capture: PooledCapture, fewer_labels_ok: bool = False):
+        self.classifier, self.capture, self.fewer_labels_ok = classifier, capture, fewer_labels_ok
+
+    def __call__(self, module: nn.Linear, args, output: torch.Tensor) -> torch.Tensor:
+        missing = module.out_features - self.classifier.num_labels
+        if missing and not (self.fewer_labels_ok and missing > 0):
+            raise ValueError(
+                f"The kernel LDA head has {self.classifier.num_labels} labels but the model's head has "
+                f"{module.out_features}. Refit it with an hf_incr increment after adding labels, or detach it."
+            )
+        pooled = self.capture.pooled
+        if pooled is None or pooled.shape[0] != output.shape[0]:
+            raise ValueError(
+                "The kernel LDA head found no pooled encoder output for this batch (expected one vector per row from "
+                "the hook on `model.base_model`). Call the model itself (`model(**batch)`), not its output Linear, "
+                "or detach the kernel head."
+            )
+        if self.classifier.device != pooled.device:
+            self.classifier.to(pooled.device)
+        logits = self.classifier(pooled)
+        if missing:
+            logits = torch.cat([logits, logits.new_full((logits.shape[0], missing), -1e4)], dim=1)
+        if output.dim() == 3:
+            # A decoder's score Linear runs on every token and the model then picks the last real one: every
+            # position gets its text's logits, so whichever is picked answers for the text.
+            logits = logits[:, None, :].expand(-1, output.shape[1], -1)
+        # Labels of a classifier trained elsewhere keep the Linear's own logits (every position's), bit for bit.
+        return self.classifier.with_linear_labels(logits.to(output.dtype), output)
+
+
+def _hooks(module: nn.Module, kind: type) -> list:
+    # Found by type among the module's forward hooks: nothing is stored on the module, so deepcopy and save_pretrained
+    # see the plain model.
+    return [(key, hook) for key, hook in module._forward_hooks.items() if isinstance(hook, kind)]
+
+
+def attach_kernel_head(model: nn.Module, linear: nn.Linear, classifier: KernelClassifier, *,
+                       fewer_labels_ok: bool = False) -> None:
+    """Make ``model``'s logits (those of its output Linear ``linear``) come from ``classifier``, replacing a kernel
+    head attached before. The state dict does not change; :func:`detach_kernel_head` restores the Linear."""
+    detach_kernel_head(model, linear)
+    hidden = getattr(model.config, "hidden_size", None)
+    config = classifier.config
+    if hidden is not None and hidden * config.layers != config.in_features:
+        raise ValueError(
+            f"The kernel LDA head reads {config.in_features}-dimensional pooled states ({config.layers} layer(s)) "
+            f"but the model's encoder has hidden size {hidden}. Was it saved with another model?"
+        )
+    capture, _ = capture_pooled(model, config)
+    linear.register_forward_hook(KernelHook(classifier, capture, fewer_labels_ok))
+
+
+def detach_kernel_head(model: nn.Module, linear: nn.Linear) -> KernelClassifier | None:
+    """Remove the kernel head's hooks (the Linear gives the logits again); returns its classifier, or ``None``."""
+    found = _hooks(linear, KernelHook)
+    for key, _ in found:
+        del linear._forward_hooks[key]
+    base = getattr(model, "base_model", None)
+    if base is not None and base is not model:
+        for module in base.modules():
+            for key, _ in _hooks(module, PooledCapture) + _hooks(module, LayerOutput):
+                del module._forward_hooks[key]
+    return found[-1][1].classifier if found else None
+
+
+def attached_kernel_head(linear: nn.Linear) -> KernelClassifier | None:
+    """The classifier of the kernel head attached to the output Linear ``linear``, or ``None``."""
+    found = _hooks(linear, KernelHook)
+    return found[-1][1].classifier if found else None
