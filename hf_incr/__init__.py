@@ -16,7 +16,7 @@ from .errors import (
     TokenizerError,
     UnsupportedModelError,
 )
-from .features import extract_head_inputs, frozen_pass
+from .features import encode_for_heads, extract_head_inputs, frozen_pass
 from .freezing import freeze_all_but_head, head_parameter_names, param_groups_layer_lr, unfreeze_top_layers
 from .head import ClassifierHead, HeadLocation, add_labels, align_weights, find_classifier_head, head_inputs
 from .heads import Head, register_head
@@ -52,6 +52,7 @@ __all__ = [
     "UnsupportedModelError",
     "add_labels",
     "align_weights",
+    "encode_for_heads",
     "encoder_layers",
     "extract_head_inputs",
     "find_classifier_head",

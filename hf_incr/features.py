@@ -185,3 +185,31 @@ def extract_head_inputs(
                 show_progress=show_progress, batch_size=batch_size)
     return cache.end()
 
+
+
+def encode_for_heads(
+    model: nn.Module,
+    tokenizer,
+    texts: Sequence[str],
+    heads: dict,
+    *,
+    location: ClassifierHead | None = None,
+    max_length: int = 128,
+    device: torch.device | str | None = None,
+    show_progress: bool = True,
+    desc: str = "Encoding",
+) -> dict[str, torch.Tensor]:
+    """What each head reads for each text, from one frozen pass: ``{name: (len(texts), dim)}`` float32, in text order
+    (the Linear's inputs under ``"linear"``, whatever the other heads read under their names). With a frozen encoder
+    this is all it takes to score every head: ``head.logits(features[name], linear_logits)``."""
+    caches = {}
+    by_key: dict[str, RowCache] = {}
+    for name, head in heads.items():
+        key = head.feature_key
+        if key not in by_key:
+            by_key[key] = RowCache(len(texts), key, head.capture)
+        caches[name] = by_key[key]
+    frozen_pass(model, tokenizer, texts, list(by_key.values()), location=location, max_length=max_length,
+                device=device, show_progress=show_progress, desc=desc)
+    matrices = {key: cache.end() for key, cache in by_key.items()}
+    return {name: matrices[cache.feature_key] for name, cache in caches.items()}
