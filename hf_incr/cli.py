@@ -40,6 +40,8 @@ SUBCOMMANDS = ("train-base", "increment", "evaluate", "info", "push", "demo")
 class ScriptArguments:
     """Where the model and the data come from (the recipe's settings are in IncrementConfig)."""
 
+    _argument_group_name = "Model and data"  # its heading in --help
+
     model_name_or_path: str | None = field(
         default=None,
         metadata={
@@ -80,8 +82,17 @@ class ScriptArguments:
     )
 
 
+@dataclass
+class TrainerArguments(TrainingArguments):
+    """transformers' ``TrainingArguments``, under a heading of their own in ``--help`` (after hf_incr's)."""
+
+    _argument_group_name = "Trainer (transformers' TrainingArguments: batch size, precision, seed, saving, the Hub)"
+
+
 def make_parser():
-    return HfArgumentParser((ScriptArguments, IncrementConfig, TrainingArguments))
+    """Three groups in ``--help``, hf_incr's first: where the model and data come from, the recipe, then Trainer's."""
+    return HfArgumentParser((ScriptArguments, IncrementConfig, TrainerArguments),
+                            usage="hf-incr COMMAND [--flag value ...]   (every flag, by group, below)")
 
 
 _SECRET_FIELDS = ("hub_token", "push_to_hub_token")

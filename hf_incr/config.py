@@ -67,6 +67,8 @@ class IncrementConfig:
     Every field's meaning is in its ``help`` (``hf-incr increment --help`` prints them).
     """
 
+    _argument_group_name = "The recipe (hf_incr.IncrementConfig)"  # its heading in --help
+
     # Data
     text_column: str = field(default="text", metadata={"help": "Column holding the input texts."})
     label_column: str = field(

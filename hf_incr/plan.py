@@ -35,7 +35,7 @@ class IncrementPlan:
     frozen pass must produce, and the warnings that apply (see the module docstring for the paths)."""
 
     kind: str  # "base" or "increment"
-    new_labels: tuple[str, ...]
+    new_labels: tuple[str, ...]  # a base's: every label
     num_old: int  # labels before the increment (0 for a base)
     num_labels: int  # labels after it
     multi_label: bool
@@ -115,6 +115,8 @@ def plan(
     if base and new_labels:
         raise DataError(f"The base model lacks the label(s) {new_labels} that occur in the training data.")
     num_old = 0 if base else len(model_labels)
+    if base:
+        new_labels = list(model_labels)  # a first classifier adds every label it has
     annotated = _annotated(multi_label, base, config, new_labels, row_labels, known, num_old, warnings)
     gradient = config.head == TRAINED
     linear = saved.get("linear")
@@ -133,9 +135,9 @@ def plan(
     if linear is None and heads:
         starts = ("linear", *starts)
     replay_herding = config.replay_per_label > 0
-    imprint = gradient and bool(new_labels)
+    imprint = gradient and bool(new_labels) and not base
     return IncrementPlan(
-        kind=kind, new_labels=tuple(new_labels), num_old=num_old, num_labels=len(model_labels) + len(new_labels),
+        kind=kind, new_labels=tuple(new_labels), num_old=num_old, num_labels=num_old + len(new_labels),
         multi_label=multi_label,
         annotated=None if annotated is None else tuple(annotated), path=path, heads=heads,
         answering=extra or "linear", starts=starts, dropped=dropped, fine_tune=fine_tune, warm_up=warm_up,

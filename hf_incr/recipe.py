@@ -180,33 +180,38 @@ def train_increment(
                         kind=kind)
         for message in the_plan.warnings:
             warnings.warn(message, UserWarning, stacklevel=2)
-        answering_before = _detach_extra_heads(model, location)
-        teacher = copy.deepcopy(model).eval() if the_plan.teacher else None
-        fitted = _heads_to_fit(model, location, the_plan, saved, config, args.seed)
-        increment, cache, timings = grow(model, tokenizer, train, evaluation, config, args, the_plan, location,
-                                         memory, teacher)
-        before = measure(increment, answering_before, before=True)
-        trainable = {name: p.requires_grad for name, p in model.named_parameters()}
-        try:
-            outcome = PATHS[the_plan.path](increment, fitted, cache)
-        finally:
-            for name, param in model.named_parameters():
-                param.requires_grad_(trainable.get(name, True))
-        memory = _after_training(increment, outcome, memory, cache)
-        after = measure(increment, None, before=False)
-        plain = measure_plain(increment)
-        timings.update(outcome.timings)
-        timings["total_s"] = time.perf_counter() - start
-        record = lineage_record(increment, outcome, before, after, plain, timings)
-        result = IncrementResult(
-            new_labels=list(the_plan.new_labels) if kind != "base" else list(model.config.id2label.values()),
-            new_label_ids=the_plan.new_ids if kind != "base" else list(model.config.id2label),
-            old_label_ids=the_plan.old_ids, metrics_before=before, metrics_after=after, metrics_plain=plain,
-            forgetting=_forgetting(before, after), timings=timings, train_metrics=outcome.train_metrics,
-            replay_memory=memory, heads=outcome.heads, record=record, rows_encoded=outcome.rows_encoded,
-            plan=the_plan,
-        )
+        result = run_plan(model, tokenizer, train, evaluation, config, args, the_plan, location, saved, memory, start)
         return save_and_push(model, tokenizer, args, config, result, save, pushed=True)
+
+
+def run_plan(model, tokenizer, train, evaluation, config, args, the_plan: IncrementPlan, location, saved, memory,
+             start: float) -> IncrementResult:
+    """Execute a plan: grow the head, measure the model as it was, run the plan's path, measure the result and record
+    it in the lineage (the model's trainable flags restored whatever happens)."""
+    answering_before = _detach_extra_heads(model, location)
+    teacher = copy.deepcopy(model).eval() if the_plan.teacher else None
+    fitted = _heads_to_fit(model, location, the_plan, saved, config, args.seed)
+    increment, cache, timings = grow(model, tokenizer, train, evaluation, config, args, the_plan, location, memory,
+                                     teacher)
+    before = measure(increment, answering_before, before=True)
+    trainable = {name: p.requires_grad for name, p in model.named_parameters()}
+    try:
+        outcome = PATHS[the_plan.path](increment, fitted, cache)
+    finally:
+        for name, param in model.named_parameters():
+            param.requires_grad_(trainable.get(name, True))
+    memory = _after_training(increment, outcome, memory, cache)
+    after = measure(increment, None, before=False)
+    plain = measure_plain(increment)
+    timings.update(outcome.timings)
+    timings["total_s"] = time.perf_counter() - start
+    return IncrementResult(
+        new_labels=list(the_plan.new_labels), new_label_ids=the_plan.new_ids, old_label_ids=the_plan.old_ids,
+        metrics_before=before, metrics_after=after, metrics_plain=plain, forgetting=_forgetting(before, after),
+        timings=timings, train_metrics=outcome.train_metrics, replay_memory=memory, heads=outcome.heads,
+        record=lineage_record(increment, outcome, before, after, plain, timings), rows_encoded=outcome.rows_encoded,
+        plan=the_plan,
+    )
 
 
 # 1-3. Before anything changes -------------------------------------------------------------------------------------
@@ -308,7 +313,7 @@ def grow(model, tokenizer, train, evaluation, config, args, the_plan: IncrementP
                     max_length=config.max_length, device=args.device, show_progress=show)
         cache.end()
         timings["feature_cache_s"] = time.perf_counter() - started
-    if the_plan.new_labels and the_plan.kind != "base":
+    if the_plan.num_old < the_plan.num_labels and the_plan.kind != "base":
         examples = None
         if the_plan.path == "gradient":  # the new rows start imprinted from their examples' head inputs
             names = row_label_names(rows, config.label_column)
@@ -591,11 +596,10 @@ def lineage_record(increment: Increment, outcome: Outcome, before, after, plain,
     """The lineage record of this increment, appended to ``model.config``."""
     the_plan, model = increment.plan, increment.model
     id2label = model.config.id2label
-    is_base = the_plan.kind == "base"
     record = make_record(
         kind=the_plan.kind,
-        labels_added=list(id2label.values()) if is_base else list(the_plan.new_labels),
-        label_ids=list(id2label) if is_base else the_plan.new_ids,
+        labels_added=list(the_plan.new_labels),
+        label_ids=the_plan.new_ids,
         base_model=_public_name(getattr(model.config, "_name_or_path", None) or getattr(model, "name_or_path", None)),
         recipe=increment.config.to_dict(),
         # What a reader needs: the cleaned metrics (see trainer.clean_metrics), forgetting, rows and seconds.
