@@ -110,29 +110,10 @@ def push_to_hub(
         )
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
     api = HfApi(endpoint=endpoint, token=token, library_name="hf_incr")
-    lineage = get_lineage(config)
-    message = commit_message or default_commit_message(lineage)
     try:
-        repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
-        if repo_url.repo_id != repo_id:  # a bare name resolved to the token owner's namespace
-            repo_id = repo_url.repo_id
-            _prepare_folder(folder, config, repo_id, card_data_kwargs)
-        if private:
-            _make_private(api, repo_id)
-        if revision and revision != constants.DEFAULT_REVISION and not revision.startswith("refs/"):
-            api.create_branch(repo_id, branch=revision, exist_ok=True)
-        with warnings.catch_warnings():
-            # The replay memory is a parquet file: it belongs in this model repository.
-            warnings.filterwarnings("ignore", message=".*data file.*", category=UserWarning)
-            commit = api.upload_folder(
-                repo_id=repo_id,
-                folder_path=folder,
-                commit_message=message,
-                commit_description=_commit_description(lineage),
-                revision=revision,
-                ignore_patterns=IGNORE_PATTERNS + ([] if push_statistics else statistics_files()),
-                delete_patterns=mirrored_patterns(),
-            )
+        commit, repo_id = _commit(api, folder, config, repo_id, private=private, revision=revision,
+                                  commit_message=commit_message, push_statistics=push_statistics,
+                                  card_data_kwargs=card_data_kwargs)
     except KeyboardInterrupt:
         logger.warning(_retry_hint(folder, repo_id, "The push was interrupted.", revision))
         raise
@@ -142,6 +123,34 @@ def push_to_hub(
         ) from None
     logger.info("Pushed %s to %s (%s)", folder, repo_id, commit.commit_url)
     return commit
+
+
+def _commit(api: HfApi, folder: Path, config, repo_id: str, *, private: bool, revision: str | None,
+            commit_message: str | None, push_statistics: bool, card_data_kwargs: dict):
+    """The repo made (and private, and the branch, as asked), then the folder uploaded in one commit that also deletes
+    hf_incr's files the folder no longer has; returns the commit and the repo id (a bare name resolved)."""
+    lineage = get_lineage(config)
+    repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
+    if repo_url.repo_id != repo_id:  # a bare name resolved to the token owner's namespace
+        repo_id = repo_url.repo_id
+        _prepare_folder(folder, config, repo_id, card_data_kwargs)
+    if private:
+        _make_private(api, repo_id)
+    if revision and revision != constants.DEFAULT_REVISION and not revision.startswith("refs/"):
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    with warnings.catch_warnings():
+        # The replay memory is a parquet file: it belongs in this model repository.
+        warnings.filterwarnings("ignore", message=".*data file.*", category=UserWarning)
+        commit = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            commit_message=commit_message or default_commit_message(lineage),
+            commit_description=_commit_description(lineage),
+            revision=revision,
+            ignore_patterns=IGNORE_PATTERNS + ([] if push_statistics else statistics_files()),
+            delete_patterns=mirrored_patterns(),
+        )
+    return commit, repo_id
 
 
 def mirrored_patterns() -> list[str]:

@@ -219,32 +219,7 @@ def card_context(
     # Thousands of one-label rows make a card of hundreds of kB that nobody scrolls: past the limit the table has
     # one row per run of consecutive ids added in the same increment (id2label in config.json lists them all).
     label_groups = _label_groups(labels, sorted(id2label.items())) if len(labels) > LABEL_TABLE_LIMIT else None
-    increments = []
-    for record in lineage:
-        metrics = record.get("metrics") or {}
-        after, before = metrics.get("after") or {}, metrics.get("before") or {}
-        k = record.get("increment", len(increments))
-        added = record.get("labels_added") or []
-        increments.append(
-            {
-                "increment": k,
-                "kind": record.get("kind", "increment"),
-                "labels_added": _names(added) or "none (more training)",
-                "num_added": len(added),
-                "num_labels": record.get("num_labels", ""),
-                "started_from": _model_link(record.get("base_model")),
-                "head_rows": HEAD_ROWS.get(record.get("head_rows"), "—"),
-                "train_examples": _count(metrics.get("train_examples")),
-                "replayed_examples": _count(metrics.get("replayed_examples")),
-                "date": str(record.get("date") or "")[:10] or "—",
-                "all": _pct(after.get("accuracy")),
-                "old": _pct(after.get("old_accuracy")),
-                "new": _pct(after.get("new_accuracy")),
-                "old_before": _pct(before.get("old_accuracy")),
-                "forgetting": _pp(metrics.get("forgetting")),
-                "macro_f1": _pct(after.get("macro_f1")),
-            }
-        )
+    increments = [_increment_row(record, position) for position, record in enumerate(lineage)]
     has_metrics = any(row[key] != "—" for row in increments for key in ("all", "old", "new"))
     base = _base_model(config, lineage)
     architecture = (getattr(config, "architectures", None) or [type(model_or_config).__name__])[0]
@@ -275,6 +250,31 @@ def card_context(
         "example_text": _py_string(_clip(example_text, 200)),
         "last_labels": _names((last or {}).get("labels_added") or []),
         "versions": versions if versions is not None else framework_versions(),
+    }
+
+
+def _increment_row(record: dict[str, Any], position: int) -> dict[str, Any]:
+    """One increment of the lineage as the card's tables show it."""
+    metrics = record.get("metrics") or {}
+    after, before = metrics.get("after") or {}, metrics.get("before") or {}
+    added = record.get("labels_added") or []
+    return {
+        "increment": record.get("increment", position),
+        "kind": record.get("kind", "increment"),
+        "labels_added": _names(added) or "none (more training)",
+        "num_added": len(added),
+        "num_labels": record.get("num_labels", ""),
+        "started_from": _model_link(record.get("base_model")),
+        "head_rows": HEAD_ROWS.get(record.get("head_rows"), "—"),
+        "train_examples": _count(metrics.get("train_examples")),
+        "replayed_examples": _count(metrics.get("replayed_examples")),
+        "date": str(record.get("date") or "")[:10] or "—",
+        "all": _pct(after.get("accuracy")),
+        "old": _pct(after.get("old_accuracy")),
+        "new": _pct(after.get("new_accuracy")),
+        "old_before": _pct(before.get("old_accuracy")),
+        "forgetting": _pp(metrics.get("forgetting")),
+        "macro_f1": _pct(after.get("macro_f1")),
     }
 
 

@@ -281,16 +281,16 @@ def _detach_extra_heads(model, location: ClassifierHead) -> Head | None:
 def _heads_to_fit(model, location, the_plan: IncrementPlan, saved, config, seed) -> dict[str, Head]:
     """The heads this increment fits, the Linear's first: the saved ones continued, the others started."""
     fitted = {}
+    beside_kept_rows = the_plan.path in ("kept_rows", "adapt")
     for name in the_plan.heads:
-        if name in the_plan.starts:
-            cls = KeptRowsHead if name == "linear" and the_plan.path in ("kept_rows", "adapt") else HEADS[name]
-            kept = the_plan.old_ids if the_plan.path == "kept_rows" else []
-            fitted[name] = cls.start(model, location, config=config, multi_label=the_plan.multi_label, seed=seed,
-                                     kept_labels=kept)
+        if name == "linear" and beside_kept_rows:
+            fitted[name] = KeptRowsHead.continuing(saved[name], seed) if name in saved else KeptRowsHead.start(
+                model, location, multi_label=the_plan.multi_label, seed=seed)
+        elif name in the_plan.starts:
+            fitted[name] = HEADS[name].start(model, location, config=config, multi_label=the_plan.multi_label,
+                                             seed=seed, kept_labels=the_plan.old_ids if beside_kept_rows else [])
         else:
             fitted[name] = saved[name]
-        if isinstance(fitted[name], KeptRowsHead):
-            fitted[name].seed = seed
     return fitted
 
 

@@ -116,64 +116,68 @@ def _names_are_numbers(names: Iterable) -> bool:
     return True
 
 
+def _check_label_column(model, dataset: Dataset, column: str, what: str) -> None:
+    """One data set's label column: present, a label on every row, of the model's kind, names not ids."""
+    multi_label = is_multi_label_model(model)
+    model_names = list(model.config.id2label.values())
+    if column not in dataset.column_names:
+        raise DataError(
+            f"The {what} has no label column {column!r}; its columns are {dataset.column_names}. Pass "
+            "`label_column=` naming the column that holds the labels."
+        )
+    feature = dataset.features[column]
+    is_list = _is_list_feature(feature)
+    if is_list and not multi_label:
+        raise DataError(
+            f"Column {column!r} of the {what} holds lists of labels but the model is single-label "
+            f"(problem_type={model.config.problem_type!r}). Start from a multi-label model (`multi_label=True` "
+            "when training the base), or keep one label per row."
+        )
+    inner = feature.feature if is_list else feature
+    values = dataset[column]
+    if is_list:
+        missing = [i for i, value in enumerate(values) if value is None]
+        blank = [i for i, value in enumerate(values) if value is not None and any(
+            (isinstance(item, float) and math.isnan(item)) or (isinstance(item, str) and not item.strip())
+            for item in value)]
+        if missing or blank:
+            rows = missing or blank
+            found = "no label list (None)" if missing else "empty or NaN label names"
+            raise DataError(
+                f"{len(rows)} row(s) of the {what} have {found} "
+                f"in column {column!r}, e.g. rows {rows[:5]}. Expected a list of label names per row (`[]` for a "
+                "row with none of the labels). Replace them with `[]`, or drop those rows."
+            )
+    else:
+        missing = [
+            i for i, value in enumerate(values)
+            if _is_missing(value) or (isinstance(inner, ClassLabel) and value is not None and int(value) < 0)
+        ]
+        if missing:
+            raise DataError(
+                f"{len(missing)} row(s) of the {what} have no label in column {column!r} (None, NaN, empty, or "
+                f"ClassLabel -1), e.g. rows {missing[:5]}; every row needs one label. Drop them first, e.g. "
+                f"`dataset.filter(lambda row: row[{column!r}] is not None)`."
+            )
+    if _is_number_feature(inner) and not _names_are_numbers(model_names):
+        example = next((item for value in values for item in (value if is_list else [value])), None)
+        raise DataError(
+            f"Column {column!r} of the {what} holds numbers ({inner.dtype}, e.g. {example!r}) but the model's "
+            f"labels are names ({model_names[:5]}{' ...' if len(model_names) > 5 else ''}). Numbers are read as "
+            "label names, so each id would become a new label such as '0'. Map ids to names first, e.g. "
+            f"`dataset.map(lambda row: {{{column!r}: model.config.id2label[row[{column!r}]]}})` if they are the "
+            "model's ids, or give the column its names: "
+            f"`dataset.cast_column({column!r}, ClassLabel(names=[...]))`."
+        )
+
+
 def check_labels(model, train_dataset: Dataset, eval_dataset: Dataset | None, config: IncrementConfig) -> None:
     """Every row has a label, labels are names (or a ``ClassLabel``), the label column's kind fits the model, the new
     labels are valid names, and the eval data has no label that neither the model nor the training data has."""
     column = config.label_column
-    multi_label = is_multi_label_model(model)
-    model_names = list(model.config.id2label.values())
     for what, dataset in (("training data", train_dataset), ("eval data", eval_dataset)):
-        if dataset is None:
-            continue
-        if column not in dataset.column_names:
-            raise DataError(
-                f"The {what} has no label column {column!r}; its columns are {dataset.column_names}. Pass "
-                "`label_column=` naming the column that holds the labels."
-            )
-        feature = dataset.features[column]
-        is_list = _is_list_feature(feature)
-        if is_list and not multi_label:
-            raise DataError(
-                f"Column {column!r} of the {what} holds lists of labels but the model is single-label "
-                f"(problem_type={model.config.problem_type!r}). Start from a multi-label model (`multi_label=True` "
-                "when training the base), or keep one label per row."
-            )
-        inner = feature.feature if is_list else feature
-        values = dataset[column]
-        if is_list:
-            missing = [i for i, value in enumerate(values) if value is None]
-            blank = [i for i, value in enumerate(values) if value is not None and any(
-                (isinstance(item, float) and math.isnan(item)) or (isinstance(item, str) and not item.strip())
-                for item in value)]
-            if missing or blank:
-                rows = missing or blank
-                found = "no label list (None)" if missing else "empty or NaN label names"
-                raise DataError(
-                    f"{len(rows)} row(s) of the {what} have {found} "
-                    f"in column {column!r}, e.g. rows {rows[:5]}. Expected a list of label names per row (`[]` for a "
-                    "row with none of the labels). Replace them with `[]`, or drop those rows."
-                )
-        else:
-            missing = [
-                i for i, value in enumerate(values)
-                if _is_missing(value) or (isinstance(inner, ClassLabel) and value is not None and int(value) < 0)
-            ]
-            if missing:
-                raise DataError(
-                    f"{len(missing)} row(s) of the {what} have no label in column {column!r} (None, NaN, empty, or "
-                    f"ClassLabel -1), e.g. rows {missing[:5]}; every row needs one label. Drop them first, e.g. "
-                    f"`dataset.filter(lambda row: row[{column!r}] is not None)`."
-                )
-        if _is_number_feature(inner) and not _names_are_numbers(model_names):
-            example = next((item for value in values for item in (value if is_list else [value])), None)
-            raise DataError(
-                f"Column {column!r} of the {what} holds numbers ({inner.dtype}, e.g. {example!r}) but the model's "
-                f"labels are names ({model_names[:5]}{' ...' if len(model_names) > 5 else ''}). Numbers are read as "
-                "label names, so each id would become a new label such as '0'. Map ids to names first, e.g. "
-                f"`dataset.map(lambda row: {{{column!r}: model.config.id2label[row[{column!r}]]}})` if they are the "
-                "model's ids, or give the column its names: "
-                f"`dataset.cast_column({column!r}, ClassLabel(names=[...]))`."
-            )
+        if dataset is not None:
+            _check_label_column(model, dataset, column, what)
 
     new_labels = find_new_labels(train_dataset, model.config.label2id, column, config.new_labels)
     if new_labels:

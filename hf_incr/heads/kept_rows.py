@@ -138,20 +138,8 @@ def fit_new_rows(
     Returns:
         ``(new_weight (num_new, d), new_bias (num_new,))`` in float32.
     """
-    num_old, dim = _check_head(old_weight, old_bias)
-    check_features(features, dim, "features", min_rows=1)
-    check_labels(labels, features.shape[0], num_old + num_new, "labels")
-    if num_new < 1:
-        raise DataError(f"num_new must be >= 1; found {num_new}. Pass the number of labels added to the head.")
-    if scale not in ("aligned", "tied", "free"):
-        raise DataError(f"scale must be 'aligned', 'tied' or 'free'; found {scale!r}. Pick one of those.")
+    num_old = _check_fit(features, labels, old_weight, old_bias, num_new, scale)
     new_ids = torch.arange(num_old, num_old + num_new)
-    missing = [int(i) for i in new_ids if not (labels == i).any()]
-    if missing:
-        raise DataError(
-            f"every new label needs rows to fit its row; found none for ids {missing[:10]}. "
-            "Add rows of those labels to the increment (or do not add the labels)."
-        )
     x = features.to(torch.float64)
     w_old = old_weight.detach().to(torch.float64)
     b_old = (old_bias.detach() if old_bias is not None else torch.zeros(num_old)).to(torch.float64)
@@ -170,8 +158,6 @@ def fit_new_rows(
         if scale == "aligned":
             w = radius * direction / direction.norm(dim=1, keepdim=True).clamp_min(1e-12)
             b = bias_mean + offset - offset.mean()
-        elif scale == "tied":
-            w, b = direction, bias_mean + offset - offset.mean()
         else:
             w, b = direction, bias_mean + offset
         if old_bias is None:
@@ -194,6 +180,24 @@ def fit_new_rows(
     with torch.no_grad():
         w, b = rows()
     return w.detach().to(torch.float32), b.detach().to(torch.float32)
+
+
+def _check_fit(features, labels, old_weight, old_bias, num_new: int, scale: str) -> int:
+    """The inputs of :func:`fit_new_rows` fit together (a :class:`~hf_incr.DataError` otherwise); returns num_old."""
+    num_old, dim = _check_head(old_weight, old_bias)
+    check_features(features, dim, "features", min_rows=1)
+    check_labels(labels, features.shape[0], num_old + num_new, "labels")
+    if num_new < 1:
+        raise DataError(f"num_new must be >= 1; found {num_new}. Pass the number of labels added to the head.")
+    if scale not in ("aligned", "free"):
+        raise DataError(f"scale must be 'aligned' or 'free'; found {scale!r}. Pick one of those.")
+    missing = [i for i in range(num_old, num_old + num_new) if not (labels == i).any()]
+    if missing:
+        raise DataError(
+            f"every new label needs rows to fit its row; found none for ids {missing[:10]}. "
+            "Add rows of those labels to the increment (or do not add the labels)."
+        )
+    return num_old
 
 
 def fit_logit_calibration(
@@ -409,16 +413,8 @@ def add_new_rows(
 
     if allow_refit and old_bias is not None and present_old.numel() == num_old:
         kept_pred = torch.cat([old_logits, a * held + c], 1).argmax(1)
-        refit_pred = torch.empty_like(labels)
-        for fold in fold_indices(labels, folds, seed):
-            keep = torch.ones(labels.shape[0], dtype=torch.bool)
-            keep[fold] = False
-            w_f, b_f = fit_new_rows(features[keep], labels[keep], old_weight, old_bias, num_new, scale="free", l2=l2,
-                                    max_iter=max_iter)
-            w_f, b_f = fold_calibration(w_f, b_f, a, c)
-            w_all, b_all = refit_all_rows(features[keep], labels[keep], *grow_rows(old_weight, old_bias, w_f, b_f),
-                                          l2=l2, max_iter=max_iter)
-            refit_pred[fold] = (features[fold].float() @ w_all.float().T + b_all.float()).argmax(1)
+        refit_pred = _cross_fitted_refit(features, labels, old_weight, old_bias, num_new, (a, c), l2, folds, seed,
+                                         max_iter)
         old = labels < num_old
 
         def acc(pred, mask):
@@ -433,6 +429,22 @@ def add_new_rows(
             info["refit"] = True
     return {"weight": weight, "bias": bias, "new_weight": new_weight, "new_bias": new_bias, "case": "with_old",
             **info}
+
+
+def _cross_fitted_refit(features, labels, old_weight, old_bias, num_new, calibration, l2, folds, seed, max_iter):
+    """Each row's label predicted by a refit of every row on the other folds (new rows fitted and calibrated the
+    same way first): the held-out side of the refit's check."""
+    refit_pred = torch.empty_like(labels)
+    for fold in fold_indices(labels, folds, seed):
+        keep = torch.ones(labels.shape[0], dtype=torch.bool)
+        keep[fold] = False
+        w_f, b_f = fit_new_rows(features[keep], labels[keep], old_weight, old_bias, num_new, scale="free", l2=l2,
+                                max_iter=max_iter)
+        w_f, b_f = fold_calibration(w_f, b_f, *calibration)
+        w_all, b_all = refit_all_rows(features[keep], labels[keep], *grow_rows(old_weight, old_bias, w_f, b_f),
+                                      l2=l2, max_iter=max_iter)
+        refit_pred[fold] = (features[fold].float() @ w_all.float().T + b_all.float()).argmax(1)
+    return refit_pred
 
 
 def represents_old_labels(labels: torch.Tensor, num_old: int, num_labels: int) -> bool:
@@ -592,6 +604,13 @@ class KeptRowsHead(LinearHead):
     @classmethod
     def start(cls, model, location, *, config=None, multi_label, seed=0, kept_labels=()) -> KeptRowsHead:
         return cls(LinearHead.start(model, location, multi_label=multi_label).statistics, seed=seed)
+
+    @classmethod
+    def continuing(cls, head: LinearHead, seed: int = 0) -> KeptRowsHead:
+        """The saved Linear head's statistics and kept flags, continued on this path."""
+        kept = cls(head.statistics, head.kept, seed=seed)
+        kept.path = head.path
+        return kept
 
     @property
     def head_rows(self) -> str:

@@ -9,7 +9,7 @@ of the labels an increment's rows annotate are written (the others stay bit for 
 
 Labels whose rows were trained outside these statistics (a classifier hf_incr did not train) are marked *kept*:
 while any label is, increments fit new rows beside the kept ones instead
-(:class:`~hf_incr.heads.kept_rows.KeptRowsHead`, the same file).
+(:class:`~hf_incr.heads.kept_rows.KeptRowsHead`, which continues these statistics and writes the same file).
 """
 
 from __future__ import annotations
@@ -158,15 +158,13 @@ class LinearHead(Head):
 
     @classmethod
     def load(cls, folder, *, multi_label: bool = False) -> LinearHead | None:
-        """The head saved in ``folder`` (a :class:`~hf_incr.heads.kept_rows.KeptRowsHead` when it keeps trained rows),
-        or ``None`` if the folder has no statistics. ``multi_label``: the model's kind (files of earlier versions do
-        not record it).
+        """The head saved in ``folder`` (its ``kept`` flags say which rows are trained rows kept as they are), or
+        ``None`` if the folder has no statistics. ``multi_label``: the model's kind (files of earlier versions do not
+        record it).
 
         Raises:
             SavedStateError: the file is damaged (cut short, not safetensors, tensors missing or of the wrong shape).
         """
-        from .kept_rows import KeptRowsHead
-
         folder = Path(folder)
         path = folder / STATISTICS_FILENAME
         if path.is_file():
@@ -183,7 +181,7 @@ class LinearHead(Head):
                 "increment continues that. `--head kernel` from a new base gives the more accurate head.", folder,
                 RETIRED_FILENAME,
             )
-        head = (KeptRowsHead if bool(kept.any()) else cls)(statistics, kept)
+        head = cls(statistics, kept)
         head.path = path
         return head
 
