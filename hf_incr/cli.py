@@ -293,7 +293,8 @@ def summary_of(result, title: str, *, multi_label: bool, rows: dict | None = Non
         timings=result.timings, output_dir=result.output_dir, card=written(CARD_FILENAME),
         lineage=written("lineage.json"), plot=written(PLOT_FILENAME), hub_url=result.hub_url, model=hub_id,
         thresholds=answering_thresholds(record), adaptation=record.get("adaptation"),
-        extra_head=bool(result.metrics_plain or any(written(cls.files[0]) for cls in extra_heads())),
+        best_head=next((cls.title for cls in extra_heads() if written(cls.files[0])), None),
+        remote_code=any(written(cls.modeling_file.name) for cls in extra_heads() if cls.modeling_file),
     )
 
 

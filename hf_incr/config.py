@@ -22,8 +22,8 @@ TRAINED = "trained"
 
 # Settings of earlier versions, and what replaced them (said when a saved YAML or a flag still has one).
 REMOVED = {
-    "closed_form_head": "`head`: `head: linear` (the default) solves the head in closed form, `head: trained` trains "
-    "it by gradient",
+    "closed_form_head": "`head`: `head: kernel` (the default) or `head: linear` solve the head in closed form, "
+    "`head: trained` trains it by gradient",
     "closed_form_solver": "nothing: the closed form is always LDA (more accurate than ridge in every benchmark)",
     "ridge_lambda": "nothing: the closed form is LDA, which has no ridge penalty",
     "random_features": "`head: kernel` (the kernel LDA head was more accurate than the random-feature head)",
@@ -107,19 +107,22 @@ class IncrementConfig:
     head: str = field(
         default="linear",
         metadata={
-            "help": "What answers. `linear`: the model's own output Linear, solved in closed form (LDA) from "
-            "statistics saved with the model (exact for every label seen, no stored text; what plain transformers "
-            "loads). `kernel`: the kernel LDA head on the encoder's pooled top layers beside it, the most accurate "
-            "(docs/benchmarks.md), loaded by `hf_incr.load_model`. `trained`: the Linear trained by gradient in every "
-            "increment (warm-up, fine-tuning) with replay, distillation and weight aligning. Heads registered with "
+            "help": "What answers. `kernel` (the default): the kernel LDA head on the encoder's pooled top layers, "
+            "the most accurate (docs/benchmarks.md); `hf_incr.load_model` and `from_pretrained(..., "
+            "trust_remote_code=True)` load it, plain `from_pretrained` the Linear beside it. Where it cannot start or "
+            "continue, the increment uses the Linear and says so. `linear`: only the model's own output Linear, "
+            "solved in closed form (LDA) from statistics saved with the model (exact for every label seen, no stored "
+            "text); the plain model. `trained`: the Linear trained by gradient in every increment (warm-up, "
+            "fine-tuning) with replay, distillation and weight aligning. Heads registered with "
             "`hf_incr.heads.register_head` are accepted by name."
         },
     )
     kernel_features: int = field(
         default=5000,
         metadata={
-            "help": "With `head=kernel`: random Fourier features of the kernel head (single-label; a multi-label head "
-            "reads the pooled layers themselves). Its inference file holds 4 x hidden x this many floats."
+            "help": "Random Fourier features of a kernel head that starts (single-label; a multi-label head reads the "
+            "pooled layers themselves); a continued head keeps its own. Its inference file holds 4 x hidden x this "
+            "many floats."
         },
     )
 

@@ -4,8 +4,8 @@ Trains a classifier on 7 labels of the embedded bike-shop support data set (``hf
 it back as a user would, and adds the 8th label (``complaint``) twice from the same rows: the classic way (grow the
 head, train only the head on the new label's rows) and with hf_incr's recipe. It prints accuracy on the old labels,
 the new label and all labels for both, writes a bar chart of the two (``comparison.png``), and says where everything
-was written. ``--multi_label`` runs the same on the rows' full label sets with a sigmoid head; there hf_incr adds a
-kernel LDA head (per-label decisions on the encoder's top layers, loaded by ``hf_incr.load_model``) and the summary
+was written. ``--multi_label`` runs the same on the rows' full label sets with a sigmoid head. hf_incr's model answers
+with its kernel LDA head (the default: loaded by ``trust_remote_code=True`` or ``hf_incr.load_model``); the summary
 also shows what plain transformers gets, the model's own Linear.
 """
 
@@ -24,6 +24,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, HfAr
 
 from .config import IncrementConfig
 from .console import heading, quiet_run
+from .heads import HEADS
 from .loading import default_encoder
 from .model_card import PLOT_FILENAME
 from .recipe import train_base_classifier, train_increment
@@ -116,11 +117,9 @@ def run_demo(demo: DemoArguments) -> dict:
     heading(f"[1/3] Base classifier on 7 labels ({len(base_train)} training rows), encoder {name}")
     # The library's defaults, except that this small data set's base fine-tunes every layer: the encoder is
     # adapted once here, and its closed-form statistics are saved with the base for the increment.
-    head = "kernel" if demo.multi_label else "linear"
     base_recipe = IncrementConfig(
         label_column=column, multi_label=demo.multi_label, max_length=64,
         finetune_layers=-1, finetune_epochs=demo.base_epochs, finetune_learning_rate=1e-4, layer_lr_decay=1.0,
-        head=head,
     )
     _, _, base = train_base_classifier(
         encoder, base_train, base_test, config=base_recipe, args=_training_args(base_dir, demo.seed, demo.verbose)
@@ -142,11 +141,10 @@ def run_demo(demo: DemoArguments) -> dict:
         args=_training_args(os.path.join(demo.output_dir, "classic"), demo.seed, demo.verbose), save=False,
     )
 
-    extra = " (and its kernel LDA head)" if head == "kernel" else ""
-    heading(f"[3/3] Adding {NEW_LABEL!r} with hf_incr's recipe{extra} from the same {len(increment_train)} rows")
+    heading(f"[3/3] Adding {NEW_LABEL!r} with hf_incr's recipe from the same {len(increment_train)} rows")
     # The defaults (a closed-form increment), and what the data is: every row of the demo lists all its labels, so
     # a multi-label increment may refit the old labels its rows annotate (hf_incr's default assumes it may not).
-    recipe = IncrementConfig(label_column=column, max_length=64, multi_label_annotation=annotation, head=head)
+    recipe = IncrementConfig(label_column=column, max_length=64, multi_label_annotation=annotation)
     grown = train_increment(
         *_load(base_dir), increment_train, full_test, config=recipe,
         args=_training_args(grown_dir, demo.seed, demo.verbose),
@@ -163,7 +161,8 @@ def run_demo(demo: DemoArguments) -> dict:
         timings=grown.timings, thresholds=answering_thresholds(grown.record),
         output_dir=grown.output_dir, card=os.path.join(grown_dir, "README.md"),
         plot=os.path.join(grown_dir, PLOT_FILENAME), lineage=os.path.join(grown_dir, "lineage.json"),
-        extra_head=head == "kernel",
+        best_head=None if grown.plan.answering == "linear" else HEADS[grown.plan.answering].title,
+        remote_code=bool(HEADS[grown.plan.answering].modeling_file),
     ))
     for name, result in ((CLASSIC, classic), (HF_INCR, grown)):
         line = format_forgetting(result.forgetting, metric)

@@ -37,7 +37,7 @@ from transformers.utils import logging
 from .errors import HubPushError
 from .heads import HEADS, head_files
 from .lineage import LINEAGE_FILENAME, get_lineage, write_lineage_file
-from .model_card import CARD_FILENAME, PLOT_FILENAME, card_has_lineage, write_model_card
+from .model_card import CARD_FILENAME, PLOT_FILENAME, card_has_lineage, remote_code, write_model_card
 from .replay import REPLAY_DIRNAME
 from .saving import KEPT_ENTRIES, save_increment
 
@@ -122,6 +122,7 @@ def push_to_hub(
             folder, repo_id, _describe(error, endpoint), token=token, status_code=_status(error), revision=revision
         ) from None
     logger.info("Pushed %s to %s (%s)", folder, repo_id, commit.commit_url)
+    _pin_card(api, folder, config, repo_id, commit, revision, card_data_kwargs)
     return commit
 
 
@@ -151,6 +152,21 @@ def _commit(api: HfApi, folder: Path, config, repo_id: str, *, private: bool, re
             delete_patterns=mirrored_patterns(),
         )
     return commit, repo_id
+
+
+def _pin_card(api: HfApi, folder: Path, config, repo_id: str, commit, revision, card_data_kwargs) -> None:
+    """A model whose head ships code: its card's loading lines pinned to the commit just made, in a second commit that
+    changes only the card (so that `trust_remote_code=True` is used at a reviewed revision). The push has succeeded
+    whatever happens here; a failure is a warning."""
+    if remote_code(folder, config) is None:
+        return
+    try:
+        card = write_model_card(config, folder, model_id=repo_id, revision=commit.oid, **card_data_kwargs)
+        api.upload_file(path_or_fileobj=str(card), path_in_repo=CARD_FILENAME, repo_id=repo_id, revision=revision,
+                        commit_message=f"Pin the card's loading lines to {commit.oid[:7]}")
+    except Exception as error:  # the model is on the Hub; only the card's pin is missing
+        logger.warning("Pushed, but the card's loading lines could not be pinned to %s (%s); they name the branch.",
+                       commit.oid, type(error).__name__)
 
 
 def mirrored_patterns() -> list[str]:

@@ -47,11 +47,8 @@ def _read_source(source: str, revision: str | None, token: str | None) -> tuple[
 class _SavedHead:
     """What a plan reads of a saved head, from the file names and the lineage alone."""
 
-    def __init__(self, can_continue: bool, keeps_trained_rows: bool = False, num_features: int | None = None):
-        self.can_continue, self.keeps_trained_rows, self.num_features = can_continue, keeps_trained_rows, num_features
-
-    def size_mismatch(self, config) -> None:
-        return None
+    def __init__(self, can_continue: bool, keeps_trained_rows: bool = False):
+        self.can_continue, self.keeps_trained_rows = can_continue, keeps_trained_rows
 
 
 def model_info(source: str, *, revision: str | None = None, token: str | None = None) -> dict[str, Any]:
@@ -77,6 +74,7 @@ def model_info(source: str, *, revision: str | None = None, token: str | None = 
         "heads": heads,
         "head_rows": head_rows,
         "replay": f"{REPLAY_DIRNAME}/{REPLAY_FILENAME}" in names or REPLAY_FILENAME in names,
+        "remote_code": any(cls.modeling_file.name in names for cls in HEADS.values() if cls.modeling_file),
         "card": f"{base}/{CARD_FILENAME}" if CARD_FILENAME in names else None,
         "plot": f"{base}/{PLOT_FILENAME}" if PLOT_FILENAME in names else None,
         "next_increment": next_increment_plan(id2label, multi_label, heads, head_rows, lineage),
@@ -87,10 +85,9 @@ def next_increment_plan(id2label, multi_label, heads, head_rows, lineage) -> str
     """What ``hf-incr increment`` does next on this model with the recipe it was last trained with (or the defaults):
     :meth:`IncrementPlan.describe` of the plan for data that brings one new label."""
     recipe = (lineage[-1].get("recipe") or {}) if lineage else {}
-    head = recipe.get("head") or ("kernel" if heads.get("kernel", "no") != "no" else "linear")
     try:
-        config = IncrementConfig(head=head if head in HEADS or head == "trained" else "linear")
-    except HfIncrError:
+        config = IncrementConfig(head=recipe["head"])
+    except (KeyError, HfIncrError):  # a lineage of an earlier version, or none: the defaults
         config = IncrementConfig()
     saved = {}
     if heads.get("linear") == "yes":

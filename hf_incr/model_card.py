@@ -60,6 +60,7 @@ def write_model_card(
     *,
     model_id: str | None = None,
     plot_filename: str = PLOT_FILENAME,
+    revision: str | None = None,
     **card_data_kwargs: Any,
 ) -> Path:
     """Write ``README.md`` (and the increments plot, when the lineage has metrics) into ``directory``.
@@ -70,6 +71,7 @@ def write_model_card(
         model_id: What the loading snippet passes to ``from_pretrained``: the Hub repo id when pushing. Default: the
             folder itself (``save_increment``'s temporary folder is mapped to its final name).
         plot_filename: File name of the plot, linked relatively from the card.
+        revision: The Hub commit the loading lines pin (a push pins the commit it made).
         **card_data_kwargs: Extra metadata for the card header (``license``, ``language``, ``datasets``, ...).
 
     Returns:
@@ -90,6 +92,8 @@ def write_model_card(
         plot_filename=plot_filename if has_plot else None,
         examples=_replay_examples(directory),
         head_sections=head_sections(directory, config, model_id),
+        remote_code=remote_code(directory, config),
+        revision=revision,
         **card_data_kwargs,
     )
     path = directory / CARD_FILENAME
@@ -105,15 +109,19 @@ def render_model_card(
     examples: dict[str, list[str]] | None = None,
     versions: dict[str, str] | None = None,
     head_sections: list[str] | None = None,
+    remote_code: dict[str, str] | None = None,
+    revision: str | None = None,
     **card_data_kwargs: Any,
 ) -> ModelCard:
     """The card as a ``huggingface_hub.ModelCard`` (metadata header with ``model-index``, and the Markdown body).
-    ``head_sections``: what the extra heads saved with the model say of themselves (:func:`head_sections`)."""
+    ``head_sections``: what the extra heads saved with the model say of themselves (:func:`head_sections`);
+    ``remote_code``: the head whose code ships with the model, and each loading's figures (:func:`remote_code`);
+    ``revision``: the commit the loading lines pin."""
     config = getattr(model_or_config, "config", model_or_config)
     context = card_context(
         config, model_id=model_id, plot_filename=plot_filename, examples=examples, versions=versions
     )
-    context["head_sections"] = head_sections or []
+    context.update(head_sections=head_sections or [], remote_code=remote_code, revision=revision)
     card_data = build_card_data(config, model_id=model_id, **card_data_kwargs)
     return ModelCard.from_template(card_data, template_path=str(template_path()), **context)
 
@@ -568,6 +576,28 @@ def _py_string(text: str) -> str:
 
 
 # The extra heads -----------------------------------------------------------------------------------------------
+
+
+def remote_code(directory: str | Path, model_or_config) -> dict[str, str] | None:
+    """The head whose inference code ships in ``directory`` (``None``: none does), with what each way of loading
+    measured at the last increment: the head's metrics and the plain Linear's."""
+    from .heads import extra_heads
+
+    directory = Path(directory)
+    shipping = [cls for cls in extra_heads() if cls.modeling_file and (directory / cls.modeling_file.name).is_file()]
+    if not shipping:
+        return None
+    cls = shipping[-1]
+    config = getattr(model_or_config, "config", model_or_config)
+    lineage = get_lineage(config)
+    metrics = (lineage[-1].get("metrics") or {}) if lineage else {}
+
+    def figures(values: dict) -> str:
+        return " / ".join(_pct(values.get(key)) for key in ("accuracy", "old_accuracy", "new_accuracy"))
+
+    return {"title": cls.title, "file": cls.modeling_file.name, "weights_file": cls.files[0],
+            "best": figures(metrics.get("after") or {}),
+            "plain": figures(metrics.get("after_plain_transformers") or {})}
 
 
 def head_sections(directory: str | Path, model_or_config, model_id: str) -> list[str]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import TRAINED, IncrementConfig
-from .errors import ConfigError, DataError
+from .errors import DataError
 from .heads import HEADS, Head
 from .heads.kept_rows import represents_old_labels
 
@@ -125,9 +125,9 @@ def plan(
         _warn_old_labels_without_rows(model_labels, row_labels, multi_label, config, warnings)
     if keep_rows and multi_label and row_labels is not None:
         _check_new_labels_have_negatives(new_labels, row_labels, statistics=linear is not None, warnings=warnings)
-    extra, starts, dropped = _extra_head(config, saved, base, keep_rows, multi_label, warnings)
     adapt = (keep_rows and linear is None and config.adapt_trained_elsewhere and row_labels is not None
              and _holds_old_labels(multi_label, model_labels, new_labels, row_labels))
+    extra, starts, dropped = _extra_head(config, saved, base or adapt, keep_rows and not adapt, multi_label, warnings)
     path = "gradient" if gradient else "adapt" if adapt else "kept_rows" if keep_rows else "solve"
     fine_tune = config.finetune_layers != 0 and config.finetune_epochs > 0 and (base or config.finetune_increments)
     warm_up = config.warmup_epochs > 0 and (gradient or (path == "solve" and fine_tune))
@@ -238,8 +238,10 @@ def _check_new_labels_have_negatives(new_labels, row_labels, *, statistics: bool
         )
 
 
-def _extra_head(config, saved, base, keep_rows, multi_label, warnings) -> tuple[str | None, tuple, tuple]:
-    """The extra head that answers (None: the Linear), the heads starting now, and saved heads dropped."""
+def _extra_head(config, saved, every_label, keep_rows, multi_label, warnings) -> tuple[str | None, tuple, tuple]:
+    """The extra head that answers (None: the Linear), the heads starting now, and saved heads dropped. A head that
+    cannot start or continue here leaves the answer to the Linear, with one line saying why and what would enable it.
+    ``every_label``: this increment's rows hold every label (a base, or an adapted classifier trained elsewhere)."""
     wanted = config.head if config.head not in (TRAINED, "linear") else None
     dropped = tuple(name for name, head in saved.items()
                     if name != "linear" and name != wanted and head is not None and head.can_continue)
@@ -251,16 +253,14 @@ def _extra_head(config, saved, base, keep_rows, multi_label, warnings) -> tuple[
     if wanted is None:
         return None, (), dropped
     cls, existing = HEADS[wanted], saved.get(wanted)
-    if existing is None or not existing.can_continue:
-        refusal = cls.start_refusal(base=base, keeps_rows=keep_rows, multi_label=multi_label,
-                                    inference_only=existing is not None)
-        if refusal:
-            raise ConfigError(refusal)
-        return wanted, (wanted,), dropped
-    mismatch = existing.size_mismatch(config)
-    if mismatch:
-        raise ConfigError(mismatch)
-    return wanted, (), dropped
+    if existing is not None and existing.can_continue:
+        return wanted, (), dropped
+    refusal = cls.start_refusal(every_label=every_label, keeps_rows=keep_rows, multi_label=multi_label,
+                                inference_only=existing is not None)
+    if refusal:
+        warnings.append(refusal)
+        return None, (), dropped
+    return wanted, (wanted,), dropped
 
 
 def _holds_old_labels(multi_label, model_labels, new_labels, row_labels) -> bool:

@@ -51,6 +51,7 @@ from .features import RowCache, frozen_pass
 from .freezing import freeze_all_but_head, unfreeze_top_layers
 from .head import ClassifierHead, add_labels, align_weights
 from .heads import HEADS, Head, KeptRowsHead, PassRows
+from .heads.base import ship_inference_code
 from .hub import push_saved_model
 from .layers import encoder_layers
 from .lineage import append_record, find_rerun, make_record
@@ -189,6 +190,9 @@ def run_plan(model, tokenizer, train, evaluation, config, args, the_plan: Increm
     """Execute a plan: grow the head, measure the model as it was, run the plan's path, measure the result and record
     it in the lineage (the model's trainable flags restored whatever happens)."""
     answering_before = _detach_extra_heads(model, location)
+    # The answering head's code is pointed at again when the model is saved with it (Trainer's checkpoints, written
+    # meanwhile, hold no such file and must load as plain models).
+    ship_inference_code(model.config, {})
     teacher = copy.deepcopy(model).eval() if the_plan.teacher else None
     fitted = _heads_to_fit(model, location, the_plan, saved, config, args.seed)
     increment, cache, timings = grow(model, tokenizer, train, evaluation, config, args, the_plan, location, memory,
@@ -288,7 +292,8 @@ def _heads_to_fit(model, location, the_plan: IncrementPlan, saved, config, seed)
                 model, location, multi_label=the_plan.multi_label, seed=seed)
         elif name in the_plan.starts:
             fitted[name] = HEADS[name].start(model, location, config=config, multi_label=the_plan.multi_label,
-                                             seed=seed, kept_labels=the_plan.old_ids if beside_kept_rows else [])
+                                             seed=seed, kept_labels=the_plan.old_ids if the_plan.path == "kept_rows"
+                                             else [])
         else:
             fitted[name] = saved[name]
     return fitted
@@ -470,7 +475,7 @@ def adapt_path(increment: Increment, heads: dict[str, Head], cache) -> Outcome:
     checked = increment.eval_rows is not None
     # The start of the adaptation: the new rows fitted beside the kept ones (only a quick fit when nothing checks it).
     heads["linear"].quick = not checked
-    kept = kept_rows_path(increment, heads, cache)
+    kept = kept_rows_path(increment, {"linear": heads["linear"]}, cache)
     kept_state = kept_metrics = None
     if checked:
         kept_metrics = _evaluate(increment)
@@ -497,6 +502,7 @@ def adapt_path(increment: Increment, heads: dict[str, Head], cache) -> Outcome:
         outcome.adaptation.update(eval_kept_rows=_accuracies(kept_metrics), eval_adapted=_accuracies(adapted_metrics))
         if not _at_least_as_accurate(adapted_metrics, kept_metrics):
             model.load_state_dict(kept_state)
+            _detach_extra_heads(model, increment.location)  # a head started on the adapted encoder goes with it
             outcome.heads, outcome.head_rows, outcome.thresholds = kept.heads, kept.head_rows, kept.thresholds
             outcome.adaptation["kept"] = True
     outcome.timings["adapt_s"] = time.perf_counter() - started

@@ -18,8 +18,7 @@ PHASE_TIMINGS = {
     "finetune_s": "fine-tuning",
     "new_rows_s": "new rows",
     "adapt_s": "adapting the encoder",
-    "closed_form_s": "closed-form head",
-    "kernel_lda_s": "kernel head",
+    "closed_form_s": "closed-form heads",
     "total_s": "total",
 }
 
@@ -62,7 +61,11 @@ def format_timings(timings: dict[str, float] | None) -> str | None:
     their order)."""
     if not timings:
         return None
-    parts = [f"{PHASE_TIMINGS.get(key, key.removesuffix('_s'))} {value:.1f} s" for key, value in timings.items()]
+    from .heads import extra_heads
+
+    heads = {f"{cls.lineage_key or cls.name}_s": f"of it the {cls.title}" for cls in extra_heads()}
+    names = {**PHASE_TIMINGS, **heads}
+    parts = [f"{names.get(key, key.removesuffix('_s'))} {value:.1f} s" for key, value in timings.items()]
     return "Time: " + ", ".join(parts)
 
 
@@ -120,14 +123,20 @@ def answering_thresholds(record: dict) -> dict[str, float] | None:
 PLAIN_ROW = "after, plain transformers (its Linear)"
 
 
-def format_usage(model: str, extra_head: bool = False) -> str:
-    """The one line that uses the model: plain transformers, or ``hf_incr.load_model`` for a model whose extra head
-    (the kernel head) answers only when hf_incr loads it."""
-    plain = f'pipeline("text-classification", model="{model}")'
-    if extra_head:
-        return (f'pipeline("text-classification", model=hf_incr.load_model("{model}"), tokenizer="{model}") '
-                f"(its extra head; {plain} gets the model's own Linear)")
-    return plain
+def format_usage(model: str, best: str | None = None, remote_code: bool = False, multi_label: bool = False
+                 ) -> list[str]:
+    """The lines that load the model with each head: the answering head ``best`` (its title; ``None``: the Linear
+    answers) through ``trust_remote_code=True`` when its code ships with the model (``remote_code``), else through
+    ``hf_incr.load_model``; and plain transformers, which gets the model's own Linear."""
+    top_k = ", top_k=None" if multi_label else ""
+    plain = f'pipeline("text-classification", model="{model}"{top_k})'
+    if best is None:
+        return [plain]
+    if remote_code:
+        line = f'pipeline("text-classification", model="{model}", trust_remote_code=True{top_k})'
+    else:
+        line = f'pipeline("text-classification", model=hf_incr.load_model("{model}"), tokenizer="{model}"{top_k})'
+    return [f"{line}  (the {best})", f"{plain}  (the model's own Linear, what servers without remote code serve)"]
 
 
 def format_summary(
@@ -146,7 +155,8 @@ def format_summary(
     model: str | None = None,
     thresholds: dict[str, float] | None = None,
     adaptation: dict | None = None,
-    extra_head: bool = False,
+    best_head: str | None = None,
+    remote_code: bool = False,
 ) -> str:
     """The block printed at the end of every command.
 
@@ -159,8 +169,8 @@ def format_summary(
         model: What the usage line loads; default: ``hub_url``'s repo or ``output_dir``.
         thresholds: Multi-label decision thresholds (logits) this run tuned and folded into the biases, by label.
         adaptation: The lineage's ``adaptation`` entry (a model trained elsewhere whose encoder was fine-tuned).
-        extra_head: The model answers with an extra head (the kernel head) that ``hf_incr.load_model`` attaches: the
-            usage line says so.
+        best_head: The title of the extra head the model answers with (``None``: its Linear); ``remote_code``: its
+            code ships with the model. The usage lines load each head.
     """
     metric = metric_name(multi_label)
     lines = [f"== hf-incr {title}: summary =="]
@@ -183,7 +193,8 @@ def format_summary(
     lines += [f"{name + ':':<10} {value}" for name, value in places if value]
     model = model or output_dir
     if model:
-        lines.append(f"{'Use it:':<10} {format_usage(model, extra_head)}")
+        usage = format_usage(model, best_head, remote_code, multi_label)
+        lines += [f"{'Use it:' if i == 0 else '':<10} {line}" for i, line in enumerate(usage)]
     return "\n".join(lines)
 
 
@@ -247,6 +258,8 @@ def format_info(info: dict[str, Any]) -> str:
     for name, key in (("Card", "card"), ("Plot", "plot")):
         if info.get(key):
             lines.append(f"{name}: {info[key]}")
-    extra = any(line not in (None, "no") for name, line in heads.items() if name != "linear")
-    lines.append(f"Use it: {format_usage(info['source'], extra)}")
+    best = next((HEADS[name].title for name, line in heads.items()
+                 if name != "linear" and name in HEADS and line not in (None, "no")), None)
+    usage = format_usage(info["source"], best, bool(info.get("remote_code")), bool(info.get("multi_label")))
+    lines += [f"{'Use it:' if i == 0 else '':<7} {line}" for i, line in enumerate(usage)]
     return "\n".join(lines)

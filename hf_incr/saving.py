@@ -26,6 +26,7 @@ from pathlib import Path
 
 from transformers.utils import logging
 
+from .heads.base import ship_inference_code
 from .lineage import get_lineage, write_lineage_file
 from .model_card import write_model_card
 
@@ -63,7 +64,10 @@ def save_increment(
         tag = uuid.uuid4().hex[:8]
         staging = output_dir.parent / f".{output_dir.name}.tmp-{tag}"
         try:
+            code = ship_inference_code(model.config, heads or {})
             model.save_pretrained(staging)
+            for path in code:  # the answering head's inference code, for `trust_remote_code=True`
+                shutil.copyfile(path, staging / path.name)
             if tokenizer is not None:
                 tokenizer.save_pretrained(staging)
             write_lineage_file(staging, get_lineage(model))

@@ -54,8 +54,10 @@ class Head:
     files: ClassVar[tuple[str, ...]] = ()
     statistics_files: ClassVar[tuple[str, ...]] = ()
     legacy_files: ClassVar[tuple[str, ...]] = ()
-    # The head's inference code, shipped beside the weights for `trust_remote_code=True` (None: it ships none).
+    # The head's inference code, shipped beside the weights for `trust_remote_code=True` (None: it ships none), and
+    # the class in it that config.json's `auto_map` names for AutoModelForSequenceClassification.
     modeling_file: ClassVar[Path | None] = None
+    auto_class: ClassVar[str | None] = None
     # The key of this head's entry in a lineage record (None: it records none).
     lineage_key: ClassVar[str | None] = None
     # What people read: the head's name in a sentence, and what it reads of the encoder.
@@ -90,20 +92,20 @@ class Head:
         return True
 
     @classmethod
-    def start_refusal(cls, *, base: bool, keeps_rows: bool, multi_label: bool, inference_only: bool) -> str | None:
-        """Why this head cannot start in an increment (``None``: it can). By default it starts with a base classifier
-        only: a later start would lack every earlier increment's rows."""
-        if base:
+    def start_refusal(cls, *, every_label: bool, keeps_rows: bool, multi_label: bool,
+                      inference_only: bool) -> str | None:
+        """Why this head cannot start in an increment (``None``: it can), and what would enable it: one line, after
+        which the Linear answers. By default a head starts only where the rows hold every label (a base): a later start
+        would lack every earlier increment's rows."""
+        if every_label:
             return None
-        missing = "its statistics file was not saved with the model" if inference_only else "the base was trained " \
-            "without it"
-        return (f"`head={cls.name}`, but the model has no {cls.title} with statistics ({missing}), so the old labels' "
-                f"statistics for it are missing. Start from the folder the model was trained in, train the base with "
-                f"`head={cls.name}`, or use `head=linear`.")
-
-    def size_mismatch(self, config) -> str | None:
-        """Why this saved head cannot continue under ``config`` (``None``: it can)."""
-        return None
+        if inference_only:
+            return (f"The model's {cls.title} cannot continue: its statistics file was not saved (or pushed) with it. "
+                    f"This increment answers with the Linear and drops the {cls.title}; start from the folder it was "
+                    "trained in to keep it.")
+        return (f"The model has no {cls.title} (its base was trained without it) and one cannot start now: it would "
+                "lack every earlier increment's rows. This increment answers with the Linear; a base trained with "
+                f"`head={cls.name}` has it from the start.")
 
     def save(self, folder: str | Path, *, statistics: bool = True) -> list[Path]:
         """Write the head's files into ``folder`` (``statistics=False``: only what inference needs)."""
@@ -241,4 +243,28 @@ def extra_heads() -> list[type[Head]]:
 
 def head_files() -> list[str]:
     """Every file name a registered head writes or wrote (for the Hub's mirroring and ``info``)."""
-    return [name for cls in HEADS.values() for name in (*cls.files, *cls.statistics_files, *cls.legacy_files)]
+    names = [name for cls in HEADS.values() for name in (*cls.files, *cls.statistics_files, *cls.legacy_files)]
+    return names + [cls.modeling_file.name for cls in HEADS.values() if cls.modeling_file]
+
+
+AUTO_CLASS = "AutoModelForSequenceClassification"
+
+
+def ship_inference_code(config, heads: dict[str, Head]) -> list[Path]:
+    """Point ``config.auto_map`` at the answering head's inference code (or remove hf_incr's entry when no head ships
+    code), and return the code files to copy beside the weights: ``from_pretrained(..., trust_remote_code=True)``
+    then answers with the head. An ``auto_map`` entry of the user's own (a remote-code model) is left alone."""
+    ours = {cls.modeling_file.stem for cls in HEADS.values() if cls.modeling_file}
+    auto_map = dict(getattr(config, "auto_map", None) or {})
+    current = auto_map.get(AUTO_CLASS)
+    if current is not None and current.split(".")[0] not in ours:
+        return []  # the model's own remote code: hf_incr does not replace it
+    shipping = [head for head in heads.values() if head.modeling_file and head.auto_class]
+    auto_map.pop(AUTO_CLASS, None)
+    if shipping:
+        auto_map[AUTO_CLASS] = f"{shipping[-1].modeling_file.stem}.{shipping[-1].auto_class}"
+    if auto_map:
+        config.auto_map = auto_map
+    elif hasattr(config, "auto_map"):
+        del config.auto_map
+    return [shipping[-1].modeling_file] if shipping else []

@@ -223,6 +223,7 @@ class KernelHead(Head):
     files = (KERNEL_FILENAME,)
     statistics_files = (KERNEL_STATISTICS_FILENAME,)
     modeling_file = Path(modeling.__file__)
+    auto_class = modeling.HfIncrKernelForSequenceClassification.__name__
     lineage_key = "kernel_lda"
 
     def __init__(self, config: modeling.KernelConfig, projections=None, statistics=None, classifier=None):
@@ -264,29 +265,20 @@ class KernelHead(Head):
         return cls(settings)
 
     @classmethod
-    def start_refusal(cls, *, base, keeps_rows, multi_label, inference_only) -> str | None:
-        if base or (keeps_rows and multi_label):
-            return None  # a multi-label classifier trained elsewhere: its labels keep the Linear's logits
-        if keeps_rows:
-            return ("`head=kernel` cannot start beside the kept rows of a single-label classifier trained elsewhere: "
-                    "one softmax cannot mix two heads' logits. Use `head=linear` (the new rows are fitted beside the "
-                    "kept ones), or give the increment every old label's data so that the encoder is adapted, then "
-                    "train a kernel base. (A multi-label classifier trained elsewhere can start one: its old labels "
-                    "keep the Linear's logits.)")
-        missing = ("its hf_incr_kernel_lda_statistics.safetensors was not saved or pushed with it" if inference_only
-                   else "the base was trained without it")
-        return (f"`head=kernel`, but the model has no kernel LDA head with statistics ({missing}), so the old "
-                "labels' kernel statistics are missing. Start from the folder the model was trained in, train the "
-                "base with `head=kernel`, or use `head=linear`. (A multi-label classifier trained elsewhere can start "
-                "one: its old labels keep the Linear's logits.)")
-
-    def size_mismatch(self, config) -> str | None:
-        expected = 0 if self.config.multi_label else config.kernel_features
-        if self.config.num_features == expected:
-            return None
-        return (f"The model's kernel LDA head has {self.config.num_features} features x {self.config.num_members} "
-                f"member(s) but `kernel_features={config.kernel_features}`. Keep what it was trained with: "
-                f"`kernel_features={self.config.num_features}`.")
+    def start_refusal(cls, *, every_label, keeps_rows, multi_label, inference_only) -> str | None:
+        if keeps_rows and multi_label:
+            return None  # a multi-label classifier trained elsewhere: its own labels keep the Linear's logits
+        if keeps_rows and not inference_only:
+            return ("The kernel LDA head cannot start beside the kept rows of a single-label classifier trained "
+                    "elsewhere (one softmax cannot mix two heads' logits): this increment answers with the Linear, "
+                    "its new rows fitted beside the kept ones. Give the increment every old label's data as well (the "
+                    "encoder is then adapted once and the kernel head starts).")
+        if inference_only and not every_label:
+            return (f"The model's kernel LDA head cannot continue: its statistics ({KERNEL_STATISTICS_FILENAME}) "
+                    "were not saved or pushed with it. This increment answers with the Linear and drops the kernel "
+                    "head; start from the folder it was trained in to keep it.")
+        return super().start_refusal(every_label=every_label, keeps_rows=keeps_rows, multi_label=multi_label,
+                                     inference_only=inference_only)
 
     def check_model(self, model, location) -> None:
         hidden = getattr(model.config, "hidden_size", None)
@@ -585,9 +577,9 @@ def card_section(summary: dict, model_id: str) -> str:
     if s["statistics_mb"] is not None:
         pushed = "" if s["statistics_pushed"] else " (not pushed to the Hub)"
         rows.append(f"| `{KERNEL_STATISTICS_FILENAME}` | the next increment only | {s['statistics_mb']} MB{pushed} |")
-    return (f"{what} the metrics below were measured with it. Plain transformers loads the model with its linear "
-            "closed-form head instead (less accurate). For the kernel head, `pip install hf_incr` and load with "
-            f'`model = hf_incr.load_model("{model_id}")`.\n\n' + "\n".join(rows) + "\n")
+    return (f"{what} the metrics below were measured with it. `trust_remote_code=True` (or "
+            f'`hf_incr.load_model("{model_id}")`) loads it; plain transformers loads the model with its linear '
+            "closed-form head instead (less accurate).\n\n" + "\n".join(rows) + "\n")
 
 
 def _statistics_pushed(config) -> bool:

@@ -347,3 +347,71 @@ def attached_kernel_head(linear: nn.Linear) -> KernelClassifier | None:
     """The classifier of the kernel head attached to the output Linear ``linear``, or ``None``."""
     found = _hooks(linear, KernelHook)
     return found[-1][1].classifier if found else None
+
+
+# Loading with `trust_remote_code=True` ---------------------------------------------------------------------------
+
+AUTO_CLASS = "AutoModelForSequenceClassification"
+# Where transformers' classification models keep the output Linear, for files that do not record it.
+_LINEAR_PATHS = ("classifier.out_proj", "classification_head.out_proj", "classifier", "score")
+
+
+class HfIncrKernelForSequenceClassification:
+    """What ``AutoModelForSequenceClassification.from_pretrained(repo, trust_remote_code=True)`` (and so
+    ``pipeline(..., trust_remote_code=True)``) loads for a model saved with hf_incr's kernel head: ``config.json``'s
+    ``auto_map`` names this class. It is a factory, not a model class: the model is the checkpoint's own transformers
+    class, loaded as usual, with the kernel head from the repo's ``hf_incr_kernel_lda.safetensors`` attached (read
+    from the same folder, or the same commit of the Hub repo, as the weights). Everything it reads is a safetensors
+    file or JSON; nothing is unpickled. A model loaded this way and saved again with plain ``save_pretrained`` is a
+    plain model (its Linear answers): its ``auto_map`` entry is dropped, since the file it names would not be saved."""
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class: str = AUTO_CLASS) -> None:
+        """Nothing to register: the model is an instance of its own transformers class."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
+        from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+        kwargs.pop("trust_remote_code", None)
+        native = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(config)]
+        model = native.from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+        classifier = read_inference_file(_kernel_file(str(pretrained_model_name_or_path), kwargs))
+        attach_kernel_head(model, _output_linear(model, classifier), classifier)
+        auto_map = dict(getattr(model.config, "auto_map", None) or {})
+        auto_map.pop(AUTO_CLASS, None)
+        if auto_map:
+            model.config.auto_map = auto_map
+        elif hasattr(model.config, "auto_map"):
+            del model.config.auto_map
+        return model
+
+
+def _kernel_file(source: str, kwargs: dict) -> str:
+    """The kernel head's file beside the weights: in the folder, or from the Hub at the commit the weights came from
+    (transformers resolves ``revision`` to one commit before loading anything)."""
+    import os
+
+    subfolder = kwargs.get("subfolder") or ""
+    if os.path.isdir(source):
+        return os.path.join(source, subfolder, KERNEL_FILENAME)
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(
+        source, KERNEL_FILENAME, subfolder=subfolder or None, revision=kwargs.get("revision"),
+        token=kwargs.get("token"), cache_dir=kwargs.get("cache_dir"),
+        local_files_only=bool(kwargs.get("local_files_only")), force_download=bool(kwargs.get("force_download")),
+    )
+
+
+def _output_linear(model: nn.Module, classifier: KernelClassifier) -> nn.Linear:
+    """The Linear whose logits the kernel head replaces: where its file says, else where transformers puts it."""
+    paths = [classifier.config.linear_path] if classifier.config.linear_path else list(_LINEAR_PATHS)
+    for path in paths:
+        try:
+            module = model.get_submodule(path)
+        except AttributeError:
+            continue
+        if isinstance(module, nn.Linear):
+            return module
+    raise ValueError(f"No output Linear of {type(model).__name__} at {paths}: the kernel LDA head cannot attach.")
