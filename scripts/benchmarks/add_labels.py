@@ -44,7 +44,10 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
 import hf_incr
-from hf_incr.head import INIT_METHODS, find_classifier_head
+from hf_incr import find_classifier_head
+
+# Not exported by hf_incr: the `init` values add_labels accepts, measured one by one.
+from hf_incr.head import INIT_METHODS
 
 # Configs of the models measured (random weights). Sizes are the parameter counts without the head.
 PRESETS = {

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from datasets import Dataset, load_dataset
 
-from hf_incr.errors import DataError
+from hf_incr import DataError
 
 DATA_DIR_ENV = "HF_INCR_DATA_DIR"
 

@@ -1,8 +1,8 @@
 """Benchmark of issue 13: add labels to a classifier that hf_incr did not train (no saved closed-form statistics).
 
 The script plays the user. It fine-tunes a base classifier with plain transformers ``Trainer`` (all layers) on the
-first half of a data set's labels, then adds the other half with the functions of :mod:`hf_incr.new_rows` on the
-frozen encoder's features, given
+first half of a data set's labels, then adds the other half with the functions of :mod:`hf_incr.heads.kept_rows` on
+the frozen encoder's features, given
 
 - (i) the new labels' rows only,
 - (ii) those plus ``--shots`` rows of every old label (seeded pick),
@@ -46,7 +46,8 @@ from transformers import (
     TrainingArguments,
 )
 
-from hf_incr import new_rows
+# Not exported by hf_incr: the kept-rows head's fitting functions, called one by one for the offline ablations.
+from hf_incr.heads import kept_rows
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -98,11 +99,11 @@ class ElsewhereBenchmarkArguments:
     )
     kernel_features: int = field(
         default=0,
-        metadata={"help": "With --product_only: `train_increment`'s kernel_features (multi-label: the new labels "
-                  "from a kernel LDA head on the encoder's pooled top layers, the old ones from the kept Linear; "
-                  "scored through the model, as hf_incr.load_model serves it). 0: the defaults."},
+        metadata={"help": "With --product_only: `train_increment` with `head=kernel` and this many kernel_features "
+                  "(multi-label: the new labels from a kernel LDA head on the encoder's pooled top 4 layers, the old "
+                  "ones from the kept Linear; scored through the model, as hf_incr.load_model serves it). 0: the "
+                  "defaults (`head=linear`)."},
     )
-    kernel_layers: int = field(default=4, metadata={"help": "With --kernel_features: `kernel_layers`."})
     hf_incr_learning_rate: float = field(
         default=3e-4,
         metadata={"help": "With `--joint_recipe hf_incr`: the head's learning rate in its fine-tune (each layer below "
@@ -373,27 +374,27 @@ def increment(base_dir: Path, features: torch.Tensor, labels: torch.Tensor, num_
               method: str = "new_rows") -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The increment under test: grown heads ``{variant: (weight, bias)}`` from the base model and the rows.
 
-    This is the one function to swap for ``hf_incr.train_increment(model, tokenizer, rows, test,
-    config=IncrementConfig(...))`` once the recipe calls :mod:`hf_incr.new_rows`. ``method`` selects ablations.
+    The recipe runs the same functions (:mod:`hf_incr.heads.kept_rows`) in ``hf_incr.train_increment(model,
+    tokenizer, rows)`` (``--product``); here they are called one by one. ``method`` selects ablations.
     """
     old_weight, old_bias = read_head(base_dir)
     num_old = old_weight.shape[0]
     if multi_label:
-        fitted = new_rows.fit_multilabel_new_rows(features, labels, num_old)
-        return {"new_rows": new_rows.grow_head(old_weight, old_bias, fitted["new_weight"], fitted["new_bias"])}
+        fitted = kept_rows.fit_multilabel_new_rows(features, labels, num_old)
+        return {"new_rows": kept_rows.grow_rows(old_weight, old_bias, fitted["new_weight"], fitted["new_bias"])}
     if method == "new_rows":
-        out = new_rows.add_new_rows(features, labels, old_weight, old_bias, num_new)
+        out = kept_rows.add_new_rows(features, labels, old_weight, old_bias, num_new)
         heads = {"new_rows": (out["weight"], out["bias"])}
         if out["refit"]:
             heads["new_rows before the refit (old rows kept)"] = (out["kept_weight"], out["kept_bias"])
         print(json.dumps({k: v for k, v in out.items() if not torch.is_tensor(v)}), flush=True)
         return heads
     if method == "aligned_no_anchors":  # ablation of case (i): no stand-ins for the old labels
-        w, b = new_rows.fit_new_rows(features, labels, old_weight, old_bias, num_new, scale="aligned")
-        return {method: new_rows.grow_head(old_weight, old_bias, w, b)}
+        w, b = kept_rows.fit_new_rows(features, labels, old_weight, old_bias, num_new, scale="aligned")
+        return {method: kept_rows.grow_rows(old_weight, old_bias, w, b)}
     if method == "free_l2_1e-3_uncalibrated":  # ablation: CE with old rows frozen, no scale rule, no calibration
-        w, b = new_rows.fit_new_rows(features, labels, old_weight, old_bias, num_new, scale="free", l2=1e-3)
-        return {method: new_rows.grow_head(old_weight, old_bias, w, b)}
+        w, b = kept_rows.fit_new_rows(features, labels, old_weight, old_bias, num_new, scale="free", l2=1e-3)
+        return {method: kept_rows.grow_rows(old_weight, old_bias, w, b)}
     if method == "logreg_all_rows":  # re-solve the whole head from the increment's rows (what keeping rows avoids)
         from sklearn.linear_model import LogisticRegression
 
@@ -445,17 +446,17 @@ def product_case(base_dir: Path, rows: list[dict], test: list[dict], labels: lis
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForSequenceClassification.from_pretrained(base_dir)
+    kernel = dict(head="kernel", kernel_features=args.kernel_features) if args.kernel_features else {}
     if model.config.problem_type == "multi_label_classification":
         # As a user brings it: the rows annotated with the new labels (old ones unannotated); in case (i') the
         # texts with none of them come with an empty list.
         new = [lab for lab in labels if lab not in model.config.label2id]
         train = Dataset.from_list([{"text": r["text"], "labels": [lab for lab in r["labels"] if lab in new]}
                                    for r in rows])
-        config = hf_incr.IncrementConfig(label_column="labels", multi_label=True,
-                                         kernel_features=args.kernel_features, kernel_layers=args.kernel_layers)
+        config = hf_incr.IncrementConfig(label_column="labels", multi_label=True, **kernel)
     else:
         train = Dataset.from_list([{"text": r["text"], "label": r["labels"][0]} for r in rows])
-        config = hf_incr.IncrementConfig(kernel_features=args.kernel_features, kernel_layers=args.kernel_layers)
+        config = hf_incr.IncrementConfig(**kernel)
     out = Path(args.cache_dir) / "product_i"
     # The batch size the user fine-tuned with (it sets the batch of the adaptation's fine-tune, when that runs).
     training_args = TrainingArguments(
@@ -579,8 +580,7 @@ def run_dataset(name: str, args) -> dict:
         idx = torch.nonzero(mask).flatten()
         if args.product_only:
             out = product_case(base_dir, [train[i] for i in idx.tolist()], test, labels, args)
-            method = "defaults" if not args.kernel_features else (
-                f"kernel_features={args.kernel_features}, kernel_layers={args.kernel_layers}")
+            method = "defaults" if not args.kernel_features else f"head=kernel, kernel_features={args.kernel_features}"
             row = {"case": case, "method": f"hf_incr.train_increment {method} (head rows {out['head_rows']})",
                    **scores(out["logits"], y_test, num_old, multi), "seconds": out["seconds"], "rows": len(idx),
                    "timings": out["timings"]}

@@ -49,10 +49,10 @@ layers are fine-tuned when training the base (increment 0) only, and frozen afte
                      before this benchmark)
   adapted_replay     adapted; then cached warm-ups with replay + distillation
   adapted_lda        adapted; then closed-form LDA heads (no stored text)
-  kernel_lda         frozen; kernel LDA head (``kernel_features`` = --kernel_features random Fourier features of the
-                     normalised mean-pooled states of the encoder's top 4 layers, concatenated (the library's
-                     ``kernel_layers``), 1 member, bandwidth chosen at increment 0; no stored text; needs
-                     hf_incr.load_model for that head)
+  kernel_lda         frozen; kernel LDA head (``head="kernel"``, ``kernel_features`` = --kernel_features random
+                     Fourier features of the normalised mean-pooled states of the encoder's top 4 layers,
+                     concatenated (fixed in the library), 1 member, bandwidth chosen at increment 0; no stored text;
+                     needs hf_incr.load_model for that head)
   adapted_kernel_lda adapted; then the kernel LDA head
   recommended        the library's defaults (IncrementConfig()); shown as "= <method>" when they equal a row above
   full_annotated     setting (a): frozen recipe on all seen labels' rows, warm-started
@@ -66,6 +66,8 @@ layers are fine-tuned when training the base (increment 0) only, and frozen afte
                      head inputs: the "joint linear probe on the same frozen encoder", once on all the data
 Multi-label: every joint row decides each label at its F1-tuned threshold, chosen as hf_incr chooses its own (from the
 training rows' statistics, ``fold_tuned_thresholds``), so the comparison is not against a sigmoid's fixed 0.5.
+Heads (``IncrementConfig.head``): ``lda`` and ``adapted_lda`` the default ``"linear"``, the kernel rows ``"kernel"``,
+every other row ``"trained"`` (the Linear trained by gradient).
 
 Outputs in ``--output_dir``: results.json, results.md (one Markdown table per data set), accuracy.png (one subplot
 per data set, accuracy after each increment per method). The table is printed at the end.
@@ -89,7 +91,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -102,13 +104,21 @@ from datasets import Dataset
 from transformers import AutoTokenizer, EvalPrediction, HfArgumentParser, TrainingArguments
 from transformers.utils import logging as hf_logging
 
-from hf_incr import IncrementConfig, find_classifier_head, train_base_classifier, train_increment
-from hf_incr.closed_form import RidgeStatistics
-from hf_incr.features import extract_head_inputs
-from hf_incr.kernel_attach import attached_kernel_head, capture_pooled
-from hf_incr.loading import load_statistics
+from hf_incr import (
+    IncrementConfig,
+    encode_for_heads,
+    extract_head_inputs,
+    find_classifier_head,
+    train_base_classifier,
+    train_increment,
+)
+from hf_incr.heads import ClassStatistics, KernelHead, LinearHead
+
+# Not exported by hf_incr: its F1 threshold rule, applied to the joint multi-label rows' trained weights.
+from hf_incr.heads.lda import f1_thresholds
+
+# Not exported by hf_incr: its old / new label metrics, which score every row of the table.
 from hf_incr.metrics import make_compute_metrics
-from hf_incr.replay import ReplayMemory
 
 # ----------------------------------------------------------------------------------------------------------------
 # RECOMMENDED: the `recommended` row runs IncrementConfig's defaults as they are (no overrides), so the table shows
@@ -129,25 +139,26 @@ METHODS = (
 )
 JOINT_METHODS = ("joint", "joint_frozen", "joint_probe")
 CUMULATIVE_METHODS = ("full_annotated", "full_annotated_finetune", *JOINT_METHODS)
-# Method -> IncrementConfig overrides on top of the frozen recipe (cached warm-up of the output Linear). Every
-# setting is spelled out (not left to IncrementConfig's defaults), so a row keeps its meaning when defaults change.
-FROZEN = dict(warmup_epochs=30.0, warmup_learning_rate=1e-2, warmup_scope="output", cache_features=True,
-              finetune_layers=0, finetune_increments=True, replay_per_label=0, distill_weight=0.0,
-              weight_align=False, closed_form_head=False, kernel_features=0, init="imprint")
+# Method -> IncrementConfig overrides on top of the frozen recipe (the Linear trained by gradient: a warm-up on cached
+# features). Every setting is spelled out (not left to IncrementConfig's defaults), so a row keeps its meaning when
+# defaults change. What the product chooses itself (herding, balanced replay, distillation temperature 2, the warm-up
+# of the output Linear on cached features, imprinted new rows, the kernel head's 1 member and top 4 layers) is fixed.
+FROZEN = dict(warmup_epochs=30.0, warmup_learning_rate=1e-2, finetune_layers=0, finetune_increments=True,
+              replay_per_label=0, distill_weight=0.0, weight_align=False, head="trained")
 FINETUNE = dict(finetune_layers=2, finetune_epochs=5.0, finetune_learning_rate=1e-4, layer_lr_decay=0.8)
 ADAPTED = dict(FINETUNE, finetune_increments=False)  # fine-tune the base only
-REPLAY_DISTILL = dict(replay_per_label=10, distill_weight=1.0, distill_temperature=2.0)
-KERNEL_LDA = dict(closed_form_head=True, kernel_features=5000, kernel_members=1, kernel_pooling="auto")
+REPLAY_DISTILL = dict(replay_per_label=10, distill_weight=1.0)
+KERNEL_LDA = dict(head="kernel", kernel_features=5000)
 CONTROLS = {
     "frozen_head": {},
     "replay": dict(replay_per_label=10),
-    "distill": dict(distill_weight=1.0, distill_temperature=2.0),
+    "distill": dict(distill_weight=1.0),
     "weight_align": dict(weight_align=True),
     "replay_distill": REPLAY_DISTILL,
-    "lda": dict(closed_form_head=True),
+    "lda": dict(head="linear"),
     "finetune_replay": dict(FINETUNE, **REPLAY_DISTILL),
     "adapted_replay": dict(ADAPTED, **REPLAY_DISTILL),
-    "adapted_lda": dict(ADAPTED, closed_form_head=True),
+    "adapted_lda": dict(ADAPTED, head="linear"),
     "kernel_lda": KERNEL_LDA,
     "adapted_kernel_lda": dict(ADAPTED, **KERNEL_LDA),
     "full_annotated": {},
@@ -341,7 +352,10 @@ def load_task(args: ForgettingBenchmarkArguments, name: str) -> Task:
     used = {n for inc in increments for n in inc}
     test_keep = [i for i in test_keep if any(n in used for n in test_labels[i])]
     return Task(
-        name=name, multi_label=multi_label, label_column=column, increments=increments,
+        # The rows handed to hf_incr name their label column "label" whatever the data set calls it: hf_incr's replay
+        # memory reads a column named "labels" after overwriting it with the encoded targets (GoEmotions' replay rows
+        # stored "0.0" / "1.0" as label names), so "labels" is avoided.
+        name=name, multi_label=multi_label, label_column="label", increments=increments,
         train_texts=[train["text"][i] for i in keep] if len(keep) < len(train) else list(train["text"]),
         train_labels=[train_labels[i] for i in keep],
         test_texts=[test["text"][i] for i in test_keep], test_labels=[test_labels[i] for i in test_keep], notes=notes,
@@ -358,75 +372,75 @@ def _encoder_fingerprint(model) -> float:
     return float(sum(p.detach().double().sum() for p in model.parameters() if id(p) not in skip))
 
 
-def _device(model) -> torch.device:
-    return find_classifier_head(model).linear.weight.device
-
-
 class Scorer:
-    """Scores a model on the test rows of the labels seen so far with hf_incr's ``make_compute_metrics``."""
+    """Scores a model on the test rows of the labels seen so far with hf_incr's ``make_compute_metrics``, from what
+    its heads read (``hf_incr.encode_for_heads``: the Linear's inputs, the kernel head's pooled top layers), computed
+    once per encoder (fingerprint) and reading, and reused while the encoder is unchanged."""
 
     def __init__(self, task: Task, tokenizer, max_length: int):
         self.task, self.tokenizer, self.max_length = task, tokenizer, max_length
-        self.frozen_features: torch.Tensor | None = None
-        self.frozen_fingerprint: float | None = None
+        # feature key -> (encoder fingerprint, what the heads of that key read for every test row)
+        self.cache: dict[str, tuple[float, torch.Tensor]] = {}
         self.checked = False
-        self.pooled_cache: tuple[tuple, torch.Tensor] | None = None
 
-    def pooled(self, model, config) -> torch.Tensor:
-        """What a kernel LDA head with ``config`` reads (hf_incr's own hooks: its pooling over its top layers) for
-        every test row, computed once per encoder (fingerprint) and reading."""
+    def encoded(self, model, heads: dict, needed: np.ndarray, frozen_encoder: bool) -> dict[str, torch.Tensor]:
+        """What each of ``heads`` reads for the test rows: for a frozen (pretrained) encoder all rows, once, reused
+        while the encoder is unchanged; for a trained encoder only the ``needed`` rows (NaN elsewhere)."""
         fingerprint = _encoder_fingerprint(model)
-        key = (fingerprint, config.pooling, config.layers, config.normalize)
-        if self.pooled_cache is not None and self.pooled_cache[0] == key:
-            return self.pooled_cache[1]
-        texts, device = self.task.test_texts, _device(model)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = torch.empty(len(texts), config.in_features)
-        was_training = model.training
-        model.eval()
-        capture, hooks = capture_pooled(model, config)
-        try:
-            with torch.no_grad():
-                for start in range(0, len(order), 128):
-                    index = order[start : start + 128]
-                    batch = self.tokenizer([texts[i] for i in index], truncation=True, max_length=self.max_length,
-                                           padding=True, return_tensors="pt").to(device)
-                    model.base_model(**batch)
-                    out[index] = capture.pooled.cpu()
-        finally:
-            for hook in hooks:
-                hook.remove()
-        model.train(was_training)
-        self.pooled_cache = (key, out)
-        return out
-
-    def features(self, model, needed: np.ndarray, frozen_encoder: bool) -> torch.Tensor:
-        """Head inputs of the test rows: for a frozen (pretrained) encoder all rows, once, reused while the encoder
-        is unchanged; for a trained encoder only the ``needed`` rows (NaN elsewhere)."""
-        fingerprint = _encoder_fingerprint(model)
-        if self.frozen_features is not None and fingerprint == self.frozen_fingerprint:
-            return self.frozen_features
+        out, missing = {}, {}
+        for name, head in heads.items():
+            cached = self.cache.get(head.feature_key)
+            if cached is not None and cached[0] == fingerprint:
+                out[name] = cached[1]
+            else:
+                missing[name] = head
+        if not missing:
+            return out
         rows = np.arange(len(self.task.test_texts)) if frozen_encoder else np.flatnonzero(needed)
         texts = [self.task.test_texts[i] for i in rows]
-        computed = extract_head_inputs(model, self.tokenizer, texts, max_length=self.max_length, show_progress=False)
-        if not self.checked:  # head(cached inputs) == the model's own logits, on a few rows
+        computed = encode_for_heads(model, self.tokenizer, texts, missing, max_length=self.max_length,
+                                    show_progress=False)
+        for name, head in missing.items():
+            matrix = computed[name]
+            if frozen_encoder:
+                self.cache[head.feature_key] = (fingerprint, matrix)
+            else:
+                full = torch.full((len(self.task.test_texts), matrix.shape[1]), float("nan"))
+                full[rows] = matrix
+                matrix = full
+            out[name] = matrix
+        return out
+
+    def logits(self, model, needed: np.ndarray, frozen_encoder: bool) -> torch.Tensor:
+        """The model's logits of every test row (NaN where not computed), from cached features: the Linear's of its
+        inputs, or the attached kernel head's of its pooled vectors (exact while only the heads change)."""
+        location = find_classifier_head(model)
+        device = location.linear.weight.device
+        heads = {"linear": LinearHead.start(model, location, multi_label=self.task.multi_label)}
+        kernel = KernelHead.attached(model, location)
+        if kernel is not None:  # it reads the pooled top layers, not the Linear's inputs
+            heads["kernel"] = kernel
+        features = self.encoded(model, heads, needed, frozen_encoder)
+        with torch.no_grad():
+            # The Linear's own computation, without its hooks (an attached kernel head's hook replaces its output).
+            linear = location.linear
+            logits = torch.nn.functional.linear(features["linear"].to(device), linear.weight, linear.bias)
+            if kernel is not None:
+                logits = kernel.logits(features["kernel"].to(device), logits)
+        logits = logits.float().cpu()
+        if not self.checked:  # logits from cached features == the model's own logits, on a few rows
             self.checked = True
-            batch = self.tokenizer(texts[:8], truncation=True, max_length=self.max_length, padding=True,
-                                   return_tensors="pt").to(_device(model))
+            sample = np.flatnonzero(needed)[:8]
+            batch = self.tokenizer([self.task.test_texts[i] for i in sample], truncation=True,
+                                   max_length=self.max_length, padding=True, return_tensors="pt").to(device)
             was_training = model.training
             model.eval()
             with torch.no_grad():
                 full = model(**batch).logits.float().cpu()
-                mine = find_classifier_head(model).linear(computed[:8].to(_device(model))).float().cpu()
             model.train(was_training)
-            if not torch.allclose(full, mine, atol=1e-4, rtol=1e-4):
+            if not torch.allclose(full, logits[sample], atol=1e-4, rtol=1e-4):
                 raise RuntimeError("Scoring from cached head inputs does not reproduce the model's logits.")
-        if frozen_encoder:
-            self.frozen_features, self.frozen_fingerprint = computed, fingerprint
-            return computed
-        features = torch.full((len(self.task.test_texts), computed.shape[1]), float("nan"))
-        features[rows] = computed
-        return features
+        return logits
 
     def score(self, model, t: int, old_ids: list[int], prev_logits: torch.Tensor | None, first_ids: list[int],
               frozen_encoder: bool) -> dict:
@@ -435,13 +449,7 @@ class Scorer:
         mask = self.task.seen_test(t)
         # Rows scored now: those of the labels seen so far, and those the next increment's "before" will need.
         needed = mask | self.task.seen_test(min(t + 1, len(self.task.increments) - 1))
-        kernel = attached_kernel_head(model)
-        with torch.no_grad():
-            if kernel is not None:  # it reads the pooled top layers, not the Linear's inputs
-                logits = kernel(self.pooled(model, kernel.config).to(_device(model))).float().cpu()
-            else:
-                features = self.features(model, needed, frozen_encoder).to(_device(model))
-                logits = find_classifier_head(model).linear(features).float().cpu()
+        logits = self.logits(model, needed, frozen_encoder)
         rows = np.flatnonzero(mask)
         num = logits.shape[1]
         if self.task.multi_label:
@@ -528,8 +536,7 @@ def run_method(task: Task, method: str, args: ForgettingBenchmarkArguments, mode
     if method == "joint_probe" or (method in JOINT_METHODS and args.joint_increments == "last"):
         steps = [len(task.increments) - 1]
     increments, model, tokenizer, prev_logits = [], None, None, None
-    memory, statistics = None, None
-    needs_state = config.replay_per_label > 0 or config.closed_form_head
+    memory, heads = None, None
     for t in steps:
         train = task.rows(t, cumulative, subset)
         eval_ds = None
@@ -543,30 +550,27 @@ def run_method(task: Task, method: str, args: ForgettingBenchmarkArguments, mode
         if method == "joint_probe":
             model, tokenizer, result = fit_joint_probe(model_path, train, task, args)
         elif model is None or method in JOINT_METHODS:
-            # Increment 0 (or a joint retrain from the pretrained encoder). train_base_classifier takes no replay
-            # memory / closed-form statistics and returns neither: with save=True they are written beside the model, so
-            # methods that keep state save the base to a scratch folder and read them back.
-            save_dir = run_dir / "base"
-            base_args = replace(targs, output_dir=str(save_dir)) if needs_state else targs
+            # Increment 0 (or a joint retrain from the pretrained encoder); nothing saved: the replay memory and the
+            # heads with their statistics come back in the result and are passed to the next increment.
             model, tokenizer, result = train_base_classifier(
-                model_path, train, eval_ds, config=config, args=base_args, save=needs_state
+                model_path, train, eval_ds, config=config, args=targs, save=False
             )
-            if needs_state:
-                memory = ReplayMemory.load(save_dir) if config.replay_per_label > 0 else None
-                statistics = load_statistics(save_dir) if config.closed_form_head else None
-                shutil.rmtree(save_dir, ignore_errors=True)
+            memory = result.replay_memory if config.replay_per_label > 0 else None
+            heads = result.heads if config.solved else None
         else:
+            statistics = heads.get("linear") if heads else None
             count_before = (len(memory) if memory is not None else None,
-                            statistics.count if statistics is not None else None)
+                            statistics.statistics.num_rows if statistics is not None else None)
             result = train_increment(
                 model, tokenizer, train, eval_ds, config=config, args=targs,
-                replay_memory=memory, ridge_statistics=statistics, save=False,
+                replay_memory=memory, heads=heads, save=False,
             )
             # train_increment must have updated the memory / statistics we hold (in place): check it did.
             if memory is not None and len(memory) <= count_before[0]:
                 raise RuntimeError(f"{method}: the replay memory was not updated in place by train_increment.")
-            if statistics is not None and statistics.count <= count_before[1]:
+            if statistics is not None and statistics.statistics.num_rows <= count_before[1]:
                 raise RuntimeError(f"{method}: train_increment did not update the closed-form statistics in place.")
+            heads = result.heads if config.solved else None
         if task.multi_label and method in JOINT_METHODS:
             # The joint baselines decide each label at its tuned threshold too, chosen the same way as hf_incr's
             # closed-form heads (from the training rows' statistics): a fair comparison, not sigmoid > 0.5.
@@ -594,6 +598,8 @@ def run_method(task: Task, method: str, args: ForgettingBenchmarkArguments, mode
         if "kernel_lda" in result.record:
             # The kernel head's settings and, in the first increment's entry, how its bandwidth was chosen.
             entry["kernel_lda"] = {k: v for k, v in result.record["kernel_lda"].items() if k != "thresholds"}
+            if increments:  # a head passed on in memory (result.heads) repeats its first increment's choice
+                entry["kernel_lda"].pop("bandwidth_choice", None)
         if args.product_eval:
             entry["product_metrics_after"] = result.metrics_after
             entry["product_forgetting"] = result.forgetting
@@ -606,7 +612,8 @@ def run_method(task: Task, method: str, args: ForgettingBenchmarkArguments, mode
 
 def fold_tuned_thresholds(model, tokenizer, train: Dataset, task: Task, args: ForgettingBenchmarkArguments) -> float:
     """Fold each label's F1-tuned threshold into the bias of a multi-label model's head, chosen as hf_incr chooses
-    them (``RidgeStatistics.decision_thresholds`` over the training rows' head inputs); returns the seconds taken."""
+    them for its Linear (``f1_thresholds`` of the trained rows on the moments of the training rows' head inputs, the
+    ``ClassStatistics`` a multi-label ``LinearHead`` keeps); returns the seconds taken."""
     start = time.perf_counter()
     linear = find_classifier_head(model).linear
     x = extract_head_inputs(model, tokenizer, train["text"], max_length=args.max_length, show_progress=False)
@@ -614,9 +621,9 @@ def fold_tuned_thresholds(model, tokenizer, train: Dataset, task: Task, args: Fo
     y = torch.zeros(len(train), len(label2id), dtype=torch.float64)
     for r, names in enumerate(train[task.label_column]):
         y[r, [label2id[n] for n in names]] = 1.0
-    stats = RidgeStatistics.empty(x.shape[1], len(label2id)).update(x, y)
+    stats = ClassStatistics(x.shape[1], multi_label=True).update(x, y)
     with torch.no_grad():
-        cuts = stats.decision_thresholds(linear.weight.double().cpu(), linear.bias.double().cpu())
+        cuts = f1_thresholds(linear.weight.double().cpu(), linear.bias.double().cpu(), stats.moments())
         linear.bias -= cuts.to(linear.bias)
     return time.perf_counter() - start
 

@@ -4,14 +4,16 @@ Each measurement runs in a fresh process (so its peak resident memory is its own
 repeated up to ``--sizes`` rows. The texts and labels stay in a datasets ``Dataset`` (Arrow, memory-mapped from the
 datasets cache: ``concatenate_datasets`` of the split repeated), as a user feeds them, never a Python list. Modes:
 
-  streamed  ``hf_incr.features.accumulate_head_statistics`` on ``dataset["text"]``: batch by batch into the
-            statistics (what an increment does), labels read per batch from Arrow; under
-            ``accelerate launch --num_processes N`` each process encodes its share and the shares are summed.
-  iterable  ``accumulate_streamed_head_statistics`` on ``dataset.to_iterable_dataset(num_shards=64)`` (what
-            ``load_dataset(..., streaming=True)`` gives): one pass, sorted by length within a window.
-  cached    ``extract_head_inputs`` first (the whole ``N x hidden`` float32 matrix), then one statistics update:
-            how the pass worked before it was streamed.
+  streamed  ``hf_incr.frozen_pass`` on ``dataset["text"]`` feeding a ``hf_incr.heads.LinearHead`` (``begin``,
+            the pass, ``end``): batch by batch into the Linear's statistics (what an increment does), labels read
+            per batch from Arrow; under ``accelerate launch --num_processes N`` each process encodes its share and
+            the shares are summed.
+  cached    ``hf_incr.extract_head_inputs`` first (the whole ``N x hidden`` float32 matrix), then one statistics
+            update of the same head: how the pass worked before it was streamed.
   forward   a plain ``Trainer.predict`` over the same texts (the floor: the encoder alone).
+
+(An ``iterable`` mode, the pass over ``dataset.to_iterable_dataset()``, measured a function hf_incr no longer has:
+``train_increment`` now writes a streamed data set to disk first and runs the ``streamed`` pass over it.)
 
     python scripts/benchmarks/scale.py --sizes 10000 30000 100000 --modes streamed cached forward
     accelerate launch --multi_gpu --num_processes 2 scripts/benchmarks/scale.py --child streamed --rows 30000 \
@@ -49,9 +51,10 @@ from transformers import (
     TrainingArguments,
 )
 
-from hf_incr.closed_form import RidgeStatistics
-from hf_incr.distributed import sum_over_processes
-from hf_incr.features import accumulate_head_statistics, accumulate_streamed_head_statistics, extract_head_inputs
+from hf_incr import extract_head_inputs, find_classifier_head, frozen_pass
+from hf_incr.heads import LinearHead, PassRows
+
+# Not exported by hf_incr: the offline default encoder's folder (the product's own lookup of it).
 from hf_incr.loading import default_encoder
 
 
@@ -60,7 +63,7 @@ class ScaleArguments:
     sizes: list[int] = field(default_factory=lambda: [10_000, 30_000, 100_000], metadata={"help": "Numbers of texts."})
     modes: list[str] = field(
         default_factory=lambda: ["streamed", "cached", "forward"],
-        metadata={"help": "streamed / iterable / cached / forward (see the module docstring)."},
+        metadata={"help": "streamed / cached / forward (see the module docstring)."},
     )
     processes: list[int] = field(
         default_factory=lambda: [1], metadata={"help": "Process counts for `streamed` (2: accelerate launch, gloo)."}
@@ -99,28 +102,26 @@ def run_child(args: ScaleArguments) -> dict:
     data, label2id = _data(args.rows)
     labels = data.select_columns(["label"])  # a batch's labels are read from Arrow when it needs them
 
-    def one_hot(names) -> torch.Tensor:
-        return torch.nn.functional.one_hot(torch.tensor([label2id[name] for name in names]), 77).double()
+    def ids(names) -> torch.Tensor:
+        return torch.tensor([label2id[name] for name in names])
 
+    location = find_classifier_head(model)
+    # The Linear's statistics, as an increment of 77 labels over every row starts them (all rows its own).
+    head = LinearHead.start(model, location, multi_label=False)
+    rows = PassRows(num_old=0, num_labels=77, annotated=None, own=args.rows, total=args.rows)
     start = time.perf_counter()
     encoded = args.rows
-    if args.child in ("streamed", "iterable"):
-        statistics = RidgeStatistics.empty(model.config.hidden_size, 77)
-        options = dict(batch_size=args.batch_size, max_length=args.max_length, device=device, show_progress=False)
-        if args.child == "streamed":
-            encoded = accumulate_head_statistics(
-                model, tokenizer, data["text"], lambda index: one_hot(labels[index]["label"]), [statistics], **options
-            )
-        else:
-            encoded = accumulate_streamed_head_statistics(
-                model, tokenizer, data.to_iterable_dataset(num_shards=64), lambda batch: one_hot(batch["label"]),
-                [statistics], **options,
-            )
-        sum_over_processes(statistics.gram, statistics.cross)
+    if args.child == "streamed":
+        head.begin(rows)
+        encoded = frozen_pass(
+            model, tokenizer, data["text"], [head], lambda index: ids(labels[index]["label"]), location=location,
+            batch_size=args.batch_size, max_length=args.max_length, device=device, show_progress=False,
+        )
+        head.end()  # under accelerate launch: every process's share summed
     elif args.child == "cached":
-        features = extract_head_inputs(model, tokenizer, data["text"], batch_size=args.batch_size,
+        features = extract_head_inputs(model, tokenizer, data["text"], location=location, batch_size=args.batch_size,
                                        max_length=args.max_length, device=device, show_progress=False)
-        RidgeStatistics.empty(model.config.hidden_size, 77).update(features, one_hot(data["label"]))
+        head.statistics.update(features, ids(data["label"]))  # every process holds every row: nothing to sum
     else:
         data = data.map(
             lambda b: tokenizer(b["text"], truncation=True, max_length=args.max_length), batched=True,
@@ -167,7 +168,7 @@ def main(args: ScaleArguments) -> None:
     rows_out = []
     for rows in args.sizes:
         for mode in args.modes:
-            for processes in args.processes if mode in ("streamed", "iterable") else [1]:
+            for processes in args.processes if mode == "streamed" else [1]:
                 load = os.getloadavg()[0]
                 runs = _measure(args, mode, rows, processes, out)
                 slowest = max(run["seconds"] for run in runs)
