@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,19 +20,13 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from .config import IncrementConfig, check_removed
 from .console import is_verbose, quiet_run
-from .data import encode_labels, is_multi_label_model, load_text_data, model_columns, tokenize
-from .demo import main as demo_main
 from .errors import ConfigError, HfIncrError
 from .heads import extra_heads
-from .hub import push_to_hub
-from .info import model_info
-from .lineage import get_lineage
-from .loading import default_encoder, load_classifier
 from .model_card import CARD_FILENAME, PLOT_FILENAME
-from .recipe import train_base_classifier, train_increment
-from .report import PLAIN_ROW, answering_thresholds, format_info, format_summary
-from .trainer import evaluate_model
-from .validation import check_checkpoint, check_output_dir, check_resume_from_checkpoint
+from .report import PLAIN_ROW, answering_thresholds, format_summary
+
+# The commands import what they run (the Trainer stack, datasets, the Hub client) when they run: `hf-incr --help`
+# and `hf-incr info` start at the cost of torch and transformers' argument classes.
 
 SUBCOMMANDS = ("train-base", "increment", "evaluate", "info", "push", "demo")
 
@@ -176,6 +171,8 @@ def save_config(path: str, values: dict, defaults: dict) -> None:
 
 def load_data(script_args: ScriptArguments):
     """The training and eval data sets named by ``script_args``."""
+    from .data import load_text_data
+
     if script_args.train_file:
         train = load_text_data(script_args.train_file)
     elif script_args.dataset_name:
@@ -189,6 +186,8 @@ def load_data(script_args: ScriptArguments):
 
 def load_eval_data(script_args: ScriptArguments):
     """Only the eval data set named by ``script_args`` (``None`` if none is named)."""
+    from .data import load_text_data
+
     if script_args.eval_file:
         return load_text_data(script_args.eval_file)
     if script_args.dataset_name and script_args.eval_split:
@@ -201,12 +200,17 @@ def load_eval_data(script_args: ScriptArguments):
 def check_run_paths(training_args, model_dir: str | None = None) -> None:
     """Before anything is loaded or written: the output folder can be replaced safely and
     ``resume_from_checkpoint`` points into it (see :mod:`hf_incr.validation`)."""
+    from .validation import check_output_dir, check_resume_from_checkpoint
+
     check_output_dir(training_args.output_dir, model_dir)
     check_resume_from_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
 
 
 def run_train_base(script_args: ScriptArguments, recipe: IncrementConfig, training_args):
     """``hf-incr train-base``: a first classifier on the data's labels."""
+    from .loading import default_encoder
+    from .recipe import train_base_classifier
+
     check_run_paths(training_args, script_args.model_name_or_path)
     train, evaluation = load_data(script_args)
     model_path = script_args.model_name_or_path or default_encoder()
@@ -220,19 +224,31 @@ def run_train_base(script_args: ScriptArguments, recipe: IncrementConfig, traini
 
 def run_increment(script_args: ScriptArguments, recipe: IncrementConfig, training_args):
     """``hf-incr increment``: add the new labels of the data to a trained classifier and train the increment."""
+    from .loading import load_classifier
+    from .recipe import train_increment
+    from .validation import check_checkpoint
+
     if not script_args.model_name_or_path:
         raise ConfigError("`hf-incr increment` needs `--model_name_or_path`: the trained classifier to extend.")
     check_run_paths(training_args, script_args.model_name_or_path)
     check_checkpoint(script_args.model_name_or_path)
     train, evaluation = load_data(script_args)
+    started = time.perf_counter()
     model, tokenizer = load_classifier(script_args.model_name_or_path, script_args.trust_remote_code)
+    loaded = time.perf_counter() - started
     result = train_increment(model, tokenizer, train, evaluation, config=recipe, args=training_args)
+    result.timings = {"load_s": loaded, **result.timings}
     _finish(result, training_args, model)
     return result
 
 
 def run_evaluate(script_args: ScriptArguments, recipe: IncrementConfig, training_args):
     """``hf-incr evaluate``: metrics of a saved classifier on data; old/new split from its last increment."""
+    from .data import encode_labels, is_multi_label_model, model_columns, tokenize
+    from .lineage import get_lineage
+    from .loading import load_classifier
+    from .trainer import evaluate_model
+
     if not script_args.model_name_or_path:
         raise ConfigError("`hf-incr evaluate` needs `--model_name_or_path`: the classifier to evaluate.")
     model, tokenizer = load_classifier(script_args.model_name_or_path, script_args.trust_remote_code)
@@ -255,6 +271,8 @@ def run_evaluate(script_args: ScriptArguments, recipe: IncrementConfig, training
 
 def run_push(script_args: ScriptArguments, recipe: IncrementConfig, training_args):
     """``hf-incr push``: upload a saved folder (model, card, lineage, plot, replay memory) to the Hub."""
+    from .hub import push_to_hub
+
     if not script_args.model_name_or_path or not script_args.repo_id:
         raise ConfigError("`hf-incr push` needs `--model_name_or_path FOLDER` (a saved model) and `--repo_id`.")
     return push_to_hub(
@@ -268,6 +286,8 @@ def _finish(result, training_args, model, title: str = "increment") -> None:
     """Print the summary: old / new / all table, labels added, time per phase, where things were written."""
     if training_args.process_index != 0:
         return
+    from .data import is_multi_label_model
+
     print()
     print(summary_of(result, title, multi_label=is_multi_label_model(model)))
 
@@ -307,6 +327,9 @@ def run_info(argv: list[str]) -> dict:
     parser.add_argument("--revision", default=None, help="Branch, tag or commit of a Hub repo.")
     parser.add_argument("--token", default=None, help="Hub token for a private repo (default: the stored one).")
     args = parser.parse_args(argv)
+    from .info import model_info
+    from .report import format_info
+
     info = model_info(args.model, revision=args.revision, token=args.token)
     print(format_info(info))
     return info
@@ -349,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     try:
         if command == "demo":
+            from .demo import main as demo_main
+
             demo_main(rest)
             return 0
         if command == "info":

@@ -16,6 +16,8 @@ from typing import Any
 
 from .errors import ConfigError
 
+# `config.problem_type` of a sigmoid (multi-label) classifier in transformers.
+MULTI_LABEL = "multi_label_classification"
 # The gradient path: the Linear trained by gradient in every increment (warm-up, fine-tune), with the forgetting
 # controls. Every other value of `head` names a registered head solved from statistics (hf_incr.heads).
 TRAINED = "trained"

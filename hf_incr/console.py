@@ -13,7 +13,6 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import datasets
 from tqdm.auto import tqdm
 from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 from transformers.utils import logging as transformers_logging
@@ -89,6 +88,8 @@ def quiet_trainer(trainer, desc: str, text: str | None = None):
 def quiet_run(verbose: bool = False) -> Iterator[None]:
     """For one command: no ``datasets`` Map / Filter bars and no transformers loading / writing bars (unless
     ``verbose``, which also shows transformers' info logs); everything restored afterwards."""
+    import datasets  # only the commands that process data need it (`hf-incr --help` and `info` do not)
+
     datasets_bars = datasets.is_progress_bar_enabled()
     transformers_bars = transformers_logging.is_progress_bar_enabled()
     verbosity = transformers_logging.get_verbosity()

@@ -19,13 +19,12 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, IterableDataset
 from datasets import Sequence as HFSequence
 from transformers.utils import logging
 
+from .config import MULTI_LABEL
 from .distributed import distributed_launch, every_process_agrees
 from .errors import DataError
 
 logger = logging.get_logger(__name__)
 
-# `config.problem_type` of a sigmoid (multi-label) classifier in transformers.
-MULTI_LABEL = "multi_label_classification"
 
 _FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 

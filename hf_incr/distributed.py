@@ -1,8 +1,8 @@
 """The frozen pass across processes: which rows this process encodes, and how the results come together.
 
 Under ``accelerate launch --num_processes N`` each process encodes about ``1/N`` of an increment's rows
-(:func:`rows_of_this_process`, accelerate's ``split_between_processes``; a streamed data set:
-:func:`shard_of_this_process`, datasets' ``split_dataset_by_node``). Closed-form statistics are sums, so each
+(:func:`rows_of_this_process`, accelerate's ``split_between_processes``; a stream is written to disk first, then
+split the same way). Closed-form statistics are sums, so each
 process accumulates its rows' share in float64 and :func:`sum_over_processes` adds the shares up (an all-reduce):
 every process ends with the same statistics and solves the same head. Row-wise results that a later step needs in
 full (the cached warm-up's features, herding) are put back together in row order by :func:`gather_rows`.
@@ -15,9 +15,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
-from accelerate import PartialState
-from datasets import IterableDataset
-from datasets.distributed import split_dataset_by_node
 
 
 def _distributed() -> bool:
@@ -35,19 +32,11 @@ def rows_of_this_process(num_rows: int) -> range:
     A ``range``, not a list: a list of Python ints costs 36 bytes a row (11 MB at 300,000 rows)."""
     if not _distributed():
         return range(num_rows)
+    from accelerate import PartialState  # only under a distributed launch
+
     # accelerate slices a tensor as it slices a list; the share is contiguous, so its ends describe it.
     with PartialState().split_between_processes(torch.arange(num_rows)) as share:
         return range(int(share[0]), int(share[-1]) + 1) if len(share) else range(0)
-
-
-def shard_of_this_process(dataset: IterableDataset) -> IterableDataset:
-    """The part of a streamed (iterable) data set this process reads: datasets' ``split_dataset_by_node`` (whole
-    shards when their number divides among the processes, else every N-th row). Map-style data sets and lists are
-    split by :func:`rows_of_this_process` instead, which keeps each share contiguous."""
-    if not _distributed():
-        return dataset
-    state = PartialState()
-    return split_dataset_by_node(dataset, rank=state.process_index, world_size=state.num_processes)
 
 
 def sum_over_processes(*tensors: torch.Tensor) -> None:

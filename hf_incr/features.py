@@ -18,8 +18,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from datasets import Dataset
-from datasets.arrow_dataset import Column
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -68,6 +66,9 @@ def _text_reader(texts) -> Callable[[np.ndarray], list[str]]:
     """``read(row_ids) -> texts``. A datasets ``Column`` (``dataset["text"]``) is read from its Arrow table a chunk
     at a time: indexing it text by text builds a new Dataset per text, and ``list(column)`` would hold every text as
     a Python string (about 100 bytes each; 90 MB of the peak memory at 300,000 texts)."""
+    from datasets import Dataset
+    from datasets.arrow_dataset import Column
+
     if isinstance(texts, Column) and isinstance(texts.source, Dataset):
         name = texts.column_name
         table = texts.source.select_columns([name])
@@ -213,3 +214,13 @@ def encode_for_heads(
                 device=device, show_progress=show_progress, desc=desc)
     matrices = {key: cache.end() for key, cache in by_key.items()}
     return {name: matrices[cache.feature_key] for name, cache in caches.items()}
+
+
+class HeadInputs:
+    """A reader of what the output Linear receives, for :func:`encode_for_heads` (the Linear's own feature key)."""
+
+    feature_key = HEAD_INPUTS
+
+    @staticmethod
+    def capture(model: nn.Module, location: ClassifierHead) -> Capture:
+        return HeadInputsCapture(model, location)

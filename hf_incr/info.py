@@ -13,8 +13,7 @@ from typing import Any
 
 from huggingface_hub import HfApi, constants, hf_hub_download
 
-from .config import IncrementConfig
-from .data import MULTI_LABEL
+from .config import MULTI_LABEL, IncrementConfig
 from .errors import ConfigError, HfIncrError
 from .heads import HEADS
 from .lineage import LINEAGE_ATTRIBUTE

@@ -16,13 +16,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from transformers.utils import logging
 
-from .data import MULTI_LABEL
+from .config import MULTI_LABEL
 from .lineage import LINEAGE_ATTRIBUTE, get_lineage
 from .replay import REPLAY_DIRNAME, REPLAY_FILENAME
 from .report import answering_thresholds, format_probability
@@ -309,6 +306,9 @@ def plot_increments(lineage: list[dict[str, Any]], path: str | Path, *, metric_n
 
     xs = [record.get("increment", i) for i, (record, _) in enumerate(points)]
     long = len(points) > PLOT_FULL_TICKS
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # matplotlib only where a plot is drawn
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(7.5, 4.6 if long else 4.2), dpi=120, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -526,6 +526,8 @@ def _replay_examples(directory: Path) -> dict[str, list[str]]:
     if not path.is_file():
         return {}
     try:
+        import pyarrow.parquet as pq
+
         rows = pq.read_table(path).to_pylist()
     except Exception as error:  # an unreadable memory must not block a save
         logger.warning("Could not read example texts from %s: %s", path, error)

@@ -56,9 +56,10 @@ from .hub import push_saved_model
 from .layers import encoder_layers
 from .lineage import append_record, find_rerun, make_record
 from .loading import load_heads, saved_state_folder
+from .measure import EvalFeatures, metrics_of
 from .plan import IncrementPlan, plan
 from .replay import ReplayMemory, balanced_repeat, mix_replay
-from .saving import save_increment
+from .saving import remove_checkpoints, save_increment
 from .trainer import evaluate_model, train_phase, warm_up_on_cached_features
 from .validation import check_increment_inputs, check_output_dir, check_resume_from_checkpoint, check_saved_state
 
@@ -103,9 +104,21 @@ class Increment:
     location: ClassifierHead  # the grown output Linear
     rows: Dataset  # the training rows, labels encoded: the increment's own rows, then replayed ones
     own: int  # how many of them are the increment's own
-    eval_rows: Dataset | None  # tokenized eval data, labels encoded
+    train: Dataset  # the increment's own rows as the caller gave them (label names, not encoded)
+    eval_rows: Dataset | None  # tokenized eval data, labels encoded, for Trainer (the encoder changes)
+    eval_features: EvalFeatures | None  # what every head reads of the eval data (the encoder stays frozen)
     teacher: torch.nn.Module | None  # the model before the increment, for distillation
     fingerprint: str | None  # of the increment's own training data (the lineage's rerun check)
+
+    @property
+    def evaluated(self) -> bool:
+        return self.eval_rows is not None or self.eval_features is not None
+
+    @property
+    def eval_size(self) -> int | None:
+        if self.eval_features is not None:
+            return len(self.eval_features.labels)
+        return None if self.eval_rows is None else len(self.eval_rows)
 
     @property
     def show_progress(self) -> bool:
@@ -195,8 +208,9 @@ def run_plan(model, tokenizer, train, evaluation, config, args, the_plan: Increm
     ship_inference_code(model.config, {})
     teacher = copy.deepcopy(model).eval() if the_plan.teacher else None
     fitted = _heads_to_fit(model, location, the_plan, saved, config, args.seed)
+    readers = {**({answering_before.name: answering_before} if answering_before else {}), **fitted}
     increment, cache, timings = grow(model, tokenizer, train, evaluation, config, args, the_plan, location, memory,
-                                     teacher)
+                                     teacher, readers)
     before = measure(increment, answering_before, before=True)
     trainable = {name: p.requires_grad for name, p in model.named_parameters()}
     try:
@@ -205,8 +219,12 @@ def run_plan(model, tokenizer, train, evaluation, config, args, the_plan: Increm
         for name, param in model.named_parameters():
             param.requires_grad_(trainable.get(name, True))
     memory = _after_training(increment, outcome, memory, cache)
-    after = measure(increment, None, before=False)
+    started = time.perf_counter()
+    after = measure(increment, outcome.heads.get(the_plan.answering) if the_plan.answering != "linear" else None,
+                    before=False)
     plain = measure_plain(increment)
+    if after:
+        timings["evaluate_s"] = timings.get("evaluate_s", 0.0) + time.perf_counter() - started
     timings.update(outcome.timings)
     timings["total_s"] = time.perf_counter() - start
     return IncrementResult(
@@ -302,8 +320,10 @@ def _heads_to_fit(model, location, the_plan: IncrementPlan, saved, config, seed)
 # 5. Grow ----------------------------------------------------------------------------------------------------------
 
 
-def grow(model, tokenizer, train, evaluation, config, args, the_plan: IncrementPlan, location, memory, teacher):
-    """Mix in replayed rows, cache their head inputs if a step needs them, grow the head, and encode the labels."""
+def grow(model, tokenizer, train, evaluation, config, args, the_plan: IncrementPlan, location, memory, teacher,
+         readers: dict[str, Head]):
+    """Mix in replayed rows, cache their head inputs if a step needs them, grow the head, and encode the labels; with
+    eval data and an encoder that stays frozen, what every head (``readers``) reads of it, from one pass."""
     timings: dict[str, float] = {}
     rows = train
     if memory is not None and len(memory):
@@ -328,12 +348,21 @@ def grow(model, tokenizer, train, evaluation, config, args, the_plan: IncrementP
         location = location.refreshed()
     label2id = model.config.label2id
     encoded = encode_labels(rows, label2id, config.label_column, the_plan.multi_label)
-    eval_rows = None
+    eval_rows = eval_features = None
     if evaluation is not None:
+        started = time.perf_counter()
         eval_encoded = encode_labels(evaluation, label2id, config.label_column, the_plan.multi_label)
-        eval_rows = model_columns(tokenize(eval_encoded, tokenizer, config.text_column, config.max_length), tokenizer)
-    increment = Increment(model, tokenizer, args, config, the_plan, location, encoded, len(train), eval_rows, teacher,
-                          getattr(train, "_fingerprint", None))
+        if the_plan.fine_tune or the_plan.path == "adapt":  # the encoder changes: Trainer evaluates the model
+            eval_rows = model_columns(tokenize(eval_encoded, tokenizer, config.text_column, config.max_length),
+                                      tokenizer)
+        else:
+            eval_features = EvalFeatures.compute(
+                model, tokenizer, eval_encoded[config.text_column], eval_encoded["labels"], readers,
+                location=location, max_length=config.max_length, device=args.device, show_progress=show,
+            )
+        timings["evaluate_s"] = time.perf_counter() - started
+    increment = Increment(model, tokenizer, args, config, the_plan, location, encoded, len(train), train, eval_rows,
+                          eval_features, teacher, getattr(train, "_fingerprint", None))
     return increment, cache, timings
 
 
@@ -341,26 +370,34 @@ def grow(model, tokenizer, train, evaluation, config, args, the_plan: IncrementP
 
 
 def measure(increment: Increment, answering: Head | None, *, before: bool) -> dict[str, float]:
-    """Metrics on the eval data, split into old / new labels (``{}`` without eval data).
+    """Metrics on the eval data, split into old / new labels (``{}`` without eval data); ``answering``: the extra head
+    the model answers with (None: the Linear).
 
-    Before training, the model is scored as the user had it (``answering``: the extra head it answered with), on the
-    old labels only: their rows are kept bit for bit, so this is exactly the model before the increment."""
-    if increment.eval_rows is None or (before and not increment.plan.num_old):
+    Before training, the model is scored as the user had it, on the old labels only: their rows are kept bit for bit,
+    so this is exactly the model before the increment."""
+    if not increment.evaluated or (before and not increment.plan.num_old):
         return {}
-    if answering is not None:
-        answering.attach(increment.model, increment.location, fewer_labels_ok=True)
-    try:
+    if increment.eval_features is not None:
+        logits = increment.eval_features.logits(increment.location.linear, answering)
+        return metrics_of(logits, increment.eval_features.labels, old_ids=increment.plan.old_ids,
+                          multi_label=increment.plan.multi_label, threshold=increment.config.threshold,
+                          only_old=before)
+    if not before or answering is None:  # after: the answering head is attached already
         return _evaluate(increment, only_old=before)
+    answering.attach(increment.model, increment.location, fewer_labels_ok=True)
+    try:
+        return _evaluate(increment, only_old=True)
     finally:
-        if answering is not None:
-            type(answering).detach(increment.model, increment.location)
+        type(answering).detach(increment.model, increment.location)
 
 
 def measure_plain(increment: Increment) -> dict[str, float]:
     """With an extra head answering, the metrics of the model's own Linear, which is what plain transformers loads
     (``{}`` without an extra head or eval data): the summary shows both."""
-    if increment.eval_rows is None or increment.plan.answering == "linear":
+    if not increment.evaluated or increment.plan.answering == "linear":
         return {}
+    if increment.eval_features is not None:
+        return measure(increment, None, before=False)
     cls = HEADS[increment.plan.answering]
     answering = cls.attached(increment.model, increment.location)
     if answering is None:
@@ -472,7 +509,7 @@ def adapt_path(increment: Increment, heads: dict[str, Head], cache) -> Outcome:
     Otherwise every weight goes back to the kept state (a CPU copy of the weights is held meanwhile)."""
     config, model = increment.config, increment.model
     started = time.perf_counter()
-    checked = increment.eval_rows is not None
+    checked = increment.evaluated
     # The start of the adaptation: the new rows fitted beside the kept ones (only a quick fit when nothing checks it).
     heads["linear"].quick = not checked
     kept = kept_rows_path(increment, {"linear": heads["linear"]}, cache)
@@ -574,7 +611,7 @@ def _after_training(increment: Increment, outcome: Outcome, memory: ReplayMemory
     config = increment.config
     if config.replay_per_label <= 0:
         return memory
-    rows = increment.rows.select(range(increment.own))  # the increment's own rows come first
+    rows = increment.train  # label names as given (the encoded rows' column may be the `labels` it wrote)
     return (memory if memory is not None else ReplayMemory()).update(
         rows[config.text_column], row_label_names(rows, config.label_column), config.replay_per_label,
         features=cache.features[: increment.own], seed=increment.args.seed,
@@ -613,7 +650,7 @@ def lineage_record(increment: Increment, outcome: Outcome, before, after, plain,
                  "forgetting": _forgetting(before, after),
                  "train_examples": increment.own,
                  "replayed_examples": len(increment.rows) - increment.own,
-                 "eval_examples": None if increment.eval_rows is None else len(increment.eval_rows),
+                 "eval_examples": increment.eval_size,
                  "seconds": round(timings.get("total_s", 0.0), 1)},
         num_labels=len(model.config.label2id),
         data_fingerprint=increment.fingerprint,
@@ -635,10 +672,15 @@ def _forgetting(before: dict, after: dict) -> float | None:
 
 
 def save_and_push(model, tokenizer, args, config, result: IncrementResult, save: bool, pushed: bool):
-    """With ``save``, the model saved atomically (main process) and pushed if ``args.push_to_hub``."""
+    """With ``save``, the model saved atomically (main process) and pushed if ``args.push_to_hub``. A finished run
+    leaves no Trainer checkpoint behind (a killed one resumes from them)."""
+    if args.process_index == 0:
+        remove_checkpoints(args.output_dir)
     if save and args.process_index == 0:
+        started = time.perf_counter()
         result.output_dir = str(save_increment(model, args.output_dir, tokenizer, replay=result.replay_memory,
                                                heads=result.heads))
+        result.timings["save_s"] = time.perf_counter() - started
         if pushed and args.push_to_hub:
             # Trainer's own push is off in every phase (it would upload a card without the lineage); the saved
             # folder, card and lineage included, is pushed once here.

@@ -6,13 +6,15 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
-from datasets import Dataset, concatenate_datasets
 
 from .errors import DataError, damaged_file_error
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 REPLAY_DIRNAME = "replay_memory"
 REPLAY_FILENAME = "memory.parquet"
@@ -90,12 +92,16 @@ class ReplayMemory:
 
     def to_dataset(self, text_column: str = "text", label_column: str = "label", multi_label: bool = False) -> Dataset:
         """The memory as a data set with the caller's column names (label names, lists for multi-label)."""
+        from datasets import Dataset
+
         labels = [row["labels"] if multi_label else row["labels"][0] for row in self.rows]
         return Dataset.from_dict({text_column: [row["text"] for row in self.rows], label_column: labels})
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / REPLAY_DIRNAME
         path.mkdir(parents=True, exist_ok=True)
+        from datasets import Dataset
+
         Dataset.from_list(self.rows or [{"text": "", "labels": []}]).select(range(len(self.rows))).to_parquet(
             str(path / REPLAY_FILENAME)
         )
@@ -114,6 +120,8 @@ class ReplayMemory:
         )
         try:
             # Read directly: Dataset.from_parquet would also write a copy into the datasets cache on every load.
+            import pyarrow.parquet as pq
+
             rows = pq.read_table(str(path)).to_pylist()
         except Exception as error:  # pyarrow raises several error types for a damaged or foreign file
             raise damaged_file_error(
@@ -142,6 +150,8 @@ def mix_replay(
 ) -> Dataset:
     """``dataset`` plus the memory's rows (``repeat`` times), with the same columns (the memory's label column cast
     to match). The increment's own rows come first."""
+    from datasets import concatenate_datasets
+
     replay = memory.to_dataset(text_column, label_column, multi_label)
     if repeat > 1:
         replay = concatenate_datasets([replay] * repeat)

@@ -87,6 +87,14 @@ def save_increment(
     return output_dir
 
 
+def remove_checkpoints(output_dir: str | os.PathLike) -> None:
+    """Delete the Trainer checkpoints of a run that has finished (``output_dir/checkpoints``): they hold optimizer
+    states (1.4 GB after a MiniLM base) that nothing reads once the run is done."""
+    folder = Path(output_dir) / CHECKPOINTS_DIRNAME
+    if folder.is_dir():
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def recover_interrupted_save(output_dir: str | os.PathLike) -> Path | None:
     """Finish or undo a save of ``output_dir`` that was killed, and delete its leftover folders.
 

@@ -14,7 +14,7 @@ from transformers import AutoModelForSequenceClassification
 
 import hf_incr
 from hf_incr import IncrementConfig, train_increment
-from hf_incr.closed_form import RidgeStatistics
+from hf_incr.heads import LinearHead
 
 OLD = ["refund", "delivery", "login"]
 
@@ -34,8 +34,8 @@ def test_new_rows_only_keep_every_trained_row_bit_for_bit_and_save_kept_statisti
     assert torch.equal(grown_weight[:3], weight) and torch.equal(grown_bias[:3], bias)
     assert grown_weight[3].abs().sum() > 0 and "new_rows_s" in result.timings
     assert "warmup" not in result.train_metrics and "closed_form_s" not in result.timings
-    stats = RidgeStatistics.load(tmp_path / "v2")
-    assert stats.count == 6 and stats.num_labels == 4 and stats.kept.tolist() == [True] * 4
+    stats = LinearHead.load(tmp_path / "v2", multi_label=False)
+    assert stats.statistics.num_rows == 6 and stats.num_labels == 4 and stats.kept.tolist() == [True] * 4
 
     # The next increment of the saved model continues on the same path: every row it has stays.
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "v2")
@@ -45,8 +45,8 @@ def test_new_rows_only_keep_every_trained_row_bit_for_bit_and_save_kept_statisti
     after_weight, after_bias = _head(reloaded)
     assert again.new_labels == ["colour"]
     assert torch.equal(after_weight[:4], before_weight) and torch.equal(after_bias[:4], before_bias)
-    stats = RidgeStatistics.load(tmp_path / "v3")
-    assert stats.count == 12 and stats.kept.tolist() == [True] * 5
+    stats = LinearHead.load(tmp_path / "v3", multi_label=False)
+    assert stats.statistics.num_rows == 12 and stats.kept.tolist() == [True] * 5
 
 
 def test_the_new_label_is_learned_beside_the_kept_rows(tmp_path):
@@ -85,14 +85,14 @@ def test_rows_of_every_label_and_nothing_new_replace_a_worse_head_and_hand_over_
     # A random head is a worse summary of the labels than a refit on their rows: the held-out check picks the refit,
     # nothing is marked kept, and the next increment solves the head in closed form.
     model = tiny_bert(OLD, seed=4)
-    config = IncrementConfig(closed_form_solver="ridge", ridge_lambda=1.0)
+    config = IncrementConfig()
     first = train_increment(model, tokenizer(), text_dataset(OLD, 8), config=config,
                             args=training_args(tmp_path), save=False)
-    assert first.new_labels == [] and first.ridge_statistics.kept.tolist() == [False] * 3
+    assert first.new_labels == [] and first.heads["linear"].kept.tolist() == [False] * 3
     second = train_increment(model, tokenizer(), text_dataset(["repair"], 8), config=config,
-                             args=training_args(tmp_path), save=False, ridge_statistics=first.ridge_statistics)
+                             args=training_args(tmp_path), save=False, heads=first.heads)
     assert "closed_form_s" in second.timings and "new_rows_s" not in second.timings
-    weight, _ = second.ridge_statistics.solve(1.0)
+    weight, _, _ = second.heads["linear"].solution()
     torch.testing.assert_close(model.classifier.weight.double(), weight, atol=1e-5, rtol=1e-4)
 
 
@@ -112,7 +112,7 @@ def test_multi_label_new_rows_beside_kept_ones_get_a_tuned_threshold(tmp_path):
     model = tiny_bert(OLD, problem_type="multi_label_classification", seed=2)
     train = text_dataset(["repair", "refund"], 6).map(lambda row: {"labels": [row["label"]]}).remove_columns("label")
     # The warning says what happens to a multi-label model's old labels (nothing) and how to decide the new ones.
-    advice = r"kept bit for bit, so their predictions do not change.*kernel_features=5000"
+    advice = r"kept bit for bit, so their predictions do not change.*`head=kernel` \(`kernel_features=5000`\)"
     with pytest.warns(UserWarning, match=advice):
         result = train_increment(model, tokenizer(), train, config=IncrementConfig(label_column="labels"),
                                  args=training_args(tmp_path), save=False)
@@ -156,13 +156,12 @@ def test_rows_of_every_old_label_adapt_the_encoder_and_hand_over_to_the_closed_f
     assert result.record["head_rows"] == "adapted" and result.record["adaptation"]["kept"] is False
     assert "adapt_s" in result.timings and "adapt" in result.train_metrics
     assert any(not torch.equal(encoder[n], p) for n, p in model.bert.named_parameters())
-    stats = RidgeStatistics.load(tmp_path / "v2")
-    assert stats.count == 32 and stats.kept.tolist() == [False] * 4
+    stats = LinearHead.load(tmp_path / "v2", multi_label=False)
+    assert stats.statistics.num_rows == 32 and stats.kept.tolist() == [False] * 4
     assert "| encoder adapted, then solved |" in (tmp_path / "v2" / "README.md").read_text()
     # The head is the closed-form solution of the adapted encoder's statistics (written in float32).
-    solved = torch.nn.Linear(32, 4).double()
-    stats.write_into(solved, config.ridge_lambda, "lda")
-    torch.testing.assert_close(model.classifier.weight.double(), solved.weight, atol=1e-5, rtol=1e-4)
+    weight, _, _ = stats.solution()
+    torch.testing.assert_close(model.classifier.weight.double(), weight, atol=1e-5, rtol=1e-4)
     # Every weight is trainable again as the caller had it, and the next increment takes the closed-form path.
     assert all(p.requires_grad for p in model.parameters())
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "v2")
@@ -190,7 +189,7 @@ def test_adapting_that_does_worse_on_the_eval_data_is_undone(tmp_path):
     for (name, param), (_, reference) in zip(model.named_parameters(), kept_model.named_parameters(), strict=True):
         assert torch.equal(param, reference), name
     assert result.metrics_after == kept.metrics_after
-    assert result.ridge_statistics.kept.tolist() == kept.ridge_statistics.kept.tolist()
+    assert result.heads["linear"].kept.tolist() == kept.heads["linear"].kept.tolist()
 
 
 def test_a_few_rows_per_old_label_do_not_adapt_the_encoder(tmp_path):

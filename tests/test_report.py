@@ -14,7 +14,7 @@ from text_models import text_dataset, tiny_bert, tokenizer
 from transformers.utils import logging as transformers_logging
 
 from hf_incr.cli import main
-from hf_incr.closed_form import RidgeStatistics
+from hf_incr.heads import ClassStatistics, LinearHead
 from hf_incr.hub import push_to_hub
 from hf_incr.info import model_info
 from hf_incr.replay import ReplayMemory
@@ -25,7 +25,6 @@ from hf_incr.report import (
     format_summary,
     format_timings,
     metric_name,
-    next_increment,
 )
 from hf_incr.saving import save_increment
 from hf_incr.trainer import clean_metrics
@@ -86,33 +85,37 @@ def test_clean_metrics_drops_trainer_bookkeeping_and_the_masked_loss():
 def _saved_folder(tmp_path, *, statistics: bool):
     model = _grown_model()  # labels alpha, beta (base) + gamma (increment 1)
     replay = ReplayMemory([{"text": "w5 w6", "labels": ["alpha"]}, {"text": "w7 w8", "labels": ["gamma"]}])
-    ridge = None
+    heads = None
     if statistics:
         linear = model.classifier
-        ridge = RidgeStatistics.empty(linear.in_features, 0).grow(linear.out_features)
-        ridge.update(torch.randn(4, linear.in_features), torch.eye(linear.out_features)[[0, 1, 2, 0]].double())
-    return save_increment(model, tmp_path / "grown", _tokenizer(tmp_path / "tok"), replay=replay, ridge=ridge)
+        rows = ClassStatistics(linear.in_features).grow(linear.out_features)
+        heads = {"linear": LinearHead(rows.update(torch.randn(4, linear.in_features), torch.tensor([0, 1, 2, 0])))}
+    return save_increment(model, tmp_path / "grown", _tokenizer(tmp_path / "tok"), replay=replay, heads=heads)
 
 
 def test_info_of_a_local_folder(tmp_path, capsys):
     folder = _saved_folder(tmp_path, statistics=True)
     info = model_info(str(folder))
     assert info["labels"] == [(0, "alpha", 0), (1, "beta", 0), (2, "gamma", 1)]
-    assert info["statistics"] and info["replay"] and not info["random_features"] and not info["multi_label"]
+    assert info["heads"] == {"linear": "yes", "kernel": None} and info["replay"] and not info["multi_label"]
     assert info["card"] == f"{folder}/README.md" and info["plot"] == f"{folder}/increments.png"
     assert main(["info", str(folder)]) == 0
     text = capsys.readouterr().out
     assert "gamma  (1)" in text and "| 1 | increment | gamma | 3 | 80.0 % | 85.0 % | 70.0 % | +5.0 pp |" in text
     assert "Last metrics: accuracy 0.8, old_accuracy 0.85, new_accuracy 0.7" in text
-    assert "Next increment: closed-form exact path" in text and "replay memory" in text
+    # The next increment solves the Linear from the saved statistics (the exact path).
+    assert "Linear's closed form (its statistics): yes" in text and "replay memory: yes" in text
+    assert "Next increment: one frozen pass over the rows (the output Linear's inputs), then Linear's closed form " \
+           "solved from the statistics saved with the model" in text
     assert f"Plot: {folder}/increments.png" in text
 
 
 def test_info_says_what_a_model_without_statistics_will_do(tmp_path):
     info = model_info(str(_saved_folder(tmp_path, statistics=False)))
-    assert not info["statistics"]
-    assert next_increment(info).startswith("the path for a model trained elsewhere")
-    assert "Next increment: the path for a model trained elsewhere" in format_info(info)
+    assert info["heads"]["linear"] == "no"
+    # The path for a model trained elsewhere: its trained rows kept, the new ones fitted beside them.
+    assert info["next_increment"].startswith("every trained row of the Linear kept bit for bit")
+    assert f"Next increment: {info['next_increment']}." in format_info(info)
 
 
 def test_info_of_a_plain_folder_and_of_nothing(tmp_path, capsys):
@@ -140,7 +143,7 @@ def test_info_through_the_hub_reads_config_and_file_list_only(hub, tmp_path, mon
     before = len(hub.routes_called())
     info = model_info("test-user/tiny-grown", token=TOKEN)
     assert [name for _, name, _ in info["labels"]] == ["alpha", "beta", "gamma"]
-    assert info["statistics"] and info["replay"] and len(info["lineage"]) == 2
+    assert info["heads"]["linear"] == "yes" and info["replay"] and len(info["lineage"]) == 2
     assert info["plot"].endswith("/test-user/tiny-grown/blob/main/increments.png")
     downloads = [r for r in hub.routes_called()[before:] if "/resolve/" in r]
     assert downloads and all(r.endswith("/config.json") for r in downloads)  # never the weights
@@ -149,7 +152,7 @@ def test_info_through_the_hub_reads_config_and_file_list_only(hub, tmp_path, mon
 # A quiet run --------------------------------------------------------------------------------------------------------
 
 # The gradient warm-up (a Trainer phase, whose logs the quiet default hides).
-FLAGS = ["--closed_form_head", "false", "--warmup_epochs", "2", "--init", "zeros", "--finetune_layers", "0",
+FLAGS = ["--head", "trained", "--warmup_epochs", "2", "--finetune_layers", "0",
          "--distill_weight", "0", "--use_cpu",
          "--report_to", "none", "--save_strategy", "no", "--per_device_train_batch_size", "4", "--seed", "0",
          "--logging_steps", "1"]

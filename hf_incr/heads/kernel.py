@@ -301,6 +301,7 @@ class KernelHead(Head):
 
     def begin(self, rows) -> None:
         self.rows = rows
+        self.bandwidth_report = None  # set again only by the increment that chooses the bandwidth
         # A head with a bandwidth accumulates this process's rows into a share; a new one keeps them until `end`.
         self.share = [s.empty_copy() for s in self.statistics] if self.statistics else None
         self._pending = []
@@ -411,7 +412,8 @@ class KernelHead(Head):
     # -- inference ------------------------------------------------------------------------------------------------
 
     def logits(self, features, linear_logits):
-        return self.classifier.with_linear_labels(self.classifier(features), linear_logits)
+        device = self.classifier.device
+        return self.classifier.with_linear_labels(self.classifier(features.to(device)), linear_logits.to(device))
 
     def attach(self, model, location, *, fewer_labels_ok: bool = False) -> None:
         self.check_model(model, location)

@@ -12,9 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .incremental_accuracy import IncrementalAccuracy
-from .incremental_multilabel_f1 import IncrementalMultilabelF1
-
 METRIC_NAMES = ("incremental_accuracy", "incremental_multilabel_f1")
 
 
@@ -46,6 +43,10 @@ def make_compute_metrics(
     allowed = None if restrict_to is None else np.asarray(sorted(int(i) for i in restrict_to), dtype=np.int64)
 
     def compute_metrics(eval_prediction) -> dict[str, float]:
+        # `evaluate` (which the metric modules build on) costs seconds to import: only when something is scored.
+        from .incremental_accuracy import IncrementalAccuracy
+        from .incremental_multilabel_f1 import IncrementalMultilabelF1
+
         logits = eval_prediction.predictions
         logits = logits[0] if isinstance(logits, tuple) else logits
         references = eval_prediction.label_ids
@@ -69,6 +70,19 @@ def make_compute_metrics(
         )
 
     return compute_metrics
+
+
+def __getattr__(name: str):
+    # The metric modules import `evaluate` (seconds): loaded when first asked for.
+    if name == "IncrementalAccuracy":
+        from .incremental_accuracy import IncrementalAccuracy
+
+        return IncrementalAccuracy
+    if name == "IncrementalMultilabelF1":
+        from .incremental_multilabel_f1 import IncrementalMultilabelF1
+
+        return IncrementalMultilabelF1
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["METRIC_NAMES", "IncrementalAccuracy", "IncrementalMultilabelF1", "make_compute_metrics", "metric_path"]
