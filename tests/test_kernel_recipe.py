@@ -5,6 +5,7 @@ the next increment, while plain ``from_pretrained`` keeps the linear closed-form
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -202,19 +203,24 @@ def test_hub_round_trip_through_load_model_and_pushing_without_statistics(hub, t
         folder / KERNEL_STATISTICS_FILENAME).read_bytes()
 
 
-def test_an_increment_with_the_kernel_head_needs_the_models_kernel_statistics(tmp_path):
+def test_without_the_models_kernel_statistics_an_increment_answers_with_the_linear(tmp_path):
     tok = tokenizer()
     linear_only = {**CONFIG, "head": "linear"}
     model = tiny_bert(["refund", "delivery"])
     train_increment(model, tok, text_dataset(["refund", "delivery"], 4), config=IncrementConfig(**linear_only),
                     args=training_args(tmp_path, output_dir=str(tmp_path / "a")), kind="base")
     reloaded = hf_incr.load_model(str(tmp_path / "a"))
-    with pytest.raises(ConfigError, match="no kernel LDA head with statistics"):
-        train_increment(reloaded, tok, text_dataset(["login"], 4), config=IncrementConfig(**CONFIG),
-                        args=training_args(tmp_path, output_dir=str(tmp_path / "b")))
+    # A kernel head started now would lack the old labels' rows: the Linear answers, and the warning says why.
+    with pytest.warns(UserWarning, match=r"no kernel LDA head \(its base was trained without it\) and one cannot "
+                                         r"start now.*answers with the Linear"):
+        result = train_increment(reloaded, tok, text_dataset(["login"], 4), config=IncrementConfig(**CONFIG),
+                                 args=training_args(tmp_path, output_dir=str(tmp_path / "b")))
+    assert result.plan.path == "solve" and result.plan.answering == "linear" and list(result.heads) == ["linear"]
+    assert _kernel(reloaded) is None and "kernel_lda" not in result.record
+    assert not (tmp_path / "b" / KERNEL_FILENAME).exists()
 
 
-def test_without_its_statistics_file_the_head_still_predicts_but_an_increment_refuses(tmp_path):
+def test_without_its_statistics_file_the_head_still_predicts_but_an_increment_drops_it(tmp_path):
     tok, config, model, *_ = _train_base(tmp_path)
     folder = tmp_path / "a"
     (folder / KERNEL_STATISTICS_FILENAME).unlink()  # as a push with push_statistics=False leaves the Hub
@@ -226,11 +232,14 @@ def test_without_its_statistics_file_the_head_still_predicts_but_an_increment_re
     info = model_info(str(folder))
     assert info["heads"]["kernel"] == "yes, without its statistics"
     assert "kernel LDA head: yes, without its statistics" in format_info(info)
-    assert info["next_increment"].startswith("refused with these settings")
-    assert "was not saved or pushed with it" in info["next_increment"]
-    with pytest.raises(ConfigError, match="was not saved or pushed"):
-        train_increment(loaded, tok, text_dataset(["login"], 4), config=config,
-                        args=training_args(tmp_path, output_dir=str(tmp_path / "b")))
+    with pytest.warns(UserWarning, match=r"kernel LDA head cannot continue: its statistics \("
+                                         + re.escape(KERNEL_STATISTICS_FILENAME) + r"\) were not saved or pushed"):
+        result = train_increment(loaded, tok, text_dataset(["login"], 4), config=config,
+                                 args=training_args(tmp_path, output_dir=str(tmp_path / "b")))
+    assert result.plan.answering == "linear" and "kernel" not in result.heads and _kernel(loaded) is None
+    assert not (tmp_path / "b" / KERNEL_FILENAME).exists() and "kernel_lda" not in result.record
+    # `hf-incr info` said so beforehand: what the next increment does names the kernel head it cannot continue.
+    assert re.search(r"kernel LDA head (cannot continue|is dropped)", info["next_increment"]), info["next_increment"]
 
 
 @pytest.mark.parametrize(
@@ -400,7 +409,8 @@ def test_multi_label_kernel_head_keeps_unannotated_labels_and_reloads(tmp_path):
     assert "after_plain_transformers" in result.record["metrics"]
     from hf_incr.cli import summary_of
     summary = summary_of(result, "increment", multi_label=True)
-    assert "after, plain transformers (its Linear)" in summary and "hf_incr.load_model(" in summary
+    assert "after, plain transformers (its Linear)" in summary
+    assert "trust_remote_code=True, top_k=None)  (the kernel LDA head)" in summary  # its code ships with the model
     # Saved and loaded again: the same logits; the card says what the head is (no random features here).
     torch.testing.assert_close(_logits(hf_incr.load_model(str(tmp_path / "b")), tok), after, rtol=1e-5, atol=1e-5)
     assert state.config.num_features == 0 and state.config.num_members == 1
@@ -464,13 +474,17 @@ def test_a_multi_label_classifier_trained_elsewhere_starts_a_kernel_head_beside_
     torch.testing.assert_close(last[:, :4], after, rtol=0, atol=1e-6)
 
 
-def test_a_single_label_classifier_trained_elsewhere_cannot_start_a_kernel_head(tmp_path, snapshot,
-                                                                                  assert_unchanged):
+def test_a_single_label_classifier_trained_elsewhere_cannot_start_a_kernel_head(tmp_path):
     model = tiny_bert(["refund", "delivery"], seed=2)
-    before = snapshot(model)
-    refusal = r"cannot start beside the kept rows of a single-label classifier.*multi-label classifier trained else"
-    with pytest.raises(ConfigError, match=refusal):
-        train_increment(model, tokenizer(), text_dataset(["login"], 4),
-                        config=IncrementConfig(head="kernel", kernel_features=64), args=training_args(tmp_path),
-                        save=False)
-    assert_unchanged(model, before)
+    linear = hf_incr.find_classifier_head(model).linear
+    weight, bias = linear.weight.detach().clone(), linear.bias.detach().clone()
+    # One softmax cannot mix two heads' logits: the Linear answers, its new row fitted beside the kept ones.
+    refusal = r"kernel LDA head cannot start beside the kept rows of a single-label classifier.*answers with the Lin"
+    with pytest.warns(UserWarning, match=refusal):
+        result = train_increment(model, tokenizer(), text_dataset(["login"], 4),
+                                 config=IncrementConfig(head="kernel", kernel_features=64),
+                                 args=training_args(tmp_path), save=False)
+    assert result.plan.path == "kept_rows" and result.plan.answering == "linear" and list(result.heads) == ["linear"]
+    assert _kernel(model) is None and "kernel_lda" not in result.record
+    grown = hf_incr.find_classifier_head(model).linear
+    assert torch.equal(grown.weight[:2], weight) and torch.equal(grown.bias[:2], bias)
