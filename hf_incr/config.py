@@ -11,6 +11,7 @@ refused by name with what replaced them (:data:`REMOVED`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -274,3 +275,17 @@ def check_removed(names, where: str) -> None:
     if removed:
         lines = "; ".join(f"`{name}` -> {REMOVED[name]}" for name in removed)
         raise ConfigError(f"{where} set(s) {removed}, removed from hf_incr: {lines}. Remove them (nothing was run).")
+
+
+def _refuse_removed(init):
+    """``IncrementConfig(kernel_members=2)`` says what replaced a removed setting instead of a bare TypeError."""
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        check_removed(kwargs, "IncrementConfig()")
+        init(self, *args, **kwargs)
+
+    return __init__
+
+
+IncrementConfig.__init__ = _refuse_removed(IncrementConfig.__init__)

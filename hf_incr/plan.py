@@ -45,6 +45,7 @@ class IncrementPlan:
     answering: str  # the head the model answers with ("linear", or an extra head's name)
     starts: tuple[str, ...]  # heads that start in this increment (the others continue saved statistics)
     dropped: tuple[str, ...]  # saved heads this increment drops
+    fallback: str | None  # why the head asked for cannot answer (the Linear does), with what would enable it
     fine_tune: bool  # the top layers are fine-tuned (the base, or every increment of the gradient path)
     warm_up: bool  # the output Linear is warmed up by gradient on cached features
     cache_features: bool  # the training rows' head inputs are cached before training (warm-up, imprint, herding)
@@ -80,6 +81,8 @@ class IncrementPlan:
             what = f"the output Linear warmed up, the top layers fine-tuned, then {what}"
         extras = [f"the {HEADS[name].title} starts here" for name in self.starts if name != "linear"]
         extras += [f"the saved {HEADS[name].title} is dropped" for name in self.dropped]
+        if self.fallback:
+            extras.append(f"the Linear answers: {self.fallback}")
         answer = f"; the model answers with the {HEADS[self.answering].title}" if self.answering != "linear" else ""
         return what + ("; " + ", ".join(extras) if extras else "") + answer
 
@@ -127,7 +130,12 @@ def plan(
         _check_new_labels_have_negatives(new_labels, row_labels, statistics=linear is not None, warnings=warnings)
     adapt = (keep_rows and linear is None and config.adapt_trained_elsewhere and row_labels is not None
              and _holds_old_labels(multi_label, model_labels, new_labels, row_labels))
-    extra, starts, dropped = _extra_head(config, saved, base or adapt, keep_rows and not adapt, multi_label, warnings)
+    extra, starts, dropped, fallback = _extra_head(config, saved, base or adapt, keep_rows and not adapt, multi_label)
+    warnings += [f"The model has a {HEADS[name].title} but `head={config.head}`: it is dropped (it would lack this "
+                 f"increment's labels). Keep `head={name}` to continue it." for name in dropped if name != extra
+                 and saved[name].can_continue]
+    if fallback:
+        warnings.append(fallback)
     path = "gradient" if gradient else "adapt" if adapt else "kept_rows" if keep_rows else "solve"
     fine_tune = config.finetune_layers != 0 and config.finetune_epochs > 0 and (base or config.finetune_increments)
     warm_up = config.warmup_epochs > 0 and (gradient or (path == "solve" and fine_tune))
@@ -140,7 +148,8 @@ def plan(
         kind=kind, new_labels=tuple(new_labels), num_old=num_old, num_labels=num_old + len(new_labels),
         multi_label=multi_label,
         annotated=None if annotated is None else tuple(annotated), path=path, heads=heads,
-        answering=extra or "linear", starts=starts, dropped=dropped, fine_tune=fine_tune, warm_up=warm_up,
+        answering=extra or "linear", starts=starts, dropped=dropped, fallback=fallback, fine_tune=fine_tune,
+        warm_up=warm_up,
         cache_features=warm_up or imprint or replay_herding,
         teacher=config.distill_weight > 0 and num_old > 0 and bool(new_labels) and (gradient or fine_tune),
         features=tuple(HEADS[name].reads for name in heads), warnings=tuple(warnings),
@@ -238,29 +247,22 @@ def _check_new_labels_have_negatives(new_labels, row_labels, *, statistics: bool
         )
 
 
-def _extra_head(config, saved, every_label, keep_rows, multi_label, warnings) -> tuple[str | None, tuple, tuple]:
-    """The extra head that answers (None: the Linear), the heads starting now, and saved heads dropped. A head that
-    cannot start or continue here leaves the answer to the Linear, with one line saying why and what would enable it.
-    ``every_label``: this increment's rows hold every label (a base, or an adapted classifier trained elsewhere)."""
+def _extra_head(config, saved, every_label, keep_rows, multi_label) -> tuple[str | None, tuple, tuple, str | None]:
+    """The extra head that answers (None: the Linear), the heads starting now, the saved heads dropped, and why the
+    head asked for cannot answer (a head that cannot start or continue leaves the answer to the Linear, with one line
+    saying why and what would enable it). ``every_label``: this increment's rows hold every label (a base, or an
+    adapted classifier trained elsewhere)."""
     wanted = config.head if config.head not in (TRAINED, "linear") else None
-    dropped = tuple(name for name, head in saved.items()
-                    if name != "linear" and name != wanted and head is not None and head.can_continue)
-    for name in dropped:
-        warnings.append(
-            f"The model has a {HEADS[name].title} but `head={config.head}`: it is dropped (it would lack this "
-            f"increment's labels). Keep `head={name}` to continue it."
-        )
-    if wanted is None:
-        return None, (), dropped
-    cls, existing = HEADS[wanted], saved.get(wanted)
-    if existing is not None and existing.can_continue:
-        return wanted, (), dropped
-    refusal = cls.start_refusal(every_label=every_label, keeps_rows=keep_rows, multi_label=multi_label,
-                                inference_only=existing is not None)
-    if refusal:
-        warnings.append(refusal)
-        return None, (), dropped
-    return wanted, (wanted,), dropped
+    existing = saved.get(wanted) if wanted else None
+    continues = existing is not None and existing.can_continue
+    refusal = None
+    if wanted and not continues:
+        refusal = HEADS[wanted].start_refusal(every_label=every_label, keeps_rows=keep_rows, multi_label=multi_label,
+                                              inference_only=existing is not None)
+    answering = None if wanted is None or refusal else wanted
+    dropped = tuple(name for name in saved if name != "linear" and (name != answering or not continues))
+    starts = (answering,) if answering and not continues else ()
+    return answering, starts, dropped, refusal
 
 
 def _holds_old_labels(multi_label, model_labels, new_labels, row_labels) -> bool:

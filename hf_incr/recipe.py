@@ -50,7 +50,7 @@ from .errors import DataError
 from .features import RowCache, frozen_pass
 from .freezing import freeze_all_but_head, unfreeze_top_layers
 from .head import ClassifierHead, add_labels, align_weights
-from .heads import HEADS, Head, KeptRowsHead, PassRows
+from .heads import HEADS, Head, KeptRowsHead, LinearHead, PassRows
 from .heads.base import ship_inference_code
 from .hub import push_saved_model
 from .layers import encoder_layers
@@ -312,6 +312,8 @@ def _heads_to_fit(model, location, the_plan: IncrementPlan, saved, config, seed)
             fitted[name] = HEADS[name].start(model, location, config=config, multi_label=the_plan.multi_label,
                                              seed=seed, kept_labels=the_plan.old_ids if the_plan.path == "kept_rows"
                                              else [])
+        elif isinstance(saved[name], KeptRowsHead):  # its refit won (nothing kept): solved as the plain Linear now
+            fitted[name] = LinearHead(saved[name].statistics, saved[name].kept)
         else:
             fitted[name] = saved[name]
     return fitted

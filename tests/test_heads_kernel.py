@@ -144,9 +144,10 @@ def test_bad_shapes_raise_data_error():
     ):
         head = KernelHead(_config(num_features=8, num_members=1))
         head.begin(PassRows(num_old=0, num_labels=6, annotated=None, own=72, total=72))
-        head.add(list(range(72)), features.float(), labels)
         with pytest.raises(DataError, match=match):
-            head.end()  # the first increment's rows are checked where its bandwidth is chosen
+            # features are checked as they come; the first increment's labels where its bandwidth is chosen
+            head.add(list(range(72)), features.float(), labels)
+            head.end()
     head = _pass(KernelHead(_config(num_features=8, num_members=1)), x, y)
     with pytest.raises(ValueError, match=r"reads 5-dimensional pooled vectors, got shape \(72, 3\)"):
         head.solve_classifier()(x[:, :3].float())

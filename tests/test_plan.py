@@ -71,17 +71,27 @@ def test_the_kernel_head_starts_with_a_base_or_beside_multi_label_kept_rows_and_
     base = make({}, config, rows(*OLD), kind="base")
     assert base.heads == ("linear", "kernel") and base.starts == ("linear", "kernel") and base.answering == "kernel"
     continued = make({"linear": linear(), "kernel": kernel()}, config)
-    assert continued.starts == () and "pooled top layers" in continued.features[1]
+    assert continued.starts == () and "pooled top layers" in continued.features[1] and not continued.dropped
     beside = make({}, config, [["repair"], []], multi_label=True)
     assert beside.path == "kept_rows" and beside.starts == ("linear", "kernel")
-    with pytest.raises(ConfigError, match="one softmax cannot mix"):
-        make({}, config)
-    with pytest.raises(ConfigError, match=r"no kernel LDA head with statistics.*the base was trained without it"):
-        make({"linear": linear()}, config)
-    with pytest.raises(ConfigError, match="was not saved or pushed"):
-        make({"linear": linear(), "kernel": kernel(statistics=False)}, config)
-    with pytest.raises(ConfigError, match="Keep what it was trained with: `kernel_features=64`"):
-        make({"linear": linear(), "kernel": kernel(64)}, config)
+    adapted = make({}, config, rows("repair", *OLD))
+    assert adapted.path == "adapt" and adapted.starts == ("linear", "kernel")  # every label's rows: it can start
+    # A head trained with another size keeps its own (kernel_features only sizes a head that starts).
+    assert make({"linear": linear(), "kernel": kernel(64)}, config).answering == "kernel"
+
+
+@pytest.mark.parametrize("saved, row_labels, reason", [
+    ({}, None, "cannot start beside the kept rows of a single-label classifier"),
+    ({"linear": linear()}, None, "its base was trained without it"),
+    ({"linear": linear(), "kernel": kernel(statistics=False)}, None, "were not saved or pushed with it"),
+])
+def test_where_the_kernel_head_cannot_start_or_continue_the_linear_answers_and_one_line_says_why(saved, row_labels,
+                                                                                                  reason):
+    step = make(saved, IncrementConfig(head="kernel"), row_labels)
+    assert step.answering == "linear" and step.heads == ("linear",) and "kernel" not in step.starts
+    assert step.fallback is not None and reason in step.fallback and step.warnings[-1] == step.fallback
+    assert f"the Linear answers: {step.fallback}" in step.describe()
+    assert step.dropped == (("kernel",) if "kernel" in saved else ())
 
 
 def test_a_saved_kernel_head_not_asked_for_is_dropped_with_a_warning():

@@ -307,6 +307,7 @@ class KernelHead(Head):
         self._pending = []
 
     def add(self, rows, features, targets) -> None:
+        features = check_features(features, self.config.in_features, "KernelHead.add")
         if self.config.multi_label:
             targets = check_targets(targets, features.shape[0], None, "KernelHead.add")
         self._pending.append((features.float(), targets))

@@ -41,7 +41,7 @@ def shrunk(covariance: torch.Tensor, num_rows: float, shrinkage: float | None = 
     rho = oas_shrinkage(covariance, num_rows) if shrinkage is None else float(shrinkage)
     if not 0.0 <= rho <= 1.0:
         raise DataError(f"LDA shrinkage must be in [0, 1] (or None for OAS), got {shrinkage!r}.")
-    return (1 - rho) * covariance + rho * mu * eye + 1e-9 * mu.clamp_min(1e-12) * eye, rho
+    return (1 - rho) * covariance + rho * mu * eye + 1e-12 * mu.clamp_min(1e-30) * eye, rho
 
 
 def _solve_spd(matrix: torch.Tensor, right: torch.Tensor) -> torch.Tensor:

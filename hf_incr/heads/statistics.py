@@ -249,12 +249,13 @@ class ClassStatistics:
     def from_tensors(cls, tensors: dict[str, torch.Tensor], dim: int, multi_label: bool,
                      prefix: str = "") -> ClassStatistics:
         """Statistics from :meth:`to_tensors`' tensors (shapes checked by the caller's reader)."""
+        # Every tensor a copy of its own: a file's tensor may serve several members, and merges add in place.
         statistics = cls(dim, multi_label)
         statistics.counts = tensors[prefix + "counts"].double().clone()
         statistics.sums = tensors[prefix + "sums"].double().clone()
         statistics.scatter = unpack_upper(tensors[prefix + "scatter_upper"].double(), dim)
         if multi_label:
-            statistics.row_count = tensors[prefix + "row_count"].double().reshape(())
+            statistics.row_count = tensors[prefix + "row_count"].double().reshape(()).clone()
             statistics.row_sum = tensors[prefix + "row_sum"].double().clone()
             statistics.annotated_counts = tensors[prefix + "annotated_counts"].double().clone()
             statistics.annotated_sums = tensors[prefix + "annotated_sums"].double().clone()
