@@ -465,6 +465,7 @@ def _targets_of(labels: Dataset, the_plan: IncrementPlan) -> Callable[[list[int]
 
 def _solve_heads(increment: Increment, heads: dict[str, Head], outcome: Outcome) -> None:
     """Solve every head from its statistics (the Linear's first) and put it on the model."""
+    solving = time.perf_counter()
     for name, head in heads.items():
         started = time.perf_counter()
         thresholds = head.solve(increment.model, increment.location)
@@ -472,6 +473,14 @@ def _solve_heads(increment: Increment, heads: dict[str, Head], outcome: Outcome)
             outcome.thresholds = thresholds
         else:
             outcome.timings[f"{head.lineage_key or name}_s"] = time.perf_counter() - started
+    outcome.timings["solve_s"] = outcome.timings.get("solve_s", 0.0) + time.perf_counter() - solving
+
+
+def _encode(increment: Increment, heads: dict[str, Head], outcome: Outcome, rows: int | None = None) -> None:
+    """The statistics pass, timed (the encoder's share of an increment)."""
+    started = time.perf_counter()
+    outcome.rows_encoded = statistics_pass(increment, heads, rows)
+    outcome.timings["encode_s"] = outcome.timings.get("encode_s", 0.0) + time.perf_counter() - started
 
 
 def solve_path(increment: Increment, heads: dict[str, Head], cache) -> Outcome:
@@ -483,7 +492,7 @@ def solve_path(increment: Increment, heads: dict[str, Head], cache) -> Outcome:
         _fine_tune(increment, outcome)
         increment.model.eval()
     started = time.perf_counter()
-    outcome.rows_encoded = statistics_pass(increment, heads, increment.own)
+    _encode(increment, heads, outcome, increment.own)
     _solve_heads(increment, heads, outcome)
     outcome.timings["closed_form_s"] = time.perf_counter() - started
     return outcome
@@ -493,7 +502,7 @@ def kept_rows_path(increment: Increment, heads: dict[str, Head], cache) -> Outco
     """A classifier hf_incr did not train: its trained rows kept, the new rows fitted beside them from one pass."""
     outcome = Outcome(heads=heads)
     started = time.perf_counter()
-    outcome.rows_encoded = statistics_pass(increment, heads)
+    _encode(increment, heads, outcome)
     _solve_heads(increment, heads, outcome)
     outcome.head_rows = heads["linear"].head_rows
     outcome.timings["new_rows_s"] = time.perf_counter() - started
@@ -532,7 +541,7 @@ def adapt_path(increment: Increment, heads: dict[str, Head], cache) -> Outcome:
     adapted = {name: HEADS[name].start(model, increment.location, config=config,
                                        multi_label=increment.plan.multi_label, seed=increment.args.seed,
                                        kept_labels=[]) for name in heads}
-    outcome.rows_encoded = statistics_pass(increment, adapted, increment.own)
+    _encode(increment, adapted, outcome, increment.own)
     _solve_heads(increment, adapted, outcome)
     outcome.heads, outcome.head_rows = adapted, "adapted"
     outcome.adaptation = {"epochs": config.adapt_epochs, "learning_rate": config.adapt_learning_rate, "kept": False}

@@ -11,15 +11,20 @@ from __future__ import annotations
 import math
 from typing import Any
 
-# IncrementResult.timings keys, with the names a reader sees.
+# IncrementResult.timings keys, with the names a reader sees (in the order they are shown).
 PHASE_TIMINGS = {
-    "feature_cache_s": "encoding",
+    "load_s": "loading",
+    "feature_cache_s": "caching features",
     "warmup_s": "warm-up",
     "finetune_s": "fine-tuning",
-    "new_rows_s": "new rows",
     "adapt_s": "adapting the encoder",
-    "closed_form_s": "closed-form heads",
-    "total_s": "total",
+    "encode_s": "frozen pass",
+    "solve_s": "solving the heads",
+    "closed_form_s": None,  # the frozen pass and the solve: shown apart
+    "new_rows_s": None,
+    "evaluate_s": "evaluating",
+    "total_s": "in all",
+    "save_s": "saving",
 }
 
 
@@ -64,8 +69,12 @@ def format_timings(timings: dict[str, float] | None) -> str | None:
     from .heads import extra_heads
 
     heads = {f"{cls.lineage_key or cls.name}_s": f"of it the {cls.title}" for cls in extra_heads()}
-    names = {**PHASE_TIMINGS, **heads}
-    parts = [f"{names.get(key, key.removesuffix('_s'))} {value:.1f} s" for key, value in timings.items()]
+    keys = list(PHASE_TIMINGS)
+    at = keys.index("solve_s") + 1  # each extra head's share of the solve, right after it
+    names = {key: PHASE_TIMINGS.get(key, heads.get(key)) for key in [*keys[:at], *heads, *keys[at:]]}
+    order = [key for key in names if key in timings] + [key for key in timings if key not in names]
+    parts = [f"{names.get(key) or key.removesuffix('_s')} {timings[key]:.1f} s" for key in order
+             if names.get(key, key) is not None]
     return "Time: " + ", ".join(parts)
 
 

@@ -19,6 +19,8 @@ ARGUMENTS = {
     "elsewhere": ["--datasets", "--cases", "--product_only", "--plot", "--plot_path"],
     "add_labels": ["--models", "--label_counts", "--inits", "--output_json"],
     "scale": ["--sizes", "--modes", "--processes", "--output_dir"],
+    "cost": ["--datasets", "--joint", "--repeats", "--max_increments"],
+    "inference": ["--rows_per_label", "--batch_size", "--repeats"],
 }
 
 
