@@ -12,11 +12,14 @@
     python crash_child.py train MARKER STOP [hf-incr increment flags...]
         Run ``hf-incr increment`` with the flags. STOP is ``none``, ``PHASE:step:N`` (stop after optimizer step N of
         PHASE, its checkpoints up to N already written) or ``PHASE:checkpoint:N`` (stop while writing checkpoint N:
-        weights and optimizer written, trainer_state.json not).
+        weights and optimizer written, trainer_state.json not). Each phase's checkpoint to resume from (or null) is
+        appended to ``MARKER.resumed``, one JSON line per phase. The cached warm-up takes ``CACHED_BATCH_SIZE`` rows a
+        step (``hf_incr.trainer.CACHED_BATCH_SIZE``, set here), so that its phase has several steps and checkpoints.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -25,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 WAIT_S = 600  # the test kills the child long before
+CACHED_BATCH_SIZE = 4  # rows per step of the cached warm-up in the crash tests (the product's default is 128)
 
 
 def _stop_here(marker: str) -> None:
@@ -102,7 +106,19 @@ def train(marker: str, stop: str, argv: list[str]) -> None:
     import transformers
     from transformers.trainer_callback import DefaultFlowCallback
 
+    import hf_incr.trainer
     from hf_incr.cli import main
+
+    hf_incr.trainer.CACHED_BATCH_SIZE = CACHED_BATCH_SIZE
+    # Where each phase resumed from (a finished run deletes its checkpoints, so the test reads it here).
+    train_phase = transformers.Trainer.train
+
+    def record_resume(self, *args, resume_from_checkpoint=None, **kwargs):
+        with open(f"{marker}.resumed", "a") as out:
+            out.write(json.dumps({"phase": Path(self.args.output_dir).name, "resume": resume_from_checkpoint}) + "\n")
+        return train_phase(self, *args, resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    transformers.Trainer.train = record_resume
 
     if stop != "none":
         phase, where, number = stop.split(":")

@@ -1,7 +1,7 @@
 """Run by tests/test_distributed.py, alone or under `accelerate launch --multi_gpu --num_processes 2` on CPU.
 
-Trains one increment of a tiny BERT (dropout off, fixed seed) through the full-model fine-tuning phase and writes,
-per rank, the final weights and the training loss.
+Runs one phase (the last argument) of an increment of a tiny BERT (dropout off, fixed seed) and writes, per rank,
+what the test compares: the final weights and the training loss, or the heads' statistics and the rows encoded.
 """
 
 import json
@@ -17,64 +17,81 @@ from text_models import text_dataset, tiny_bert, tokenizer, training_args
 from hf_incr import IncrementConfig, train_increment
 
 
+def one_text_per_batch() -> None:
+    """One text per encoder batch: a text's features then do not depend on which texts share its batch (padding to
+    another length changes float32 results in the last bits), so the tests see the summation over processes alone."""
+    import hf_incr.features
+
+    hf_incr.features.BATCH_SIZE = 1
+
+
+def statistics_tensors(stats, prefix: str = "") -> dict:
+    """The tensors of a ClassStatistics that the processes sum (multi-label: also the per-label annotated rows and
+    every row's sum)."""
+    tensors = {"counts": stats.counts, "sums": stats.sums, "scatter": stats.scatter}
+    if stats.multi_label:
+        tensors.update(annotated_counts=stats.annotated_counts, annotated_sums=stats.annotated_sums,
+                       row_sum=stats.row_sum)
+    return {prefix + name: tensor for name, tensor in tensors.items()}
+
+
 def closed_form(out_dir: Path, stream: bool = False) -> None:
     """A closed-form increment on top of statistics of the old labels: the frozen pass is sharded over the processes
     and the statistics summed; writes the statistics, the head and the rows this process encoded. ``stream``: the
-    increment's data comes as a streamed IterableDataset (every process reads it whole, then encodes its share)."""
+    increment's data comes as a streamed IterableDataset (written to disk by every process, then encoded a share a
+    process)."""
     labels = ["refund", "delivery", "login"]
     model = tiny_bert(labels, dropout=0.0)
-    # One text per encoder batch: a text's features then do not depend on which texts share its batch (padding to
-    # another length changes float32 results in the last bits), so the test sees the summation alone.
-    base = IncrementConfig(closed_form_head=True, finetune_layers=0, distill_weight=0.0, random_features=24,
-                           feature_batch_size=1)
+    one_text_per_batch()
+    base = IncrementConfig(head="linear", finetune_layers=0, distill_weight=0.0)
     args = training_args(out_dir, per_device_eval_batch_size=4)
     first = train_increment(model, tokenizer(), text_dataset(labels, 5), config=base, args=args, save=False,
                             kind="base")
     data = text_dataset(["repair", "colour"], 7)
     result = train_increment(model, tokenizer(), data.to_iterable_dataset(num_shards=2) if stream else data,
-                             config=base, args=args, save=False, ridge_statistics=first.ridge_statistics)
-    stats = result.ridge_statistics
+                             config=base, args=args, save=False, heads=first.heads)
+    stats = result.heads["linear"].statistics
     rank = args.process_index
-    save_file({"gram": stats.gram, "cross": stats.cross, "rf_gram": stats.random_features.gram,
-               "weight": model.classifier.weight.detach().contiguous()}, str(out_dir / f"rank{rank}.safetensors"))
+    save_file({**statistics_tensors(stats), "weight": model.classifier.weight.detach().contiguous()},
+              str(out_dir / f"rank{rank}.safetensors"))
     (out_dir / f"rank{rank}.json").write_text(json.dumps({
-        "world_size": args.world_size, "count": stats.count, "rows_encoded": result.rows_encoded,
+        "world_size": args.world_size, "count": stats.num_rows, "rows_encoded": result.rows_encoded,
         "num_labels": model.config.num_labels,
     }))
 
 
 def streamed(out_dir: Path) -> None:
-    """The closed-form statistics pass alone over the same 14 rows fed three ways: a map-style column (split by
-    rows_of_this_process), a streamed IterableDataset of 1 shard (split_dataset_by_node: every 2nd row) and of 2
-    shards (a shard a process); writes each one's summed statistics and the rows this process encoded."""
+    """The Linear's statistics of the same 14 rows fed three ways: a map-style column through the frozen pass alone
+    (split by rows_of_this_process, a LinearHead as its consumer), and a streamed IterableDataset of 1 shard and of 2
+    shards through a base increment (the recipe writes the stream to disk, then shards the pass); writes each one's
+    summed statistics and the rows this process encoded."""
     import torch
-    import torch.nn.functional as F
 
-    from hf_incr.closed_form import RidgeStatistics
-    from hf_incr.distributed import sum_over_processes
-    from hf_incr.features import accumulate_head_statistics, accumulate_streamed_head_statistics
+    from hf_incr import find_classifier_head, frozen_pass
+    from hf_incr.heads import LinearHead, PassRows
 
     labels = ["repair", "colour"]
     data = text_dataset(labels, 7)
-    data = data.add_column("labels", [labels.index(name) for name in data["label"]])
+    ids = torch.tensor([labels.index(name) for name in data["label"]])
     args = training_args(out_dir)  # joins the process group under accelerate launch
-    model, tok = tiny_bert(labels, dropout=0.0), tokenizer()
-    targets = F.one_hot(torch.tensor(data["labels"]), 2).double()
+    tok = tokenizer()
+    one_text_per_batch()
+    config = IncrementConfig(head="linear", finetune_layers=0, distill_weight=0.0)
     tensors, encoded = {}, {}
     for kind in ("column", "stream1", "stream2"):
-        statistics = RidgeStatistics.empty(32, 2)
-        # One text per batch: features independent of which texts share a batch, so the test sees the split alone.
+        model = tiny_bert(labels, dropout=0.0)
         if kind == "column":
-            count = accumulate_head_statistics(model, tok, data["text"], lambda index: targets[index], [statistics],
-                                               batch_size=1, show_progress=False)
+            location = find_classifier_head(model)
+            head = LinearHead.start(model, location, multi_label=False, kept_labels=[])
+            head.begin(PassRows(num_old=0, num_labels=2, annotated=None, own=len(data), total=len(data)))
+            count = frozen_pass(model, tok, data["text"], [head], lambda index: ids[index], location=location,
+                                show_progress=False)
+            head.end()
         else:
-            stream = data.to_iterable_dataset(num_shards=int(kind[-1]))
-            count = accumulate_streamed_head_statistics(
-                model, tok, stream, lambda batch: F.one_hot(torch.tensor(batch["labels"]), 2).double(), [statistics],
-                window=4, batch_size=1, show_progress=False,
-            )
-        sum_over_processes(statistics.gram, statistics.cross)
-        tensors[f"{kind}_gram"], tensors[f"{kind}_cross"] = statistics.gram, statistics.cross
+            result = train_increment(model, tok, data.to_iterable_dataset(num_shards=int(kind[-1])), config=config,
+                                     args=args, save=False, kind="base")
+            head, count = result.heads["linear"], result.rows_encoded
+        tensors.update(statistics_tensors(head.statistics, prefix=f"{kind}_"))
         encoded[kind] = count
     rank = args.process_index
     save_file(tensors, str(out_dir / f"rank{rank}.safetensors"))
@@ -95,7 +112,7 @@ def adapt(out_dir: Path, batch_size: int) -> None:
               str(out_dir / f"rank{rank}.safetensors"))
     (out_dir / f"rank{rank}.json").write_text(json.dumps({
         "world_size": args.world_size, "head_rows": result.record["head_rows"],
-        "count": result.ridge_statistics.count, "kept": result.ridge_statistics.kept.tolist(),
+        "count": result.heads["linear"].statistics.num_rows, "kept": result.heads["linear"].kept.tolist(),
     }))
 
 
@@ -115,30 +132,27 @@ def kernel(out_dir: Path, multi_label: bool, elsewhere: bool = False) -> None:
                         with_indices=True).remove_columns("label")
 
     model = tiny_bert(labels, dropout=0.0, **({"problem_type": "multi_label_classification"} if multi_label else {}))
-    # One text per encoder batch (see closed_form); the rows annotate every label ("all") in the multi-label case.
-    config = IncrementConfig(closed_form_head=True, finetune_layers=0, distill_weight=0.0, kernel_features=32,
-                             kernel_members=1, kernel_statistics_dtype="float64", feature_batch_size=1,
+    # One text per encoder batch (see one_text_per_batch); the rows annotate every label ("all") in the multi-label
+    # case. The statistics are accumulated in float64 in memory.
+    one_text_per_batch()
+    config = IncrementConfig(head="kernel", kernel_features=32, finetune_layers=0, distill_weight=0.0,
                              label_column=column, multi_label_annotation="all")
     args = training_args(out_dir, per_device_eval_batch_size=4)
-    statistics = None
+    heads = None
     if not elsewhere:
         first = train_increment(model, tokenizer(), rows(labels, 6), config=config, args=args, save=False,
                                 kind="base")
-        statistics = first.ridge_statistics
+        heads = first.heads
     result = train_increment(model, tokenizer(), rows(["repair", "colour"], 7), config=config, args=args,
-                             save=False, ridge_statistics=statistics)
-    state = result.ridge_statistics.kernel_lda
-    stats = state.head.statistics[0]
-    tensors = {"weight": state.classifier.weights[0], "bias": state.classifier.biases[0]}
-    if multi_label:
-        tensors.update(positive_sums=stats.positive_sums, annotated_sums=stats.annotated_sums)
-        stats = stats.rows
-    tensors.update(counts=stats.counts, sums=stats.sums, scatter=stats.scatter)
+                             save=False, heads=heads)
+    head = result.heads["kernel"]
+    tensors = {"weight": head.classifier.weights[0], "bias": head.classifier.biases[0],
+               **statistics_tensors(head.statistics[0])}
     rank = args.process_index
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out_dir / f"rank{rank}.safetensors"))
     (out_dir / f"rank{rank}.json").write_text(json.dumps({
-        "world_size": args.world_size, "bandwidth": state.config.bandwidth, "rows_encoded": result.rows_encoded,
-        "linear_labels": state.config.linear_labels,
+        "world_size": args.world_size, "bandwidth": head.config.bandwidth, "rows_encoded": result.rows_encoded,
+        "linear_labels": head.config.linear_labels,
     }))
 
 
@@ -165,10 +179,13 @@ def main(out: str, batch_size: int, accumulation: int, phase: str) -> None:
         return
     model = tiny_bert(["refund", "delivery", "login"], dropout=0.0)
     if phase == "warmup":
-        config = IncrementConfig(warmup_epochs=2, init="zeros", cached_batch_size=batch_size, closed_form_head=False)
+        import hf_incr.trainer
+
+        hf_incr.trainer.CACHED_BATCH_SIZE = batch_size  # rows per process and step of the cached warm-up
+        config = IncrementConfig(warmup_epochs=2, head="trained")
     else:
-        config = IncrementConfig(warmup_epochs=0, init="zeros", finetune_layers=-1, finetune_epochs=2,
-                                 closed_form_head=False, finetune_increments=True,
+        config = IncrementConfig(warmup_epochs=0, finetune_layers=-1, finetune_epochs=2,
+                                 head="trained", finetune_increments=True,
                                  finetune_learning_rate=1e-3, layer_lr_decay=0.9)
     args = training_args(
         out_dir, per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,

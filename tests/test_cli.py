@@ -18,7 +18,7 @@ from hf_incr import ConfigError
 from hf_incr.cli import main, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
-FLAGS = ["--warmup_epochs", "2", "--init", "zeros", "--finetune_layers", "0", "--distill_weight", "0", "--use_cpu",
+FLAGS = ["--warmup_epochs", "2", "--finetune_layers", "0", "--distill_weight", "0", "--use_cpu",
          "--report_to", "none", "--save_strategy", "no",
          "--per_device_train_batch_size", "4", "--disable_tqdm", "true", "--seed", "0"]
 
@@ -45,7 +45,7 @@ def test_help_lists_every_recipe_field(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--help"])
     text = capsys.readouterr().out
-    for flag in ("--replay_per_label", "--layer_lr_decay", "--closed_form_head", "--train_file",
+    for flag in ("--replay_per_label", "--layer_lr_decay", "--head", "--kernel_features", "--train_file",
                  "--per_device_train_batch_size"):
         assert flag in text
     assert "Examples stored per label" in text  # the dataclass help, not just the name
@@ -72,10 +72,12 @@ def test_config_file_with_unknown_keys_is_refused(tmp_path, base_dir, data_files
         parse_args(["--config", str(config)])
     # Through the command: nothing ran (no model loaded, no data read) and nothing was written.
     import hf_incr.cli
+    import hf_incr.loading
 
     ran = []
-    for name in ("run_increment", "load_data", "load_classifier", "save_config"):
-        monkeypatch.setattr(hf_incr.cli, name, lambda *a, __name=name, **k: ran.append(__name))
+    for module, name in ((hf_incr.cli, "run_increment"), (hf_incr.cli, "load_data"), (hf_incr.loading,
+                         "load_classifier"), (hf_incr.cli, "save_config")):
+        monkeypatch.setattr(module, name, lambda *a, __name=name, **k: ran.append(__name))
     monkeypatch.setitem(hf_incr.cli.COMMANDS, "increment", lambda *a: ran.append("increment"))
     train, test = data_files
     before = {p: p.read_bytes() if p.is_file() else None for p in sorted(tmp_path.rglob("*"))}
@@ -88,6 +90,49 @@ def test_config_file_with_unknown_keys_is_refused(tmp_path, base_dir, data_files
     assert "nothing was run" in error
     assert ran == []
     assert {p: p.read_bytes() if p.is_file() else None for p in sorted(tmp_path.rglob("*"))} == before
+
+
+def test_removed_settings_are_refused_naming_what_replaced_them(tmp_path, base_dir, data_files, capsys,
+                                                               monkeypatch):
+    """Settings of earlier versions, in a --config file or as flags: refused before anything runs, each named with what
+    replaced it (hf_incr.config.REMOVED)."""
+    import hf_incr.cli
+    import hf_incr.loading
+    from hf_incr.config import REMOVED
+
+    assert {"closed_form_head", "random_features", "init", "feature_batch_size"} <= set(REMOVED)
+    ran = []
+    for module, name in ((hf_incr.cli, "run_increment"), (hf_incr.cli, "load_data"), (hf_incr.loading,
+                         "load_classifier"), (hf_incr.cli, "save_config")):
+        monkeypatch.setattr(module, name, lambda *a, __name=name, **k: ran.append(__name))
+    monkeypatch.setitem(hf_incr.cli.COMMANDS, "increment", lambda *a: ran.append("increment"))
+    train, test = data_files
+    config = tmp_path / "old.yaml"
+    config.write_text(yaml.safe_dump({"closed_form_head": False, "random_features": 100, "warmup_epochs": 3}))
+    with pytest.raises(ConfigError, match=r"\['closed_form_head', 'random_features'\], removed from hf_incr"):
+        parse_args(["--config", str(config)])
+    before = {p: p.read_bytes() if p.is_file() else None for p in sorted(tmp_path.rglob("*"))}
+    common = ["--model_name_or_path", str(base_dir), "--train_file", str(train), "--eval_file", str(test),
+              "--output_dir", str(tmp_path / "out"), "--save_config", str(tmp_path / "saved.yaml"), *FLAGS]
+    code = main(["increment", "--config", str(config), *common])
+    assert code == 1
+    error = capsys.readouterr().err
+    assert str(config) in error and "`closed_form_head` -> `head`" in error and "`head: trained`" in error
+    assert "`random_features` -> `head: kernel`" in error and "nothing was run" in error
+    for flags, named in ((["--closed_form_head", "false"], "`closed_form_head` -> `head`"),
+                         (["--random_features=100"], "`random_features` -> `head: kernel`"),
+                         (["--init", "zeros"], "`init` -> nothing: the gradient path imprints")):
+        code = main(["increment", *common, *flags])
+        error = capsys.readouterr().err
+        assert code == 1 and "The command line" in error and named in error, flags
+    assert ran == []
+    assert {p: p.read_bytes() if p.is_file() else None for p in sorted(tmp_path.rglob("*"))} == before
+    # A saved recipe (e.g. a lineage record's) with a removed key: refused by IncrementConfig.from_dict as well.
+    from hf_incr import IncrementConfig
+
+    with pytest.raises(ConfigError, match=r"`closed_form_head` -> `head`"):
+        IncrementConfig.from_dict({"closed_form_head": False, "warmup_epochs": 3})
+    assert IncrementConfig.from_dict({"head": "trained"}).head == "trained"
 
 
 def test_usage_and_errors_exit_codes(capsys, tmp_path):
@@ -114,7 +159,7 @@ def test_cli_increment_equals_python_api(tmp_path, base_dir, data_files, capsys)
 
     model = AutoModelForSequenceClassification.from_pretrained(base_dir)
     train_increment(model, tokenizer(), load_text_data(train), load_text_data(test),
-                    config=IncrementConfig(warmup_epochs=2, init="zeros", finetune_layers=0, distill_weight=0),
+                    config=IncrementConfig(warmup_epochs=2, finetune_layers=0, distill_weight=0),
                     args=training_args(tmp_path, output_dir=str(tmp_path / "py"), per_device_train_batch_size=4))
     cli_state = load_file(str(out_cli / "model.safetensors"))
     py_state = load_file(str(tmp_path / "py" / "model.safetensors"))

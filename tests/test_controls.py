@@ -1,4 +1,5 @@
-"""Forgetting controls that act on training: distillation from the model before the increment, weight aligning."""
+"""Forgetting controls of the gradient path (``head="trained"``): distillation from the model before the increment,
+weight aligning (the replay memory is in test_replay.py)."""
 
 from __future__ import annotations
 
@@ -37,8 +38,8 @@ def test_distillation_keeps_old_outputs_closer(tmp_path):
         with torch.no_grad():
             before = model(**probe).logits
         config = IncrementConfig(warmup_epochs=0, finetune_layers=-1, finetune_epochs=3, finetune_learning_rate=3e-3,
-                                 closed_form_head=False, finetune_increments=True,
-                                 distill_weight=weight, init="zeros", replay_per_label=0, weight_align=False)
+                                 head="trained", finetune_increments=True,
+                                 distill_weight=weight, replay_per_label=0, weight_align=False)
         train_increment(model, tok, text_dataset(["login"], 8), config=config, args=training_args(tmp_path),
                         save=False)
         with torch.no_grad():
@@ -55,3 +56,42 @@ def test_align_weights_rescales_new_rows_to_the_old_mean_norm():
     norms = model.classifier.weight.detach().norm(dim=1)
     assert norms[2].item() == pytest.approx(norms[:2].mean().item(), rel=1e-5)
     assert factor < 1
+
+
+def test_the_teacher_is_kept_only_for_gradient_phases(tmp_path):
+    """A copy of the model before the increment is distilled from only where a gradient phase runs: the gradient path
+    (with old labels, new labels and a distillation weight), not a head solved in closed form."""
+    tok = tokenizer()
+    base = tiny_bert(["refund", "delivery"], dropout=0.0)
+    solved = train_increment(base, tok, text_dataset(["refund", "delivery"], 4), config=IncrementConfig(
+        warmup_epochs=0, finetune_layers=0), args=training_args(tmp_path), save=False, kind="base")
+    cases = {
+        ("linear", 1.0): False,  # solved from statistics: no gradient phase
+        ("trained", 1.0): True,
+        ("trained", 0.0): False,  # distillation off
+    }
+    for (head, weight), teacher in cases.items():
+        model = tiny_bert(["refund", "delivery"], dropout=0.0)
+        model.load_state_dict(base.state_dict())
+        config = IncrementConfig(head=head, warmup_epochs=1, finetune_layers=0, distill_weight=weight)
+        result = train_increment(model, tok, text_dataset(["login"], 4), config=config, args=training_args(tmp_path),
+                                 save=False, heads=solved.heads if head == "linear" else None)
+        assert result.plan.path == ("solve" if head == "linear" else "gradient")
+        assert result.plan.teacher is teacher, (head, weight)
+
+
+@pytest.mark.parametrize("align", [True, False])
+def test_weight_aligning_rescales_the_trained_new_rows_to_the_old_mean_norm(tmp_path, align):
+    tok = tokenizer()
+    model = tiny_bert(["refund", "delivery", "login"], dropout=0.0)
+    config = IncrementConfig(head="trained", warmup_epochs=2, finetune_layers=0, distill_weight=0.0,
+                             weight_align=align)
+    result = train_increment(model, tok, text_dataset(["repair", "colour"], 6), config=config,
+                             args=training_args(tmp_path), save=False)
+    assert result.new_label_ids == [3, 4]
+    norms = model.classifier.weight.detach().norm(dim=1)
+    old_mean = norms[:3].mean().item()
+    if align:
+        assert norms[3:].tolist() == pytest.approx([old_mean, old_mean], rel=1e-5)
+    else:
+        assert norms[3:].tolist() != pytest.approx([old_mean, old_mean], rel=1e-3)

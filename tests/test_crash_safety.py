@@ -2,8 +2,9 @@
 
 * a save killed while writing, or in the window where the output folder has been renamed away, leaves a folder that
   loads with plain ``from_pretrained`` and is byte for byte the previous or the new version, never a mix;
-* an increment killed in its cached warm-up or its fine-tuning phase resumes (``--resume_from_checkpoint true``) to
-  the same labels, lineage and weights as an uninterrupted run;
+* an increment killed in its cached warm-up or its fine-tuning phase resumes (``--resume_from_checkpoint true``) from
+  its last complete checkpoint to the same labels, lineage and weights as an uninterrupted run, and a finished run
+  leaves no checkpoint behind;
 * running the same increment again adds no label and no lineage record twice.
 """
 
@@ -21,11 +22,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from crash_child import new_model, old_model
+from crash_child import CACHED_BATCH_SIZE, new_model, old_model
 from safetensors.torch import load_file
 from text_models import text_dataset, texts_for, tokenizer, training_args
 from transformers import AutoModelForSequenceClassification
 
+import hf_incr.recipe
+import hf_incr.trainer
 from hf_incr import IncrementConfig, train_increment
 from hf_incr.checkpoints import resume_from as _resume_from
 from hf_incr.errors import ConfigError
@@ -176,11 +179,12 @@ def test_kill_at_random_moments_leaves_one_whole_version(previous, versions, tmp
 
 # Training ------------------------------------------------------------------------------------------------------------
 
-# 16 rows of one new label: warm-up 4 epochs of 4 steps (checkpoints 3, 6, 9, 12, 15, 16), fine-tuning of the top
-# layer 2 epochs of 4 steps (checkpoints 3, 6, 8). Every flag that shapes the run is explicit.
+# 16 rows of one new label: warm-up 4 epochs of 4 steps (checkpoints 3, 6, 9, 12, 15, 16; the child sets
+# hf_incr.trainer.CACHED_BATCH_SIZE to 4), fine-tuning of the top layer 2 epochs of 4 steps (checkpoints 3, 6, 8).
+# Every flag that shapes the run is explicit.
 RECIPE = [
-    "--closed_form_head", "false", "--replay_per_label", "2", "--init", "zeros", "--distill_weight", "1",
-    "--warmup_epochs", "4", "--cached_batch_size", "4", "--warmup_learning_rate", "1e-2",
+    "--head", "trained", "--replay_per_label", "2", "--distill_weight", "1",
+    "--warmup_epochs", "4", "--warmup_learning_rate", "1e-2",
     "--finetune_layers", "1", "--finetune_epochs", "2", "--finetune_increments", "true",
     "--finetune_learning_rate", "1e-3", "--layer_lr_decay", "0.8",
     "--per_device_train_batch_size", "4", "--save_strategy", "steps", "--save_steps", "3",
@@ -250,14 +254,20 @@ def test_kill_in_a_training_phase_resumes_to_the_uninterrupted_result(
         assert (checkpoints / "warmup" / "checkpoint-16" / "trainer_state.json").is_file()
         partial = checkpoints / "finetune" / "checkpoint-6"
         assert (partial / "model.safetensors").is_file() and not (partial / "trainer_state.json").exists()
-    stamp = resume_state.stat()
 
     _finish(_run_increment([*increment_inputs, "--resume_from_checkpoint", "true"], out, tmp_path / "never"))
 
-    # It resumed from that checkpoint (a phase that starts afresh deletes its old checkpoints) ...
-    after = resume_state.stat()
-    assert (after.st_ino, after.st_mtime_ns) == (stamp.st_ino, stamp.st_mtime_ns)
-    assert (checkpoints / "finetune" / "checkpoint-6" / "trainer_state.json").is_file()
+    # It resumed from that checkpoint (the warm-up, when it was complete, from its last one) ...
+    resumed = {entry["phase"]: entry["resume"]
+               for entry in map(json.loads, (tmp_path / "never.resumed").read_text().splitlines())}
+    phase = stop.split(":")[0]
+    assert Path(resumed[phase]).resolve() == (checkpoints / resumed_from).resolve()
+    if phase == "finetune":
+        assert Path(resumed["warmup"]).resolve() == (checkpoints / "warmup" / "checkpoint-16").resolve()
+    else:
+        assert resumed["finetune"] is None
+    # ... left no checkpoint behind once finished ...
+    assert not checkpoints.exists()
     # ... and ended as the uninterrupted run: labels, lineage, weights.
     expected = _summary(uninterrupted)
     assert _summary(out) == expected
@@ -267,14 +277,20 @@ def test_kill_in_a_training_phase_resumes_to_the_uninterrupted_result(
     assert reference.keys() == weights.keys()
     for name in reference:
         torch.testing.assert_close(weights[name], reference[name], atol=1e-6, rtol=1e-5, msg=f"{name} differs")
-    assert reference["classifier.weight"][2].abs().sum() > 0  # the new row (init zeros) was trained
+    assert reference["classifier.weight"][2].abs().sum() > 0  # the new row (imprinted, then trained) is there
     assert _leftovers(out) == []
 
 
 # Running the same increment again ----------------------------------------------------------------------------------
 
-QUICK = {"closed_form_head": False, "replay_per_label": 2, "init": "zeros", "warmup_epochs": 2, "cached_batch_size": 4,
-         "finetune_layers": 1, "finetune_epochs": 1, "finetune_increments": True, "finetune_learning_rate": 1e-3}
+QUICK = {"head": "trained", "replay_per_label": 2, "warmup_epochs": 2, "finetune_layers": 1, "finetune_epochs": 1,
+         "finetune_increments": True, "finetune_learning_rate": 1e-3}
+
+
+@pytest.fixture(autouse=True)
+def _cached_batch_size(monkeypatch):
+    """The cached warm-up takes 4 rows a step here (2 steps an epoch for 8 rows), as the child does."""
+    monkeypatch.setattr(hf_incr.trainer, "CACHED_BATCH_SIZE", CACHED_BATCH_SIZE)
 
 
 @pytest.fixture
@@ -297,13 +313,11 @@ def test_rerun_in_the_same_output_folder_adds_nothing_twice(base_folder, tmp_pat
     steps = {"save_strategy": "steps", "save_steps": 2}
     first, _ = _increment(base_folder, out, data, **steps)
     saved = _files(out, skip=KEPT_ENTRIES)
-    last_warmup = out / "checkpoints" / "warmup" / "checkpoint-4" / "trainer_state.json"
-    stamp = last_warmup.stat().st_mtime_ns
+    assert not (out / "checkpoints").exists()  # a finished run leaves no checkpoint to resume from
 
-    # The same increment again, same base, same folder, resuming: its checkpoints say it is done, nothing retrains.
+    # The same increment again, same base, same folder, resuming: nothing to resume, the same model again.
     second, result = _increment(base_folder, out, data, resume_from_checkpoint=True, **steps)
     assert result.new_labels == ["login"]
-    assert last_warmup.stat().st_mtime_ns == stamp
     assert second.config.id2label == first.config.id2label == {0: "refund", 1: "delivery", 2: "login"}
     lineage = get_lineage(AutoModelForSequenceClassification.from_pretrained(out))
     assert [r["labels_added"] for r in lineage] == [["refund", "delivery"], ["login"]]
@@ -313,9 +327,33 @@ def test_rerun_in_the_same_output_folder_adds_nothing_twice(base_folder, tmp_pat
     assert again.keys() == saved.keys() and again["model.safetensors"] == saved["model.safetensors"]
     assert _leftovers(out) == []
 
+
+def test_checkpoints_of_an_interrupted_run_are_resumed_only_by_the_same_run(base_folder, tmp_path):
+    data = text_dataset(["login"], 8)
+    steps = {"save_strategy": "steps", "save_steps": 2}
+    reference, _ = _increment(base_folder, tmp_path / "reference", data, **steps)
+    out = tmp_path / "out"
+    # A run that fails after its warm-up (as a killed one would stop) leaves the warm-up's checkpoints.
+    def stop(*args, **kwargs):
+        raise RuntimeError("stopped")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(hf_incr.recipe, "_fine_tune", stop)
+        with pytest.raises(RuntimeError, match="stopped"):
+            _increment(base_folder, out, data, **steps)
+    last_warmup = out / "checkpoints" / "warmup" / "checkpoint-4" / "trainer_state.json"
+    assert last_warmup.is_file() and not (out / "config.json").exists()
+
     # Other data in that folder must not continue these checkpoints.
     with pytest.raises(ConfigError, match="written by another run"):
         _increment(base_folder, out, text_dataset(["login"], 8, offset=3), resume_from_checkpoint=True, **steps)
+    assert last_warmup.is_file()
+    # The same run continues them to the uninterrupted run's model, and removes them when it is done.
+    resumed, result = _increment(base_folder, out, data, resume_from_checkpoint=True, **steps)
+    assert result.new_labels == ["login"] and not (out / "checkpoints").exists()
+    assert [r["labels_added"] for r in get_lineage(resumed)] == [["refund", "delivery"], ["login"]]
+    for name, tensor in reference.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], tensor, atol=1e-6, rtol=1e-5, msg=f"{name} differs")
 
 
 @pytest.mark.parametrize("in_place", [False, True], ids=["new-folder", "same-folder"])

@@ -84,7 +84,7 @@ def test_two_processes_share_the_closed_form_pass_and_solve_the_same_head(tmp_pa
     for tensors, info in ranks:
         assert info["world_size"] == 2 and info["count"] == single_info["count"]
         assert info["rows_encoded"] <= -(-rows // 2)  # each process encodes its share, ceil(N / 2) rows at most
-        for name in ("gram", "cross", "rf_gram"):
+        for name in ("counts", "sums", "scatter"):
             error = (tensors[name] - single[name]).abs().max() / single[name].abs().max()
             assert error <= 1e-10, f"{name}: relative error {error:.1e}"
         torch.testing.assert_close(tensors["weight"], single["weight"], rtol=1e-5, atol=1e-6)
@@ -111,12 +111,14 @@ def test_two_processes_share_a_column_and_a_streamed_data_set_and_sum_to_the_one
         for tensors, info in ranks:
             assert info["world_size"] == 2, "accelerate ran fewer than 2 processes"
             assert info["rows_encoded"][kind] <= -(-rows // 2)  # ceil(N / 2) rows at most per process
-            for name in (f"{kind}_gram", f"{kind}_cross"):
-                error = (tensors[name] - single[name]).abs().max() / single[name].abs().max()
-                assert error <= 1e-10, f"{name}: relative error {error:.1e}"
-            # The streamed pass sums to the same statistics as the in-memory one.
-            error = (tensors[f"{kind}_gram"] - single["column_gram"]).abs().max() / single["column_gram"].abs().max()
-            assert error <= 1e-10, f"{kind} against the column: relative error {error:.1e}"
+            for name in ("counts", "sums", "scatter"):
+                error = (tensors[f"{kind}_{name}"] - single[f"{kind}_{name}"]).abs().max() / single[
+                    f"{kind}_{name}"].abs().max()
+                assert error <= 1e-10, f"{kind}_{name}: relative error {error:.1e}"
+                # The streamed pass sums to the same statistics as the in-memory one.
+                error = (tensors[f"{kind}_{name}"] - single[f"column_{name}"]).abs().max() / single[
+                    f"column_{name}"].abs().max()
+                assert error <= 1e-10, f"{kind}_{name} against the column: relative error {error:.1e}"
 
 
 @pytest.mark.slow
@@ -137,7 +139,8 @@ def test_two_processes_adapt_a_model_trained_elsewhere_to_the_same_weights(tmp_p
                          ids=["single_label", "multi_label", "multi_label_trained_elsewhere"])
 def test_two_processes_share_the_kernel_heads_pass_and_solve_the_same_head(tmp_path, phase):
     # The first increment gathers every process's pooled rows (every process chooses the same bandwidth); the
-    # continuation sums the processes' shares (counts, sums, raw second moments) and merges them into the head.
+    # continuation sums the processes' shares (counts, sums, raw second moments; multi-label also the annotated rows'
+    # counts and sums and every row's sum) and merges them into the head.
     # Trained elsewhere: the head starts at the increment, beside the classifier's kept rows.
     _run(tmp_path / "single", 8, 1, phase)
     _run(tmp_path / "ddp", 8, 1, phase, processes=2)

@@ -327,26 +327,44 @@ def test_retry_hint_keeps_the_branch(hub, saved):
     assert "revision='dev'" in str(info.value) and "--hub_revision dev" in str(info.value)
 
 
-def test_load_model_brings_the_random_feature_head_from_the_hub_and_nothing_else_otherwise(hub, saved, tmp_path):
-    import torch
-
+def _kernel_head(model, seed: int = 3):
+    """A solved kernel LDA head for ``model``: 16 random features, fitted on random pooled states of its 3 labels."""
     import hf_incr
-    from hf_incr.random_features import RandomFeatureHead, attached_random_feature_head
+    from hf_incr.heads import KernelHead, PassRows
+
+    head = KernelHead.start(model, hf_incr.find_classifier_head(model),
+                            config=hf_incr.IncrementConfig(head="kernel", kernel_features=16), multi_label=False,
+                            seed=seed, kept_labels=[])
+    rows = 30
+    generator = torch.Generator().manual_seed(seed)
+    head.begin(PassRows(num_old=0, num_labels=3, annotated=None, own=rows, total=rows))
+    head.add(list(range(rows)), torch.randn(rows, head.config.in_features, generator=generator),
+             torch.arange(rows) % 3)
+    head.end()
+    head.classifier = head.solve_classifier()
+    return head
+
+
+def test_load_model_brings_the_kernel_head_from_the_hub_and_nothing_else_otherwise(hub, saved, tmp_path):
+    import hf_incr
+    from hf_incr.heads import KernelHead
 
     push_to_hub(saved, REPO, token=TOKEN)
-    plain = hf_incr.load_model(REPO, token=TOKEN, cache_dir=tmp_path / "cache")  # no random-feature file: 404
-    assert attached_random_feature_head(plain) is None
+    plain = hf_incr.load_model(REPO, token=TOKEN, cache_dir=tmp_path / "cache")  # no kernel head file: 404
+    assert KernelHead.attached(plain, hf_incr.find_classifier_head(plain)) is None
 
-    linear = hf_incr.find_classifier_head(plain).linear
-    head = RandomFeatureHead.new(linear.in_features, 16, linear.out_features, seed=3)
-    torch.nn.init.normal_(head.linear.weight)
+    local = AutoModelForSequenceClassification.from_pretrained(saved)
+    head = _kernel_head(local)
     head.save(saved)
     push_to_hub(saved, REPO, token=TOKEN)
     model = hf_incr.load_model(REPO, token=TOKEN, cache_dir=tmp_path / "cache2")
-    attached = attached_random_feature_head(model)
-    assert attached is not None and torch.equal(attached.linear.weight, head.linear.weight)
-    features = torch.randn(2, linear.in_features)
-    torch.testing.assert_close(hf_incr.find_classifier_head(model).linear(features), head(features))
+    attached = KernelHead.attached(model, hf_incr.find_classifier_head(model))
+    assert attached is not None and len(attached.classifier.weights) == len(head.classifier.weights) == 1
+    assert torch.equal(attached.classifier.weights[0], head.classifier.weights[0])
+    # The loaded model answers with the kernel head, as the local model does with it attached.
+    head.attach(local, hf_incr.find_classifier_head(local))
+    torch.testing.assert_close(_logits(model), _logits(local))
+    assert not torch.allclose(_logits(model), _logits(plain))
 
 
 # -- LFS -------------------------------------------------------------------------------------------------------------
@@ -507,21 +525,37 @@ def test_a_push_deletes_hf_incr_files_the_folder_no_longer_has_and_keeps_the_use
     assert not (Path(path) / "replay_memory").exists() and (Path(path) / "notes.txt").read_bytes() == b"my notes"
 
 
-def test_a_stale_random_feature_head_is_removed_and_the_older_commit_still_has_it(hub, saved, tmp_path):
+def test_a_stale_kernel_head_is_removed_and_the_older_commit_still_has_it(hub, saved, tmp_path):
     import hf_incr
-    from hf_incr.random_features import RANDOM_FEATURES_FILENAME, RandomFeatureHead, attached_random_feature_head
+    from hf_incr.heads import KernelHead
+    from hf_incr.heads.kernel import KERNEL_FILENAME, KERNEL_STATISTICS_FILENAME
 
-    linear = hf_incr.find_classifier_head(AutoModelForSequenceClassification.from_pretrained(saved)).linear
-    RandomFeatureHead.new(linear.in_features, 16, linear.out_features, seed=3).save(saved)
+    _kernel_head(AutoModelForSequenceClassification.from_pretrained(saved)).save(saved)
     with_head = push_to_hub(saved, REPO, token=TOKEN).oid
-    (saved / RANDOM_FEATURES_FILENAME).unlink()
+    assert {KERNEL_FILENAME, KERNEL_STATISTICS_FILENAME} <= set(hub.files(REPO))
+    (saved / KERNEL_FILENAME).unlink()
+    (saved / KERNEL_STATISTICS_FILENAME).unlink()
     without_head = push_to_hub(saved, REPO, token=TOKEN).oid
-    assert RANDOM_FEATURES_FILENAME not in hub.files(REPO)
+    assert not {KERNEL_FILENAME, KERNEL_STATISTICS_FILENAME} & set(hub.files(REPO))
     latest = hf_incr.load_model(REPO, token=TOKEN, cache_dir=tmp_path / "c1")
-    assert attached_random_feature_head(latest) is None
+    assert KernelHead.attached(latest, hf_incr.find_classifier_head(latest)) is None
     pinned = hf_incr.load_model(REPO, token=TOKEN, revision=with_head, cache_dir=tmp_path / "c2")
-    assert attached_random_feature_head(pinned) is not None
+    assert KernelHead.attached(pinned, hf_incr.find_classifier_head(pinned)) is not None
     assert with_head != without_head
+
+
+def test_a_push_removes_head_files_earlier_versions_wrote(hub, saved):
+    """Files of removed heads (the random-feature head) and earlier names of the statistics (the ridge file) are
+    hf_incr's own: a push of a folder without them deletes them from the Hub."""
+    from hf_incr.heads.linear import LEGACY_FILENAME, RETIRED_FILENAME
+
+    api = HfApi(endpoint=hub.url, token=TOKEN)
+    api.create_repo(REPO)
+    for name in (LEGACY_FILENAME, RETIRED_FILENAME):
+        api.upload_file(path_or_fileobj=b"written by an earlier version", path_in_repo=name, repo_id=REPO)
+    push_to_hub(saved, REPO, token=TOKEN)
+    assert not {LEGACY_FILENAME, RETIRED_FILENAME} & set(hub.files(REPO))
+    assert sorted(hub.commits[-1].deleted) == sorted([LEGACY_FILENAME, RETIRED_FILENAME])
 
 
 # -- visibility ------------------------------------------------------------------------------------------------------

@@ -30,7 +30,10 @@ def _internal_imports(name: str, path: Path, modules: dict[str, Path]) -> set[st
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
-            candidates = [target] + [f"{target}.{alias.name}" for alias in node.names]
+            # `from package import module` depends on that module, not on the package's __init__ (which Python runs
+            # first for any of its modules anyway); the package itself only for names that are not modules.
+            submodules = [f"{target}.{alias.name}" for alias in node.names if f"{target}.{alias.name}" in modules]
+            candidates = submodules + ([target] if len(submodules) < len(node.names) else [])
         elif isinstance(node, ast.Import):
             candidates = [alias.name for alias in node.names]
         else:
@@ -80,6 +83,15 @@ def test_the_import_graph_has_no_cycle():
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_from_a_package_import_a_module_depends_on_the_module(tmp_path):
+    modules = {"p": tmp_path / "p" / "__init__.py", "p.a": tmp_path / "p" / "a.py", "p.b": tmp_path / "p" / "b.py"}
+    modules["p.a"].parent.mkdir()
+    modules["p.a"].write_text("from . import b\nfrom . import b as c, helper\nfrom .b import thing\n")
+    assert _internal_imports("p.a", modules["p.a"], modules) == {"p.b", "p"}  # `helper` is a name of p
+    modules["p.a"].write_text("from . import b\n")
+    assert _internal_imports("p.a", modules["p.a"], modules) == {"p.b"}
 
 
 def test_no_private_name_is_imported_from_another_module():

@@ -35,7 +35,7 @@ def test_herding_picks_the_example_closest_to_the_mean_first():
 def test_replay_memory_is_saved_and_mixed_into_the_next_increment(tmp_path):
     tok = tokenizer()
     model = tiny_bert(["refund", "delivery"])
-    config = IncrementConfig(warmup_epochs=1, replay_per_label=2, replay_selection="random")
+    config = IncrementConfig(warmup_epochs=1, replay_per_label=2)
     train_increment(model, tok, text_dataset(["refund", "delivery"], 6), config=config,
                     args=training_args(tmp_path, output_dir=str(tmp_path / "a")))
     assert len(ReplayMemory.load(tmp_path / "a")) == 4

@@ -10,8 +10,8 @@ from datasets import Dataset
 from text_models import text_dataset, tiny_bert, tokenizer, training_args
 from transformers import AutoModelForSequenceClassification
 
-from hf_incr import DataError, IncrementConfig, train_increment
-from hf_incr.freezing import head_parameter_names
+import hf_incr.recipe
+from hf_incr import DataError, IncrementConfig, add_labels, train_increment
 from hf_incr.layers import parameter_depths
 from hf_incr.lineage import LINEAGE_FILENAME, get_lineage
 
@@ -27,13 +27,21 @@ def _params(model):
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-def test_cached_warmup_trains_only_the_output_linear(tmp_path, tok):
+def test_cached_warmup_trains_only_the_output_linear(tmp_path, tok, monkeypatch):
     model = tiny_bert(OLD)
     before = _params(model)
     old_rows = model.classifier.weight.detach().clone()
-    # The gradient warm-up (closed_form_head=False): the head is trained by gradient on the cached features.
-    config = IncrementConfig(warmup_epochs=3, warmup_learning_rate=1e-2, init="zeros", finetune_layers=0,
-                             closed_form_head=False)
+    # The new row as the head grew (imprinted from its examples' cached features), before the warm-up trained it.
+    grown = []
+
+    def spy(model, new_labels, **kwargs):
+        ids = add_labels(model, new_labels, **kwargs)
+        grown.append(model.classifier.weight[ids].detach().clone())
+        return ids
+
+    monkeypatch.setattr(hf_incr.recipe, "add_labels", spy)
+    # The gradient warm-up (head="trained"): the head is trained by gradient on the cached features.
+    config = IncrementConfig(warmup_epochs=3, warmup_learning_rate=1e-2, finetune_layers=0, head="trained")
     result = train_increment(
         model, tok, text_dataset(["repair"], 8), text_dataset(OLD + ["repair"], 4, offset=50),
         config=config, args=training_args(tmp_path), save=False,
@@ -46,7 +54,9 @@ def test_cached_warmup_trains_only_the_output_linear(tmp_path, tok):
             continue
         assert torch.equal(before[name], after[name]), f"{name} trained in a frozen-encoder warm-up"
     assert model.classifier.weight.shape == (4, 32)
-    assert not torch.equal(model.classifier.weight[3], torch.zeros(32)), "the new row did not train"
+    [start] = grown
+    assert start.shape == (1, 32) and not torch.equal(start[0], torch.zeros(32))  # imprinted, not zeros
+    assert not torch.equal(model.classifier.weight[3], start[0]), "the new row did not train"
     assert not torch.equal(model.classifier.weight[:3], old_rows), "the old rows did not train"
     # The result is a normal model: every parameter trainable again.
     assert all(p.requires_grad for p in model.parameters())
@@ -59,40 +69,11 @@ def test_cached_warmup_trains_only_the_output_linear(tmp_path, tok):
     )
 
 
-def test_cached_and_plain_warmup_reach_the_same_head(tmp_path, tok):
-    """The fast path is an optimisation, not another method: same data, same seed, same head (up to float noise).
-
-    Without dropout, since the plain path runs the frozen encoder in train mode and the cache is taken in eval mode.
-    """
-    heads = []
-    for cache in (True, False):
-        model = tiny_bert(OLD, dropout=0.0)
-        config = IncrementConfig(warmup_epochs=2, warmup_learning_rate=1e-2, init="zeros", cache_features=cache)
-        train_increment(
-            model, tok, text_dataset(["repair"], 8), config=config,
-            args=training_args(tmp_path / str(cache), dataloader_drop_last=False), save=False,
-        )
-        heads.append(model.classifier.weight.detach().clone())
-    torch.testing.assert_close(heads[0], heads[1], atol=1e-5, rtol=1e-4)
-
-
-def test_pooler_scope_trains_the_pooler_and_not_the_encoder(tmp_path, tok):
-    model = tiny_bert(OLD)
-    before = _params(model)
-    config = IncrementConfig(warmup_epochs=2, warmup_scope="head", init="mean", finetune_layers=0,
-                             closed_form_head=False)
-    train_increment(model, tok, text_dataset(["repair"], 8), config=config, args=training_args(tmp_path), save=False)
-    after = _params(model)
-    trained = {n for n in before if not torch.equal(before[n], after[n])}
-    assert set(head_parameter_names(model, "head")) >= trained
-    assert "bert.pooler.dense.weight" in trained
-
-
 def test_finetune_phase_trains_top_layers_with_layerwise_lr(tmp_path, tok):
     model = tiny_bert(OLD)
     before = _params(model)
     config = IncrementConfig(warmup_epochs=1, finetune_layers=1, finetune_epochs=2, finetune_learning_rate=1e-3,
-                             closed_form_head=False, finetune_increments=True)
+                             head="trained", finetune_increments=True)
     train_increment(model, tok, text_dataset(["repair"], 8), config=config, args=training_args(tmp_path), save=False)
     after = _params(model)
     depths = parameter_depths(model)
