@@ -108,7 +108,7 @@ class IncrementConfig:
 
     # The head
     head: str = field(
-        default="linear",
+        default="kernel",
         metadata={
             "help": "What answers. `kernel` (the default): the kernel LDA head on the encoder's pooled top layers, "
             "the most accurate (docs/benchmarks.md); `hf_incr.load_model` and `from_pretrained(..., "

@@ -14,7 +14,7 @@ from typing import Any
 # IncrementResult.timings keys, with the names a reader sees (in the order they are shown).
 PHASE_TIMINGS = {
     "load_s": "loading",
-    "feature_cache_s": "caching features",
+    "feature_cache_s": "encoding",
     "warmup_s": "warm-up",
     "finetune_s": "fine-tuning",
     "adapt_s": "adapting the encoder",
@@ -23,7 +23,7 @@ PHASE_TIMINGS = {
     "closed_form_s": None,  # the frozen pass and the solve: shown apart
     "new_rows_s": None,
     "evaluate_s": "evaluating",
-    "total_s": "in all",
+    "total_s": "total",
     "save_s": "saving",
 }
 

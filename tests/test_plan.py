@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hf_incr import ConfigError, DataError, IncrementConfig
+from hf_incr import DataError, IncrementConfig
 from hf_incr.heads import ClassStatistics, KeptRowsHead, KernelHead, LinearHead
 from hf_incr.heads.modeling_hf_incr_kernel import KernelConfig
 from hf_incr.plan import plan
@@ -30,9 +30,11 @@ def rows(*labels, repeat: int = 1) -> list[list[str]]:
 
 
 def make(saved=None, config=None, row_labels=None, multi_label=False, kind="increment", data_labels=None):
+    """A plan; the settings default to the Linear alone (the kernel head, the product's default, is planned in the
+    tests that name it)."""
     row_labels = rows("repair") if row_labels is None else row_labels
     data = data_labels or sorted({name for names in row_labels for name in names})
-    return plan(OLD, multi_label, saved or {}, config or IncrementConfig(), data, row_labels, kind=kind)
+    return plan(OLD, multi_label, saved or {}, config or IncrementConfig(head="linear"), data, row_labels, kind=kind)
 
 
 def test_a_base_warms_up_fine_tunes_and_starts_the_linear_head():
@@ -61,7 +63,8 @@ def test_a_classifier_trained_elsewhere_keeps_its_rows_and_is_warned_about_old_l
     assert make({"linear": linear(kept=True)}).path == "kept_rows"  # its statistics keep marking the kept rows
     with_old = make({}, row_labels=rows("repair", *OLD))
     assert with_old.path == "adapt" and not with_old.warnings  # every old label as well as the new one: adapted once
-    assert make({}, IncrementConfig(adapt_trained_elsewhere=False), rows("repair", *OLD)).path == "kept_rows"
+    assert make({}, IncrementConfig(adapt_trained_elsewhere=False, head="linear"), rows("repair", *OLD)).path == \
+        "kept_rows"
     few_old = make({}, row_labels=rows("repair", repeat=10) + rows(*OLD))
     assert few_old.path == "kept_rows"  # a few rows per old label do not represent them
 
@@ -114,7 +117,7 @@ def test_the_gradient_path_distills_only_when_it_adds_labels_to_old_ones():
 def test_multi_label_rows_annotate_the_new_labels_and_old_labels_in_them_are_warned_about():
     step = make({"linear": linear()}, row_labels=[["repair", "refund"], ["repair"], []], multi_label=True)
     assert step.annotated == (3,) and "1 of 3 rows carry old labels" in step.warnings[0]
-    assert make({"linear": linear()}, IncrementConfig(multi_label_annotation="all"), [["repair"], []],
+    assert make({"linear": linear()}, IncrementConfig(multi_label_annotation="all", head="linear"), [["repair"], []],
                 multi_label=True).annotated is None
     with pytest.raises(DataError, match="brings no new label"):
         make({"linear": linear()}, row_labels=[["refund"]], multi_label=True)
@@ -125,10 +128,11 @@ def test_multi_label_rows_annotate_the_new_labels_and_old_labels_in_them_are_war
 
 
 def test_declared_new_labels_refuse_other_unknown_names():
-    step = make({"linear": linear()}, IncrementConfig(new_labels=["repair", "colour"]), rows("repair"))
+    step = make({"linear": linear()}, IncrementConfig(new_labels=["repair", "colour"], head="linear"),
+                rows("repair"))
     assert step.new_labels == ("repair", "colour") and step.num_labels == 5
     with pytest.raises(DataError, match=r"label\(s\) \['typo'\] that the model does not know"):
-        make({"linear": linear()}, IncrementConfig(new_labels=["repair"]), rows("repair", "typo"))
+        make({"linear": linear()}, IncrementConfig(new_labels=["repair"], head="linear"), rows("repair", "typo"))
 
 
 def test_the_plan_is_frozen():

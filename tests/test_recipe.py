@@ -114,7 +114,8 @@ def test_multi_label_new_rows_beside_kept_ones_get_a_tuned_threshold(tmp_path):
     # The warning says what happens to a multi-label model's old labels (nothing) and how to decide the new ones.
     advice = r"kept bit for bit, so their predictions do not change.*`head=kernel` \(`kernel_features=5000`\)"
     with pytest.warns(UserWarning, match=advice):
-        result = train_increment(model, tokenizer(), train, config=IncrementConfig(label_column="labels"),
+        result = train_increment(model, tokenizer(), train, config=IncrementConfig(label_column="labels",
+                                                                                    head="linear"),
                                  args=training_args(tmp_path), save=False)
     assert result.record["head_rows"] == "kept" and list(result.record["thresholds"]) == ["repair"]
 
@@ -174,14 +175,16 @@ def test_adapting_that_does_worse_on_the_eval_data_is_undone(tmp_path):
     # A base whose trained head separates its labels, then an adaptation at a learning rate that wrecks the encoder:
     # the eval check restores every weight, and the increment ends as if it had kept the trained rows.
     model = tiny_bert(OLD, seed=1, dropout=0.0)
-    train_increment(model, tokenizer(), text_dataset(OLD, 8), config=IncrementConfig(finetune_layers=0),
+    train_increment(model, tokenizer(), text_dataset(OLD, 8), config=IncrementConfig(finetune_layers=0, head="linear"),
                     args=training_args(tmp_path), save=False, kind="base")
     kept_model = copy.deepcopy(model)
     data, test = text_dataset([*OLD, "repair"], 8), text_dataset([*OLD, "repair"], 4, offset=40)
-    kept = train_increment(kept_model, tokenizer(), data, test, config=IncrementConfig(adapt_trained_elsewhere=False),
+    kept = train_increment(kept_model, tokenizer(), data, test,
+                           config=IncrementConfig(adapt_trained_elsewhere=False, head="linear"),
                            args=training_args(tmp_path), save=False)
     assert kept.record["head_rows"] in ("kept", "refitted") and "adaptation" not in kept.record
-    result = train_increment(model, tokenizer(), data, test, config=IncrementConfig(adapt_learning_rate=50.0),
+    result = train_increment(model, tokenizer(), data, test,
+                             config=IncrementConfig(adapt_learning_rate=50.0, head="linear"),
                              args=training_args(tmp_path), save=False)
     adaptation = result.record["adaptation"]
     assert adaptation["kept"] is True and result.record["head_rows"] == kept.record["head_rows"]
