@@ -15,9 +15,9 @@ __version__ = "0.2.0"
 # Every public name and the module that defines it.
 _EXPORTS = {
     "IncrementConfig": "config",
-    "ConfigError": "errors", "DataError": "errors", "HeadConfigMismatchError": "errors", "HeadNotFoundError": "errors",
-    "HfIncrError": "errors", "HubPushError": "errors", "LabelError": "errors", "SavedStateError": "errors",
-    "TokenizerError": "errors", "UnsupportedModelError": "errors",
+    "ConfigError": "errors", "DataError": "errors", "DiskFullError": "errors", "HeadConfigMismatchError": "errors",
+    "HeadNotFoundError": "errors", "HfIncrError": "errors", "HubPushError": "errors", "LabelError": "errors",
+    "SaveError": "errors", "SavedStateError": "errors", "TokenizerError": "errors", "UnsupportedModelError": "errors",
     "encode_for_heads": "features", "extract_head_inputs": "features", "frozen_pass": "features",
     "freeze_all_but_head": "freezing", "head_parameter_names": "freezing", "param_groups_layer_lr": "freezing",
     "unfreeze_top_layers": "freezing",
@@ -39,6 +39,7 @@ __all__ = [
     "ClassifierHead",
     "ConfigError",
     "DataError",
+    "DiskFullError",
     "Head",
     "HeadConfigMismatchError",
     "HeadLocation",
@@ -51,6 +52,7 @@ __all__ = [
     "IncrementalTrainer",
     "LabelError",
     "ReplayMemory",
+    "SaveError",
     "SavedStateError",
     "TokenizerError",
     "UnsupportedModelError",
@@ -103,12 +105,14 @@ if TYPE_CHECKING:  # what type checkers and editors read
     from .errors import (
         ConfigError,
         DataError,
+        DiskFullError,
         HeadConfigMismatchError,
         HeadNotFoundError,
         HfIncrError,
         HubPushError,
         LabelError,
         SavedStateError,
+        SaveError,
         TokenizerError,
         UnsupportedModelError,
     )

@@ -61,6 +61,15 @@ class ScriptArguments:
         metadata={"help": "push: the Hub repo to push the saved folder to (train-base / increment use `--push_to_hub "
                   "--hub_model_id`)."},
     )
+    delimiter: str | None = field(
+        default=None,
+        metadata={"help": "The column separator of CSV data files, e.g. `;` (default: `,` for .csv, a tab for .tsv)."},
+    )
+    new_head: bool = field(
+        default=False,
+        metadata={"help": "train-base: `--model_name_or_path` may be a trained classifier; its head and labels are "
+                  "discarded and a new head is trained over its encoder (to keep them, use `increment`)."},
+    )
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow custom model code from the Hub. Off unless you trust the repo."}
     )
@@ -169,27 +178,35 @@ def save_config(path: str, values: dict, defaults: dict) -> None:
     target.write_text(yaml.safe_dump(json.loads(json.dumps(kept, default=str)), sort_keys=True), encoding="utf-8")
 
 
-def load_data(script_args: ScriptArguments):
+def _file_options(script_args: ScriptArguments, recipe: IncrementConfig | None) -> dict:
+    """What ``load_text_data`` needs to read a data file: the CSV separator, the columns checked for mixed kinds."""
+    options = {"delimiter": script_args.delimiter} if script_args.delimiter else {}
+    if recipe is not None:
+        options["columns"] = (recipe.text_column, recipe.label_column)
+    return options
+
+
+def load_data(script_args: ScriptArguments, recipe: IncrementConfig | None = None):
     """The training and eval data sets named by ``script_args``."""
     from .data import load_text_data
 
     if script_args.train_file:
-        train = load_text_data(script_args.train_file)
+        train = load_text_data(script_args.train_file, **_file_options(script_args, recipe))
     elif script_args.dataset_name:
         train = load_text_data(
             script_args.dataset_name, split=script_args.train_split, name=script_args.dataset_config_name
         )
     else:
         raise ConfigError("No training data: pass `--train_file FILE` or `--dataset_name NAME`.")
-    return train, load_eval_data(script_args)
+    return train, load_eval_data(script_args, recipe)
 
 
-def load_eval_data(script_args: ScriptArguments):
+def load_eval_data(script_args: ScriptArguments, recipe: IncrementConfig | None = None):
     """Only the eval data set named by ``script_args`` (``None`` if none is named)."""
     from .data import load_text_data
 
     if script_args.eval_file:
-        return load_text_data(script_args.eval_file)
+        return load_text_data(script_args.eval_file, **_file_options(script_args, recipe))
     if script_args.dataset_name and script_args.eval_split:
         return load_text_data(
             script_args.dataset_name, split=script_args.eval_split, name=script_args.dataset_config_name
@@ -212,11 +229,11 @@ def run_train_base(script_args: ScriptArguments, recipe: IncrementConfig, traini
     from .recipe import train_base_classifier
 
     check_run_paths(training_args, script_args.model_name_or_path)
-    train, evaluation = load_data(script_args)
+    train, evaluation = load_data(script_args, recipe)
     model_path = script_args.model_name_or_path or default_encoder()
     model, _, result = train_base_classifier(
         model_path, train, evaluation, config=recipe, args=training_args,
-        trust_remote_code=script_args.trust_remote_code,
+        trust_remote_code=script_args.trust_remote_code, new_head=script_args.new_head,
     )
     _finish(result, training_args, model, "train-base")
     return result
@@ -226,15 +243,16 @@ def run_increment(script_args: ScriptArguments, recipe: IncrementConfig, trainin
     """``hf-incr increment``: add the new labels of the data to a trained classifier and train the increment."""
     from .loading import load_classifier
     from .recipe import train_increment
-    from .validation import check_checkpoint
+    from .validation import check_checkpoint, check_trained_classifier
 
     if not script_args.model_name_or_path:
         raise ConfigError("`hf-incr increment` needs `--model_name_or_path`: the trained classifier to extend.")
     check_run_paths(training_args, script_args.model_name_or_path)
     check_checkpoint(script_args.model_name_or_path)
-    train, evaluation = load_data(script_args)
+    train, evaluation = load_data(script_args, recipe)
     started = time.perf_counter()
     model, tokenizer = load_classifier(script_args.model_name_or_path, script_args.trust_remote_code)
+    check_trained_classifier(model, script_args.model_name_or_path)  # a Hub id's config, read by the load
     loaded = time.perf_counter() - started
     result = train_increment(model, tokenizer, train, evaluation, config=recipe, args=training_args)
     result.timings = {"load_s": loaded, **result.timings}
@@ -252,7 +270,7 @@ def run_evaluate(script_args: ScriptArguments, recipe: IncrementConfig, training
     if not script_args.model_name_or_path:
         raise ConfigError("`hf-incr evaluate` needs `--model_name_or_path`: the classifier to evaluate.")
     model, tokenizer = load_classifier(script_args.model_name_or_path, script_args.trust_remote_code)
-    evaluation = load_eval_data(script_args)
+    evaluation = load_eval_data(script_args, recipe)
     if evaluation is None:
         raise ConfigError(
             "`hf-incr evaluate` needs data: `--eval_file FILE` (or `--dataset_name` with `--eval_split`)."

@@ -8,6 +8,8 @@ sized to the model's label space.
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -21,7 +23,8 @@ from transformers.utils import logging
 
 from .config import MULTI_LABEL
 from .distributed import distributed_launch, every_process_agrees
-from .errors import DataError
+from .errors import DataError, DiskFullError
+from .faults import reason, write_fault
 
 logger = logging.get_logger(__name__)
 
@@ -29,11 +32,16 @@ logger = logging.get_logger(__name__)
 _FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
-def load_text_data(source: str | Path, split: str | None = None, **kwargs) -> Dataset | DatasetDict:
+def load_text_data(source: str | Path, split: str | None = None, *, columns: Sequence[str] | None = None,
+                   **kwargs) -> Dataset | DatasetDict:
     """Load a data set from a local CSV / JSON Lines / Parquet file or folder, or a Hub data set name.
 
     A file path goes through ``load_dataset(builder, data_files=...)`` and returns its ``train`` split unless
-    ``split`` says otherwise; anything else is passed to ``load_dataset(source, split=split)`` as is.
+    ``split`` says otherwise; anything else is passed to ``load_dataset(source, split=split)`` as is. A file that
+    cannot be read as it should (empty, a header without rows, a malformed JSON line, another CSV separator, a column
+    that mixes kinds of values, e.g. numbers and names) is a :class:`DataError` naming the file, the line and the fix;
+    ``columns`` (e.g. the text and label columns) limits the check of mixed kinds to those columns. CSV options such as
+    ``delimiter=";"`` go to the CSV reader.
     """
     path = Path(source)
     if path.is_file():
@@ -45,13 +53,230 @@ def load_text_data(source: str | Path, split: str | None = None, **kwargs) -> Da
             )
         if path.suffix.lower() == ".tsv":
             kwargs.setdefault("delimiter", "\t")
-        return load_dataset(builder, data_files=str(path), split=split or "train", **kwargs)
+        if builder != "csv":
+            kwargs.pop("delimiter", None)  # a CSV option (`--delimiter`), not the JSON or Parquet reader's
+        return _load_file(path, builder, split or "train", columns, kwargs)
     if path.suffix.lower() in _FILE_BUILDERS and not path.exists():
         raise DataError(
             f"The data file {str(path)!r} does not exist (expected a .csv, .tsv, .json, .jsonl or .parquet file). "
             "Check the path (it is relative to the folder you run in)."
         )
     return load_dataset(str(source), split=split, **kwargs)
+
+
+_EXPECTED = {
+    "csv": "a header line naming the columns (e.g. `text,label`) and one row per line below it",
+    "json": 'one JSON object per line, e.g. `{"text": "my card was declined", "label": "card"}`',
+    "parquet": "a Parquet table with a text and a label column",
+}
+
+
+def _load_file(path: Path, builder: str, split: str, columns: Sequence[str] | None, kwargs: dict) -> Dataset:
+    """One local file through ``load_dataset``, every way a file a user made can fail named with its fix."""
+    if path.stat().st_size == 0:
+        raise DataError(f"The data file {str(path)!r} is empty (0 bytes). Expected {_EXPECTED[builder]}. Check that "
+                        "it was written completely, or pass the right file.")
+    try:
+        with _quiet_reader_errors():
+            dataset = load_dataset(builder, data_files=str(path), split=split, **kwargs)
+    except Exception as error:
+        if write_fault(error) == "full":  # datasets writes the file's rows into its cache first
+            raise DiskFullError(
+                f"Reading {str(path)!r} failed: datasets writes its rows to its cache "
+                f"({datasets.config.HF_DATASETS_CACHE}), and {reason('full', error)}. Nothing was changed. Free "
+                "space there, or point `HF_DATASETS_CACHE` at a disk with room, then rerun.", path=path,
+            ) from error
+        if any(isinstance(c, OSError) and c.errno is not None for c in _causes(error)):
+            raise  # a fault of the machine (permissions, I/O), not of the file's content
+        raise _unreadable(path, builder, error, kwargs) from error
+    if builder == "csv":
+        _check_separator(path, dataset, kwargs)
+        _check_fields(path, dataset, kwargs)
+    if len(dataset) == 0:
+        raise DataError(f"The data file {str(path)!r} holds no rows. Expected {_EXPECTED[builder]}.")
+    if builder == "json":
+        _check_kinds(path, dataset, columns)
+    return dataset
+
+
+@contextmanager
+def _quiet_reader_errors():
+    """datasets logs a reader's failure (``Failed to load JSON from file ...``) before raising it; the error raised
+    here says it in the user's terms, once."""
+    logger_ = logging.get_logger("datasets")
+    drop = _DropErrors()
+    logger_.addFilter(drop)
+    for handler in logger_.handlers:
+        handler.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger_.removeFilter(drop)
+        for handler in logger_.handlers:
+            handler.removeFilter(drop)
+
+
+class _DropErrors:
+    def filter(self, record) -> bool:
+        return record.levelno < 40  # ERROR and above: the exception that follows says it
+
+
+def _causes(error: BaseException):
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def _unreadable(path: Path, builder: str, error: Exception, kwargs: dict) -> DataError:
+    """Why ``load_dataset`` could not read a file, in the user's terms: no rows, the first malformed line, or the
+    reader's own message."""
+    if any("corresponds to no data" in str(c) for c in _causes(error)):
+        if builder == "csv":
+            header = _first_line(path)
+            return DataError(f"The data file {str(path)!r} has a header ({header!r}) but no rows. Expected "
+                             f"{_EXPECTED['csv']}.")
+        return DataError(f"The data file {str(path)!r} holds no rows (only blank lines). Expected "
+                         f"{_EXPECTED[builder]}.")
+    if builder == "json":
+        problem = _json_problem(path)
+        if problem:
+            return DataError(f"The data file {str(path)!r} cannot be read: {problem}. Expected {_EXPECTED['json']}. "
+                             "Fix or delete that line, then rerun.")
+    innermost = list(_causes(error))[-1]
+    detail = " ".join(f"{type(innermost).__name__}: {innermost}".split())[:300]
+    return DataError(f"The data file {str(path)!r} could not be read as {builder.upper()} ({detail}). Expected "
+                     f"{_EXPECTED[builder]}.")
+
+
+def _first_line(path: Path, limit: int = 200) -> str:
+    with open(path, "rb") as handle:
+        return handle.readline(limit).decode("utf-8", errors="replace").rstrip("\r\n")
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _json_problem(path: Path) -> str | None:
+    """The first line of a JSON Lines file that is not one JSON object (or where a JSON file is malformed)."""
+    with open(path, "rb") as handle:
+        start = handle.read(4096).lstrip()
+    if start.startswith(b"["):  # one JSON document (an array of rows), not JSON Lines
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as error:
+            where = f"line {error.lineno}, column {error.colno}: " if hasattr(error, "lineno") else ""
+            return f"{where}{getattr(error, 'msg', error)}"
+        return None
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            if not raw.strip():
+                continue
+            try:
+                value = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as error:
+                return f"line {number} is not UTF-8 text ({error.reason} at byte {error.start})"
+            except ValueError as error:
+                line = raw.decode("utf-8", errors="replace").strip()
+                return f"line {number} is not valid JSON ({error.msg} at column {error.colno}): {_clip(line)!r}"
+            if not isinstance(value, dict):
+                line = _clip(raw.decode("utf-8").strip())
+                return f"line {number} is a JSON {type(value).__name__}, not an object: {line!r}"
+    return None
+
+
+_SEPARATORS = (",", ";", "\t", "|")
+
+
+def _check_separator(path: Path, dataset: Dataset, kwargs: dict) -> None:
+    """A CSV read with the wrong separator comes back as one column named after the whole header (``text;label``):
+    say which columns were found and how to pass the separator."""
+    used = kwargs.get("delimiter") or kwargs.get("sep") or ","
+    header = _first_line(path)
+    for separator in _SEPARATORS:
+        if separator == used or len(header.split(separator)) < 2:
+            continue
+        if len(dataset.column_names) == 1 or any(separator in name for name in dataset.column_names):
+            shown = "'\\t'" if separator == "\t" else repr(separator)
+            flag = "$'\\t'" if separator == "\t" else repr(separator)
+            raise DataError(
+                f"The data file {str(path)!r} was read with {used!r} between columns and gave the column(s) "
+                f"{dataset.column_names}, but its header {header!r} looks separated by {shown}. Pass the separator: "
+                f"`--delimiter {flag}` (Python: `load_text_data({str(path)!r}, delimiter={shown})`)"
+                + (", or name the file .tsv." if separator == "\t" else ".")
+            )
+
+
+def _check_fields(path: Path, dataset: Dataset, kwargs: dict) -> None:
+    """Rows with more fields than the header: pandas then takes the first ones as an index (``__index_level_0__``)
+    and shifts every column; name the first such line instead."""
+    if not any(name.startswith("__index_level_") for name in dataset.column_names):
+        return
+    import csv
+
+    separator = kwargs.get("delimiter") or kwargs.get("sep") or ","
+    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+        rows = csv.reader(handle, delimiter=separator)
+        header = next(rows, [])
+        for row in rows:
+            if len(row) > len(header):
+                raise DataError(
+                    f"The data file {str(path)!r} has a row with {len(row)} fields on line {rows.line_num}, but its "
+                    f"header names {len(header)} columns ({header}): {_clip(separator.join(row))!r}. Quote a text "
+                    'that holds the separator ("a, b"), or fix that line, then rerun.'
+                )
+
+
+def _kind(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    return "a list" if isinstance(value, list) else "an object"
+
+
+def _check_kinds(path: Path, dataset: Dataset, columns: Sequence[str] | None) -> None:
+    """A JSON column whose rows hold values of different kinds (the label ``1`` in one row, ``"refund"`` in another)
+    is one datasets could not type: refuse it naming the lines, before ``1`` becomes a label of its own."""
+    for column in columns if columns is not None else dataset.column_names:
+        if column not in dataset.column_names or type(dataset.features[column]).__name__ != "Json":
+            continue
+        first: dict[str, int] = {}
+        for row, value in enumerate(dataset[column]):
+            kind = _kind(value)
+            if kind is not None and kind not in first:
+                first[kind] = row
+        if len(first) < 2:
+            continue
+        lines = _row_lines(path, max(first.values()))
+        values = dataset[column]
+        found = "; ".join(f"line {lines.get(row, f'? (row {row})')} holds {kind} ({_clip(repr(values[row]), 40)})"
+                          for kind, row in sorted(first.items(), key=lambda item: item[1]))
+        raise DataError(
+            f"Column {column!r} of the data file {str(path)!r} mixes kinds of values: {found}. Expected one kind per "
+            "column (a label column: names, or lists of names for multi-label rows; a number would be read as a label "
+            'name of its own). Write every label as a name in quotes (`"label": "1"` if 1 is a label\'s name), or map '
+            "ids to names, then rerun."
+        )
+
+
+def _row_lines(path: Path, last_row: int) -> dict[int, int]:
+    """Line numbers of the rows of a JSON Lines file (blank lines hold no row), up to ``last_row``."""
+    lines, row = {}, 0
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            if raw.strip():
+                lines[row] = number
+                row += 1
+                if row > last_row:
+                    break
+    return lines
 
 
 def _label_feature(dataset: Dataset, label_column: str):
@@ -101,6 +326,37 @@ def label_names_in(dataset: Dataset, label_column: str = "label") -> list[str]:
     if isinstance(inner, ClassLabel):
         return [name for name in inner.names if name in seen]
     return sorted(seen)
+
+
+_NUMBER = re.compile(r"^\s*[+-]?\d+(\.\d+)?\s*$")
+
+
+def check_label_kinds(dataset: Dataset, label_column: str, known=(), what: str = "data set") -> None:
+    """Refuse a label column of names that also holds numbers (``"refund"`` in one row, ``"1"`` in another, as a CSV
+    with a stray id gives): each number would become a label of its own. Numbers among ``known`` (the model's own
+    label names) are names."""
+    if label_column not in dataset.column_names:
+        return
+    feature = dataset.features[label_column]
+    if not (isinstance(feature, Value) and feature.dtype in ("string", "large_string")):
+        return
+    known = set(known)
+    number = name = None
+    for row, value in enumerate(dataset[label_column]):
+        if not isinstance(value, str):
+            continue
+        if _NUMBER.match(value):
+            if value not in known:
+                number = number if number is not None else (row, value)
+        elif value.strip():
+            name = name if name is not None else (row, value)
+        if number is not None and name is not None:
+            raise DataError(
+                f"Column {label_column!r} of the {what} mixes label names and numbers: row {name[0]} has "
+                f"{name[1]!r}, row {number[0]} has {number[1]!r} (in a CSV file, row i is on line i + 2). A number "
+                f"would be read as a label name of its own, {number[1]!r}. Write every label as a name (map ids "
+                "with `model.config.id2label`), or drop those rows, then rerun."
+            )
 
 
 def check_texts(dataset: Dataset, text_column: str = "text", what: str = "data set") -> None:

@@ -76,3 +76,27 @@ class HubPushError(HfIncrError):
         self.folder = folder
         self.repo_id = repo_id
         self.status_code = status_code
+
+
+class SaveError(HfIncrError, OSError):
+    """Writing what a run produces failed for a reason of the machine or of the folder, not of the caller's values:
+    a write error, a read-only or vanished folder, an output folder replaced by something else while the run worked.
+    Nothing that existed before is lost: the message names what was being written, where, and what to do.
+
+    Not a ``ValueError`` (the caller's values were fine, the write was not); an ``OSError``, so ``except OSError``
+    clauses written around ``save_pretrained`` keep working.
+
+    Attributes:
+        path: The file or folder being written when it failed.
+        folder: The output folder of the run (as it was before the failed write).
+    """
+
+    def __init__(self, message: str, *, path=None, folder=None):
+        super().__init__(message)
+        self.path = path
+        self.folder = folder
+
+
+class DiskFullError(SaveError):
+    """A :class:`SaveError` where the disk (or the user's quota) is full, or a file-size limit (``ulimit -f``) was
+    reached: free space or raise the limit, then rerun."""

@@ -21,9 +21,12 @@ push to that branch.
 
 from __future__ import annotations
 
+import email.utils
 import json
+import math
 import os
 import re
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -51,6 +54,11 @@ _BEARER = re.compile(r"(?i)(bearer\s+)\S+")
 # huggingface_hub wraps a failed LFS upload: RuntimeError("Error while uploading '<path>' to the Hub.") from the cause.
 _LARGE_FILE = re.compile(r"Error while uploading '([^']+)' to the Hub")
 _NETWORK = re.compile("Connect|Timeout|Protocol|Read|Write|Network")  # names of httpx2's network errors
+# A push the Hub rate-limits (HTTP 429) is tried again after the `Retry-After` it asks for, when that is at most
+# RATE_LIMIT_WAIT_S, RATE_LIMIT_TRIES times in all; a longer wait is an error that says when to retry.
+RATE_LIMIT_WAIT_S = 60
+RATE_LIMIT_TRIES = 3
+_DEFAULT_RETRY_AFTER_S = 5  # a 429 that names no wait
 
 
 def push_to_hub(
@@ -110,20 +118,39 @@ def push_to_hub(
         )
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
     api = HfApi(endpoint=endpoint, token=token, library_name="hf_incr")
-    try:
-        commit, repo_id = _commit(api, folder, config, repo_id, private=private, revision=revision,
-                                  commit_message=commit_message, push_statistics=push_statistics,
-                                  card_data_kwargs=card_data_kwargs)
-    except KeyboardInterrupt:
-        logger.warning(_retry_hint(folder, repo_id, "The push was interrupted.", revision))
-        raise
-    except Exception as error:
-        raise _push_error(
-            folder, repo_id, _describe(error, endpoint), token=token, status_code=_status(error), revision=revision
-        ) from None
+    commit, repo_id = _commit_rate_limited(api, folder, config, repo_id, endpoint=endpoint, token=token,
+                                           private=private, revision=revision, commit_message=commit_message,
+                                           push_statistics=push_statistics, card_data_kwargs=card_data_kwargs)
     logger.info("Pushed %s to %s (%s)", folder, repo_id, commit.commit_url)
     _pin_card(api, folder, config, repo_id, commit, revision, card_data_kwargs)
     return commit
+
+
+def _commit_rate_limited(api: HfApi, folder: Path, config, repo_id: str, *, endpoint: str, token: str,
+                         revision: str | None, **options):
+    """:func:`_commit`, tried again after the wait a rate limit (HTTP 429) asks for when that is short
+    (``RATE_LIMIT_WAIT_S``, ``RATE_LIMIT_TRIES`` tries in all); any other failure is a :class:`HubPushError`."""
+    attempt = 1
+    while True:
+        try:
+            return _commit(api, folder, config, repo_id, revision=revision, **options)
+        except KeyboardInterrupt:
+            logger.warning(_retry_hint(folder, repo_id, "The push was interrupted.", revision))
+            raise
+        except Exception as error:
+            wait = _retry_after(error)
+            if wait is not None and wait <= RATE_LIMIT_WAIT_S and attempt < RATE_LIMIT_TRIES:
+                # Refused before anything was committed (a commit is all or nothing): the same push again, which
+                # skips the files the Hub already holds, after the wait the Hub asked for.
+                attempt += 1
+                logger.warning("The Hub asks this push to wait %d s (HTTP 429); trying again then (%d of %d).", wait,
+                               attempt, RATE_LIMIT_TRIES)
+                time.sleep(wait)
+                continue
+            raise _push_error(
+                folder, repo_id, _describe(error, endpoint), token=token, status_code=_status(error),
+                revision=revision,
+            ) from None
 
 
 def _commit(api: HfApi, folder: Path, config, repo_id: str, *, private: bool, revision: str | None,
@@ -306,6 +333,23 @@ def _status(error: BaseException) -> int | None:
     return None
 
 
+def _retry_after(error: BaseException) -> int | None:
+    """The seconds a rate-limited (HTTP 429) request should wait before it is tried again (``None``: no 429)."""
+    for cause in _causes(error):
+        response = getattr(cause, "response", None)
+        if getattr(response, "status_code", None) != 429:
+            continue
+        value = str((getattr(response, "headers", None) or {}).get("Retry-After") or "").strip()
+        if value.isdigit():
+            return int(value)
+        try:  # an HTTP date
+            moment = email.utils.parsedate_to_datetime(value)
+            return max(0, math.ceil(moment.timestamp() - time.time()))
+        except (TypeError, ValueError, IndexError):
+            return _DEFAULT_RETRY_AFTER_S
+    return None
+
+
 def _describe(error: BaseException, endpoint: str) -> str:
     """A short reason for a failed push (no request objects, headers or token)."""
     reason = _describe_one(_innermost(error), endpoint)
@@ -338,6 +382,11 @@ def _describe_one(error: BaseException, endpoint: str) -> str:
         return f"the Hub refused the token (HTTP 401{': ' + server if server else ''}); use a token with write access"
     if status == 403:
         return f"the token may not write to this repository (HTTP 403{': ' + server if server else ''})"
+    if status == 429:
+        wait = _retry_after(error)
+        when = time.strftime("%H:%M:%S UTC", time.gmtime(time.time() + (wait or 0)))
+        return (f"the Hub is rate-limiting this token (HTTP 429{': ' + server if server else ''}); it asks to wait "
+                f"{wait} s, so retry after {when}")
     if status is not None and status >= 500:
         return f"the Hub had a server error (HTTP {status}{': ' + server if server else ''}); try again later"
     if status is not None:

@@ -35,6 +35,7 @@ from transformers.utils import logging
 from .config import IncrementConfig
 from .data import (
     MULTI_LABEL,
+    check_label_kinds,
     check_texts,
     encode_labels,
     is_multi_label_column,
@@ -47,21 +48,29 @@ from .data import (
 )
 from .distributed import rows_of_this_process
 from .errors import DataError
+from .faults import training_faults
 from .features import RowCache, frozen_pass
 from .freezing import freeze_all_but_head, unfreeze_top_layers
-from .head import ClassifierHead, add_labels, align_weights
+from .head import ClassifierHead, add_labels, align_weights, find_classifier_head
 from .heads import HEADS, Head, KeptRowsHead, LinearHead, PassRows
 from .heads.base import ship_inference_code
 from .hub import push_saved_model
 from .layers import encoder_layers
-from .lineage import append_record, find_rerun, make_record
+from .lineage import LINEAGE_ATTRIBUTE, append_record, find_rerun, make_record
 from .loading import load_heads, saved_state_folder
 from .measure import EvalFeatures, metrics_of
 from .plan import IncrementPlan, plan
 from .replay import ReplayMemory, balanced_repeat, mix_replay
-from .saving import remove_checkpoints, save_increment
+from .saving import remove_checkpoints, run_lock, save_increment
 from .trainer import evaluate_model, train_phase, warm_up_on_cached_features
-from .validation import check_increment_inputs, check_output_dir, check_resume_from_checkpoint, check_saved_state
+from .validation import (
+    check_base_encoder,
+    check_increment_inputs,
+    check_output_dir,
+    check_resume_from_checkpoint,
+    check_saved_state,
+    check_trained_classifier,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -181,21 +190,29 @@ def train_increment(
     # A stream is written to disk once (the increment reads its rows several times) and deleted afterwards.
     with map_style(train_dataset, eval_dataset, names=("training data", "eval data")) as (train, evaluation):
         location = check_inputs(model, tokenizer, train, evaluation, config, args, save)
-        if getattr(model, "hf_device_map", None) is None:
-            model.to(args.device)  # where Trainer would put it; the frozen pass runs before any Trainer exists
-        multi_label = is_multi_label_model(model)
-        saved, memory = load_state(model, config, heads, replay_memory, multi_label, location)
         if kind != "base":
-            repeated = find_rerun(model, getattr(train, "_fingerprint", None), _new_labels_in(model, train, config))
-            if repeated is not None:
-                return _rerun_result(model, tokenizer, args, repeated, saved, memory, save)
-        the_plan = plan(list(model.config.id2label.values()), multi_label, saved, config,
-                        label_names_in(train, config.label_column), row_label_names(train, config.label_column),
-                        kind=kind)
-        for message in the_plan.warnings:
-            warnings.warn(message, UserWarning, stacklevel=2)
-        result = run_plan(model, tokenizer, train, evaluation, config, args, the_plan, location, saved, memory, start)
-        return save_and_push(model, tokenizer, args, config, result, save, pushed=True)
+            check_trained_classifier(model)
+        # One run at a time per output folder: a second one waits here (and says so) until this one has saved.
+        with run_lock(args.output_dir, enabled=save and args.process_index == 0):
+            if getattr(model, "hf_device_map", None) is None:
+                model.to(args.device)  # where Trainer would put it; the frozen pass runs before any Trainer exists
+            multi_label = is_multi_label_model(model)
+            saved, memory = load_state(model, config, heads, replay_memory, multi_label, location)
+            if kind != "base":
+                repeated = find_rerun(model, getattr(train, "_fingerprint", None),
+                                      _new_labels_in(model, train, config))
+                if repeated is not None:
+                    return _rerun_result(model, tokenizer, args, repeated, saved, memory, save)
+            the_plan = plan(list(model.config.id2label.values()), multi_label, saved, config,
+                            label_names_in(train, config.label_column), row_label_names(train, config.label_column),
+                            kind=kind)
+            for message in the_plan.warnings:
+                warnings.warn(message, UserWarning, stacklevel=2)
+            # A full disk while Trainer writes a checkpoint: a DiskFullError naming it, not a raw traceback.
+            with training_faults(args.output_dir, model):
+                result = run_plan(model, tokenizer, train, evaluation, config, args, the_plan, location, saved,
+                                  memory, start)
+            return save_and_push(model, tokenizer, args, config, result, save, pushed=True)
 
 
 def run_plan(model, tokenizer, train, evaluation, config, args, the_plan: IncrementPlan, location, saved, memory,
@@ -719,24 +736,31 @@ def train_base_classifier(
     save: bool = True,
     trust_remote_code: bool = False,
     replay_memory: ReplayMemory | None = None,
+    new_head: bool = False,
 ):
     """Train a first classifier on ``train_dataset``'s labels with the same recipe (increment 0 of the lineage).
 
     Returns ``(model, tokenizer, result)``. The labels are read from the data (ClassLabel order if it has one,
     else sorted), the model is loaded with ``AutoModelForSequenceClassification`` and ``config.multi_label``
     chooses a sigmoid head. Either data set may be a streamed ``IterableDataset`` (see :func:`train_increment`).
+    ``model_name_or_path`` is an encoder; a trained classifier of other labels is refused (extend it with
+    :func:`train_increment`) unless ``new_head=True``, which starts a new head over its encoder (its head, labels and
+    lineage are discarded).
     """
     args = training_arguments(args)
     # A stream is written to disk once here (its labels are read before the increment), not again in train_increment.
     with map_style(train_dataset, eval_dataset, names=("training data", "eval data")) as (train, evaluation):
         config = config or IncrementConfig()
         check_texts(train, config.text_column)
+        check_label_kinds(train, config.label_column, what="training data")
         labels = label_names_in(train, config.label_column)
         multi_label = config.multi_label or is_multi_label_column(train, config.label_column)
         if multi_label and not config.multi_label:
             raise DataError(
                 f"Column {config.label_column!r} holds lists of labels: set `multi_label=True` for a sigmoid head."
             )
+        classifier = check_base_encoder(model_name_or_path, labels, new_head=new_head,
+                                        trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
         model = AutoModelForSequenceClassification.from_pretrained(
             model_name_or_path,
@@ -744,12 +768,25 @@ def train_base_classifier(
             label2id={name: i for i, name in enumerate(labels)},
             problem_type=MULTI_LABEL if multi_label else "single_label_classification",
             trust_remote_code=trust_remote_code,
+            ignore_mismatched_sizes=classifier,  # `new_head`: another number of labels than the checkpoint's
         )
+        if classifier:  # `new_head`
+            _start_new_head(model)
         if tokenizer.pad_token is None or model.config.pad_token_id is None:
             # Decoder-only models (GPT-2, Llama) ship no pad token; their classification head needs one.
             if tokenizer.pad_token is None:
                 tokenizer.pad_token = tokenizer.eos_token
             model.config.pad_token_id = tokenizer.pad_token_id
+        if classifier and replay_memory is None:
+            replay_memory = ReplayMemory()  # not the one saved beside the classifier: its labels are gone
         result = train_increment(model, tokenizer, train, evaluation, config=config, args=args, save=save,
-                                 kind="base", replay_memory=replay_memory)
+                                 kind="base", replay_memory=replay_memory, heads={} if classifier else None)
         return model, tokenizer, result
+
+
+def _start_new_head(model) -> None:
+    """``new_head``: the classifier's trained rows, lineage and the heads saved beside it belong to its own labels,
+    not to these: a new head over its encoder, a new lineage (the caller passes no saved heads or memory)."""
+    find_classifier_head(model).linear.reset_parameters()
+    if hasattr(model.config, LINEAGE_ATTRIBUTE):
+        delattr(model.config, LINEAGE_ATTRIBUTE)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,7 +24,7 @@ from torch import nn
 
 from .checkpoints import parse_resume
 from .config import IncrementConfig
-from .data import check_texts, find_new_labels, is_multi_label_model, label_names_in
+from .data import check_label_kinds, check_texts, find_new_labels, is_multi_label_model, label_names_in
 from .errors import (
     ConfigError,
     DataError,
@@ -41,7 +42,7 @@ from .head import (
     find_classifier_head,
 )
 from .replay import REPLAY_DIRNAME, REPLAY_FILENAME
-from .saving import CHECKPOINTS_DIRNAME, KEPT_ENTRIES
+from .saving import CHECKPOINTS_DIRNAME, KEPT_ENTRIES, blocking_file
 
 _TOKENIZE_CHUNK = 1024  # texts tokenized at once when the tokenizer's ids must be checked against the embeddings
 
@@ -134,6 +135,7 @@ def _check_label_column(model, dataset: Dataset, column: str, what: str) -> None
             "when training the base), or keep one label per row."
         )
     inner = feature.feature if is_list else feature
+    check_label_kinds(dataset, column, model_names, what)
     values = dataset[column]
     if is_list:
         missing = [i for i, value in enumerate(values) if value is None]
@@ -348,6 +350,12 @@ def check_output_dir(output_dir: str | os.PathLike, model_dir: str | os.PathLike
             )
     if out.exists() and not out.is_dir():
         raise ConfigError(f"`output_dir` {str(output_dir)!r} is a file; expected a folder. Pass another `output_dir`.")
+    blocked = blocking_file(out.parent)
+    if blocked is not None:
+        raise ConfigError(
+            f"`output_dir` {str(output_dir)!r} cannot be made: {str(blocked)!r} is a file, not a folder. Pass an "
+            "`output_dir` whose parents are folders (missing ones are created)."
+        )
     if out.is_dir() and not (out / "config.json").is_file():
         others = sorted(entry.name for entry in out.iterdir() if entry.name not in KEPT_ENTRIES)
         if others:
@@ -416,6 +424,7 @@ def check_checkpoint(model_name_or_path: str | os.PathLike) -> None:
             f"{str(config_file)!r} is not valid JSON ({error}). Restore the checkpoint's config.json."
         ) from error
     id2label = config.get("id2label") or {}
+    check_trained_classifier(config, str(model_name_or_path))
     num_labels = len(id2label) if id2label else config.get("num_labels")
     if not isinstance(num_labels, int):
         return
@@ -434,6 +443,84 @@ def check_checkpoint(model_name_or_path: str | os.PathLike) -> None:
                     "re-initialises the whole head and the old labels are lost."
                 )
             return
+
+
+# -- the right kind of model for the command ---------------------------------------------------------------------
+
+
+_CLASSIFIER = "ForSequenceClassification"
+_DEFAULT_LABEL = re.compile(r"^LABEL_\d+$")
+
+
+def _config_dict(model_or_config) -> dict:
+    config = getattr(model_or_config, "config", model_or_config)
+    return config if isinstance(config, dict) else config.to_dict()
+
+
+def _is_classifier(config: dict) -> bool:
+    """A checkpoint saved as a text classifier: its class is a ``*ForSequenceClassification``, its code registers one
+    (``auto_map``), or hf_incr trained it (a lineage)."""
+    architectures = config.get("architectures") or []
+    auto_map = config.get("auto_map") or {}
+    return (any(_CLASSIFIER in name for name in architectures) or "AutoModelForSequenceClassification" in auto_map
+            or bool(config.get("hf_incr_lineage")))
+
+
+def _has_own_labels(config: dict) -> bool:
+    names = [str(name) for name in (config.get("id2label") or {}).values()]
+    return bool(names) and not all(_DEFAULT_LABEL.match(name) for name in names)
+
+
+def check_trained_classifier(model_or_config, where: str | None = None) -> None:
+    """Refuse an encoder where an increment expects a trained classifier: a checkpoint saved as another class (e.g.
+    ``BertModel``) whose config names no labels of its own, so ``AutoModelForSequenceClassification`` would give it a
+    random head with the labels ``LABEL_0``, ``LABEL_1``, which the increment would then keep as old labels."""
+    config = _config_dict(model_or_config)
+    architectures = config.get("architectures") or []
+    if not architectures or _is_classifier(config) or _has_own_labels(config):
+        return
+    name = where or config.get("_name_or_path") or "the model"
+    raise ConfigError(
+        f"{str(name)!r} is an encoder ({', '.join(architectures)}), not a trained classifier: it has no trained "
+        "classification head and no labels of its own, so an increment would keep a random head's `LABEL_0`, "
+        "`LABEL_1` as its old labels. `increment` (and `evaluate`) need a classifier; to train a first one on it, "
+        f"run `hf-incr train-base --model_name_or_path {name} --train_file ...` (Python: "
+        "`hf_incr.train_base_classifier(...)`)."
+    )
+
+
+def check_base_encoder(model_name_or_path: str, labels: list[str], *, new_head: bool = False,
+                       trust_remote_code: bool = False) -> bool:
+    """Refuse a trained classifier of other labels where ``train-base`` expects an encoder (its head would be thrown
+    away, or, with as many labels, kept under the new labels' names), unless ``new_head``. A classifier of exactly
+    these labels (``labels``, in this order) is trained on, as before. Returns whether a new head must be started
+    over the checkpoint's encoder (a classifier, and ``new_head``). Reads only its config."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code).to_dict()
+    except Exception:  # not found, no network: loading the model reports it, as before
+        return False
+    if not _is_classifier(config):
+        return False
+    if new_head:
+        return True
+    own = [str(name) for _, name in sorted((config.get("id2label") or {}).items(), key=lambda item: int(item[0]))]
+    if own == [str(name) for name in labels]:
+        return False
+    kind = ", ".join(config.get("architectures") or []) or "a classifier"
+    raise ConfigError(
+        f"{model_name_or_path!r} is a trained classifier ({kind} with {len(own)} labels: {_shown(own)}), not an "
+        f"encoder, and this data's labels are {_shown(labels)}. `train-base` starts a new classifier from an encoder. "
+        f"To add this data's labels to it and keep its own, run `hf-incr increment --model_name_or_path "
+        f"{model_name_or_path} --train_file ...` (Python: `hf_incr.train_increment`). To train a new classifier over "
+        "its encoder instead (its head and labels are discarded), pass `--new_head true` (Python: "
+        "`train_base_classifier(..., new_head=True)`)."
+    )
+
+
+def _shown(names, limit: int = 6) -> str:
+    return f"{list(names)[:limit]}{' ...' if len(names) > limit else ''}"
 
 
 # -- the state saved beside the model ---------------------------------------------------------------------------------

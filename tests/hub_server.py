@@ -22,10 +22,12 @@ the headers ``hf_hub_download`` reads (``X-Linked-Etag``: the sha256, ``X-Linked
 response carries Xet headers. huggingface_hub only takes the LFS path when Xet is off (``HF_HUB_DISABLE_XET``), since
 it uploads through Xet whenever ``hf_xet`` is installed: the test fixture turns it off.
 
-Failures are injected per route: ``hub.fail("commit", 500)`` answers the next commit with a 500, and
-``hub.fail("lfs_upload", "drop")`` reads half of the next upload's body and closes the connection without an answer
-(an interrupted upload). Route names: create, branch, settings, validate, preupload, lfs_batch, lfs_upload,
-lfs_verify, lfs_download, commit, info, tree, resolve.
+Failures are injected per route: ``hub.fail("commit", 500)`` answers the next commit with a 500 (``headers=``: with
+these headers, e.g. ``{"Retry-After": "2"}`` on a 429), ``hub.fail("lfs_upload", "drop")`` reads half of the next
+upload's body and closes the connection without an answer (an interrupted upload), and ``hub.fail("commit",
+"drop_after")`` carries the request out (the commit lands) and then closes the connection without an answer (a
+connection cut after the Hub committed, before the client heard of it). Route names: create, branch, settings,
+validate, preupload, lfs_batch, lfs_upload, lfs_verify, lfs_download, commit, info, tree, resolve.
 
 The servers run in daemon threads, answer each request within a socket timeout, stop themselves after ``lifetime``
 seconds at most, and are stopped by :meth:`FakeHub.stop` (the test fixture calls it at teardown).
@@ -36,6 +38,7 @@ from __future__ import annotations
 import base64
 import fnmatch
 import hashlib
+import io
 import json
 import re
 import secrets
@@ -176,10 +179,12 @@ class FakeHub:
         self.stop()
 
     # -- test helpers ----------------------------------------------------------------------------------------------
-    def fail(self, route: str, status: int | str, times: int = 1, message: str | None = None) -> None:
-        """Answer the next ``times`` requests to ``route`` (see the module docstring) with HTTP ``status`` and
-        ``message``, or with a dropped connection when ``status == "drop"``."""
-        self._failures.setdefault(route, []).extend([(status, message)] * times)
+    def fail(self, route: str, status: int | str, times: int = 1, message: str | None = None,
+             headers: dict[str, str] | None = None) -> None:
+        """Answer the next ``times`` requests to ``route`` (see the module docstring) with HTTP ``status``,
+        ``message`` and ``headers``, or with a dropped connection when ``status == "drop"`` (before the request is
+        carried out) or ``"drop_after"`` (after)."""
+        self._failures.setdefault(route, []).extend([(status, message, headers)] * times)
 
     def clear_failures(self) -> None:
         self._failures.clear()
@@ -364,9 +369,10 @@ def _make_handler(hub: FakeHub, storage: bool):
             hub.requests.append(Request(method, path, query, self.headers.get("Authorization"), body))
             if name is None:
                 return self._json(404, {"error": f"no route {method} {path}"})
-            if failures:
-                status, message = failures.pop(0)
-                return self._json(status, {"error": message or f"injected failure {status} on {name}"})
+            dropped_after = bool(failures) and failures[0][0] == "drop_after"
+            if failures and not dropped_after:
+                status, message, headers = failures.pop(0)
+                return self._json(status, {"error": message or f"injected failure {status} on {name}"}, headers)
             if storage:
                 if query.get("sig") != [hub._signature]:
                     return self._json(403, {"error": "Request has expired or its signature does not match"})
@@ -375,6 +381,13 @@ def _make_handler(hub: FakeHub, storage: bool):
                     401, {"error": "Invalid credentials in Authorization header"}, {"X-Error-Code": "Unauthorized"}
                 )
             groups = {k: v for k, v in match.groupdict().items() if v is not None}
+            if dropped_after:
+                failures.pop(0)
+                self.wfile = io.BytesIO()  # the request is carried out; its answer goes nowhere
+                getattr(self, f"_route_{name}")(method, body, **groups)
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return None
             return getattr(self, f"_route_{name}")(method, body, **groups)
 
         def _json(self, status: int, payload, headers: dict | None = None) -> None:

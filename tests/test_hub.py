@@ -588,3 +588,105 @@ def test_a_failed_visibility_change_is_a_hub_push_error(hub, saved, no_backoff):
     with pytest.raises(HubPushError, match="HTTP 403"):
         push_to_hub(saved, REPO, token=TOKEN, private=True)
     assert not hub.repos[REPO].private and len(hub.commits) == 1
+
+
+# -- faults of the network and of the Hub: the repo ends at the old commit or the new one, and a retry completes ------
+
+
+def _next_version(saved: Path, tmp_path: Path) -> None:
+    """Save the folder again as the next version: a fourth label (new weights, an LFS upload) and its record."""
+    from hf_incr import add_labels
+
+    model = _grown_model()
+    add_labels(model, ["delta"], init="zeros")
+    lineage = get_lineage(model)
+    setattr(model.config, LINEAGE_ATTRIBUTE, [*lineage, {**lineage[-1], "increment": 2, "labels_added": ["delta"],
+                                                         "label_ids": [3], "num_labels": 4}])
+    replay = ReplayMemory([{"text": "w5 w6", "labels": ["alpha"]}, {"text": "w7 w8", "labels": ["delta"]}])
+    save_increment(model, saved, _tokenizer(tmp_path / "tok"), replay=replay)
+
+
+def _shared(folder: Path) -> dict[str, bytes]:
+    """What a push of ``folder`` puts on the Hub (Trainer's checkpoints stay local)."""
+    return {name: content for name, content in _folder_state(folder).items() if not name.startswith("checkpoints/")}
+
+
+def _on_hub(hub: FakeHub, names) -> dict[str, bytes]:
+    files = hub.files(REPO)
+    return {name: files.get(name) for name in names}
+
+
+@pytest.mark.parametrize(
+    "route, fault, expected",
+    [
+        ("lfs_upload", "drop", "connection"),  # the connection cut in the middle of uploading the weights
+        ("commit", "drop", "connection"),  # ... in the middle of sending the commit
+        ("commit", "drop_after", "connection"),  # ... after the Hub committed, before the client heard of it
+        ("commit", 500, "HTTP 500"),
+        ("commit", 401, "HTTP 401"),
+        ("commit", 403, "HTTP 403"),
+        ("commit", 429, "HTTP 429"),  # with a Retry-After longer than a push waits
+    ],
+)
+def test_a_push_cut_by_a_fault_leaves_the_old_or_the_new_commit_and_a_retry_completes(hub, saved, tmp_path,
+                                                                                      no_backoff, route, fault,
+                                                                                      expected):
+    old = push_to_hub(saved, REPO, token=TOKEN).oid
+    old_files = hub.files(REPO)
+    _next_version(saved, tmp_path)
+    local = _shared(saved)
+    assert local["model.safetensors"] != old_files["model.safetensors"]
+    hub.fail(route, fault, times=18 if route == "lfs_upload" else 1, message=f"refused {TOKEN}",
+             headers={"Retry-After": "3600"} if fault == 429 else None)
+    with pytest.raises(HubPushError, match=expected) as info:
+        push_to_hub(saved, REPO, token=TOKEN)
+    error = info.value
+    assert f"hf-incr push --model_name_or_path {saved} --repo_id {REPO}" in str(error) and error.folder == saved
+    assert error.status_code == (fault if isinstance(fault, int) else None)
+    _assert_no_token(error)
+    if fault == 429:
+        assert "rate-limiting" in str(error) and "asks to wait 3600 s, so retry after" in str(error)
+    assert _shared(saved) == local  # the local folder as it was saved
+    head = hub.repos[REPO].branches["main"]
+    if fault == "drop_after":  # the commit landed whole: the new version
+        assert head != old and _on_hub(hub, local) == local
+    else:  # nothing landed: the old version, every file of it
+        assert head == old and hub.files(REPO) == old_files
+    hub.clear_failures()
+    commit = push_to_hub(saved, REPO, token=TOKEN)  # the retry
+    assert hub.repos[REPO].branches["main"] == commit.oid and _on_hub(hub, local) == local
+    assert len(hub.commits) == 2  # the first push and the new version's one commit (never a partial one)
+    assert json.loads(hub.files(REPO)["config.json"])[LINEAGE_ATTRIBUTE][-1]["labels_added"] == ["delta"]
+
+
+class _Sleeps:
+    """``time`` for hf_incr.hub only: its waits on a rate limit are recorded, not slept."""
+
+    def __init__(self):
+        self.slept = []
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+    def sleep(self, seconds):
+        self.slept.append(seconds)
+
+
+def test_a_rate_limited_push_waits_as_asked_a_bounded_number_of_times(hub, saved, monkeypatch):
+    import hf_incr.hub
+
+    sleeps = _Sleeps()
+    monkeypatch.setattr(hf_incr.hub, "time", sleeps)
+    hub.fail("commit", 429, times=2, headers={"Retry-After": "2"})
+    commit = push_to_hub(saved, REPO, token=TOKEN)  # two 429s, then the commit lands
+    assert sleeps.slept == [2, 2] and hub.repos[REPO].branches["main"] == commit.oid and len(hub.commits) == 1
+    assert sum(r.path.endswith("/commit/main") for r in hub.requests) == 3
+
+    _next_version(saved, Path(saved).parent)
+    hub.fail("commit", 429, times=hf_incr.hub.RATE_LIMIT_TRIES, headers={"Retry-After": "1"})
+    with pytest.raises(HubPushError, match="HTTP 429") as info:
+        push_to_hub(saved, REPO, token=TOKEN)
+    assert sleeps.slept == [2, 2, 1, 1] and info.value.status_code == 429  # bounded: RATE_LIMIT_TRIES tries in all
+    assert hub.repos[REPO].branches["main"] == commit.oid and "retry after" in str(info.value)
+    push_to_hub(saved, REPO, token=TOKEN)
+    assert len(hub.commits) == 2
