@@ -145,6 +145,14 @@ class _SaveStep:
                        kept=self.kept, fix_full=self.fix_full, fix_io=self.fix_io)
 
 
+def foreign_entries(folder: Path) -> list[str]:
+    """The names in ``folder`` that a save would delete although they are no saved model's (``[]`` for a missing or
+    empty folder, or a model folder: saving replaces those as a whole)."""
+    if not folder.is_dir() or (folder / MODEL_MARKER).is_file():
+        return []
+    return sorted(entry.name for entry in folder.iterdir() if entry.name not in KEPT_ENTRIES)
+
+
 def blocking_file(output_dir: str | os.PathLike) -> Path | None:
     """The file that stands where ``output_dir`` or one of its parents should be a folder, or ``None``."""
     for path in (Path(output_dir), *Path(output_dir).parents):
@@ -179,15 +187,13 @@ def check_replaceable(output_dir: Path) -> None:
             "replaced while the run worked?). Nothing was written and the file was left as it is. Move it away or "
             "pass another `output_dir`, then rerun.", path=blocked, folder=output_dir,
         )
-    if output_dir.is_dir() and not (output_dir / MODEL_MARKER).is_file():
-        others = sorted(entry.name for entry in output_dir.iterdir() if entry.name not in KEPT_ENTRIES)
-        if others:
-            raise SaveError(
-                f"Saving the model to {str(output_dir)!r} failed: the folder holds files that are not a saved model "
-                f"({others[:5]}{' ...' if len(others) > 5 else ''}; was it replaced while the run worked?). Saving "
-                "replaces the folder as a whole, so nothing was written and they were left as they are. Move them "
-                "away or pass another `output_dir`, then rerun.", path=output_dir, folder=output_dir,
-            )
+    if others := foreign_entries(output_dir):
+        raise SaveError(
+            f"Saving the model to {str(output_dir)!r} failed: the folder holds files that are not a saved model "
+            f"({others[:5]}{' ...' if len(others) > 5 else ''}; was it replaced while the run worked?). Saving "
+            "replaces the folder as a whole, so nothing was written and they were left as they are. Move them "
+            "away or pass another `output_dir`, then rerun.", path=output_dir, folder=output_dir,
+        )
 
 
 def remove_checkpoints(output_dir: str | os.PathLike) -> None:

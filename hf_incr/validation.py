@@ -42,7 +42,7 @@ from .head import (
     find_classifier_head,
 )
 from .replay import REPLAY_DIRNAME, REPLAY_FILENAME
-from .saving import CHECKPOINTS_DIRNAME, KEPT_ENTRIES, blocking_file
+from .saving import CHECKPOINTS_DIRNAME, blocking_file, foreign_entries
 
 _TOKENIZE_CHUNK = 1024  # texts tokenized at once when the tokenizer's ids must be checked against the embeddings
 
@@ -356,15 +356,13 @@ def check_output_dir(output_dir: str | os.PathLike, model_dir: str | os.PathLike
             f"`output_dir` {str(output_dir)!r} cannot be made: {str(blocked)!r} is a file, not a folder. Pass an "
             "`output_dir` whose parents are folders (missing ones are created)."
         )
-    if out.is_dir() and not (out / "config.json").is_file():
-        others = sorted(entry.name for entry in out.iterdir() if entry.name not in KEPT_ENTRIES)
-        if others:
-            raise ConfigError(
-                f"`output_dir` {str(output_dir)!r} exists and holds files that are not a saved model "
-                f"({others[:5]}{' ...' if len(others) > 5 else ''}). Saving replaces the output folder as a whole, so "
-                "they would be deleted. Expected a new or empty folder, or a model folder to overwrite. Pass another "
-                "`output_dir`."
-            )
+    if others := foreign_entries(out):
+        raise ConfigError(
+            f"`output_dir` {str(output_dir)!r} exists and holds files that are not a saved model "
+            f"({others[:5]}{' ...' if len(others) > 5 else ''}). Saving replaces the output folder as a whole, so "
+            "they would be deleted. Expected a new or empty folder, or a model folder to overwrite. Pass another "
+            "`output_dir`."
+        )
 
 
 def check_resume_from_checkpoint(resume, output_dir: str | os.PathLike) -> None:

@@ -102,7 +102,7 @@ class ElsewhereBenchmarkArguments:
         metadata={"help": "With --product_only: `train_increment` with `head=kernel` and this many kernel_features "
                   "(multi-label: the new labels from a kernel LDA head on the encoder's pooled top 4 layers, the old "
                   "ones from the kept Linear; scored through the model, as hf_incr.load_model serves it). 0: the "
-                  "defaults (`head=linear`)."},
+                  "defaults (`IncrementConfig()`: the kernel head where it can start, else the Linear)."},
     )
     hf_incr_learning_rate: float = field(
         default=3e-4,
@@ -468,11 +468,8 @@ def product_case(base_dir: Path, rows: list[dict], test: list[dict], labels: lis
     seconds = time.perf_counter() - start
     model.eval()
     test_texts = [r["text"] for r in test]
-    if args.kernel_features:  # the model's logits: the kernel head's, and the kept Linear's for the old labels
-        logits = head_inputs(model, tokenizer, test_texts, args.max_length, logits=True)
-    else:
-        with torch.no_grad():
-            logits = model.classifier(head_inputs(model, tokenizer, test_texts, args.max_length))
+    # The model's logits: what answers after the increment (an attached kernel head, or the Linear where it fell back).
+    logits = head_inputs(model, tokenizer, test_texts, args.max_length, logits=True)
     label2id = model.config.label2id
     # Map the model's label order onto the benchmark's.
     order = torch.tensor([label2id[lab] for lab in labels])
