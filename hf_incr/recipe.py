@@ -759,8 +759,8 @@ def train_base_classifier(
             raise DataError(
                 f"Column {config.label_column!r} holds lists of labels: set `multi_label=True` for a sigmoid head."
             )
-        classifier = check_base_encoder(model_name_or_path, labels, new_head=new_head,
-                                        trust_remote_code=trust_remote_code)
+        classifier, labels = check_base_encoder(model_name_or_path, labels, new_head=new_head,
+                                                trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
         model = AutoModelForSequenceClassification.from_pretrained(
             model_name_or_path,

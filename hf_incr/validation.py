@@ -488,24 +488,26 @@ def check_trained_classifier(model_or_config, where: str | None = None) -> None:
 
 
 def check_base_encoder(model_name_or_path: str, labels: list[str], *, new_head: bool = False,
-                       trust_remote_code: bool = False) -> bool:
+                       trust_remote_code: bool = False) -> tuple[bool, list[str]]:
     """Refuse a trained classifier of other labels where ``train-base`` expects an encoder (its head would be thrown
     away, or, with as many labels, kept under the new labels' names), unless ``new_head``. A classifier of exactly
-    these labels (``labels``, in this order) is trained on, as before. Returns whether a new head must be started
-    over the checkpoint's encoder (a classifier, and ``new_head``). Reads only its config."""
+    these labels, in any order, is trained on as before, in its own label order (so that each trained row keeps its
+    label). Returns whether a new head must be started over the checkpoint's encoder (a classifier, and
+    ``new_head``) and the label order to train in. Reads only its config."""
     from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code).to_dict()
     except Exception:  # not found, no network: loading the model reports it, as before
-        return False
+        return False, labels
     if not _is_classifier(config):
-        return False
+        return False, labels
     if new_head:
-        return True
+        return True, labels
     own = [str(name) for _, name in sorted((config.get("id2label") or {}).items(), key=lambda item: int(item[0]))]
-    if own == [str(name) for name in labels]:
-        return False
+    by_name = {str(name): name for name in labels}
+    if sorted(own) == sorted(by_name) and len(own) == len(labels):
+        return False, [by_name[name] for name in own]
     kind = ", ".join(config.get("architectures") or []) or "a classifier"
     raise ConfigError(
         f"{model_name_or_path!r} is a trained classifier ({kind} with {len(own)} labels: {_shown(own)}), not an "

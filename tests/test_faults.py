@@ -514,3 +514,16 @@ def test_errors_of_machine_faults_are_hf_incr_errors_not_value_errors():
     assert issubclass(DiskFullError, SaveError) and issubclass(SaveError, HfIncrError)
     assert issubclass(SaveError, OSError) and not issubclass(SaveError, ValueError)
     assert not issubclass(DataError, OSError)
+
+
+def test_train_base_on_a_classifier_of_the_same_labels_in_another_order_keeps_its_order(tmp_path):
+    """Its trained rows keep their labels: the data's labels are trained in the checkpoint's order, not re-sorted."""
+    from hf_incr.validation import check_base_encoder
+
+    tiny_bert(["refund", "delivery", "login"]).save_pretrained(tmp_path / "classifier")
+    assert check_base_encoder(str(tmp_path / "classifier"), ["delivery", "login", "refund"]) == (
+        False, ["refund", "delivery", "login"])
+    with pytest.raises(ConfigError, match="is a trained classifier"):
+        check_base_encoder(str(tmp_path / "classifier"), ["delivery", "login"])
+    assert check_base_encoder(str(tmp_path / "classifier"), ["delivery", "login"], new_head=True) == (
+        True, ["delivery", "login"])
