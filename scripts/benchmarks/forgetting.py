@@ -438,8 +438,13 @@ class Scorer:
             with torch.no_grad():
                 full = model(**batch).logits.float().cpu()
             model.train(was_training)
-            if not torch.allclose(full, logits[sample], atol=1e-4, rtol=1e-4):
-                raise RuntimeError("Scoring from cached head inputs does not reproduce the model's logits.")
+            # Float32 logits of the kernel head reach thousands, where summing in another order moves them by
+            # ~1e-4 of the largest: the tolerance follows their scale.
+            scale = max(1.0, full.abs().max().item())
+            if not torch.allclose(full, logits[sample], atol=1e-4 * scale, rtol=1e-4):
+                gap = (full - logits[sample]).abs().max().item()
+                raise RuntimeError(f"Scoring from cached head inputs does not reproduce the model's logits (largest "
+                                   f"gap {gap:.3g}, largest logit {full.abs().max().item():.3g}).")
         return logits
 
     def score(self, model, t: int, old_ids: list[int], prev_logits: torch.Tensor | None, first_ids: list[int],
