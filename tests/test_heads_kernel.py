@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 import torch
+from tiny_models import gaussian_classes, relative_error
 
 from hf_incr.errors import DataError, SavedStateError
 from hf_incr.heads import ClassStatistics, KernelHead, LinearHead, PassRows
@@ -21,18 +22,6 @@ from hf_incr.heads.kernel import (
     smoothest_within_one_standard_error,
 )
 from hf_incr.heads.modeling_hf_incr_kernel import KernelConfig
-
-
-def _data(rows_per_label=12, labels=6, dim=5, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    centers = torch.randn(labels, dim, generator=generator, dtype=torch.float64) * 2
-    y = torch.arange(labels).repeat_interleave(rows_per_label)
-    x = centers[y] + torch.randn(len(y), dim, generator=generator, dtype=torch.float64)
-    return x, y
-
-
-def _rel(a, b):
-    return float((a - b).norm() / b.norm())
 
 
 def _config(**values) -> KernelConfig:
@@ -66,7 +55,7 @@ def _pass(head: KernelHead, x, y, *, num_labels=None, annotated=None, batches=(N
 
 
 def test_random_feature_head_incremental_equals_joint():
-    x, y = _data()
+    x, y = gaussian_classes()
     config = dict(num_features=64, num_members=2, bandwidth=3.0, seed=1)
     joint = _pass(_with_bandwidth(_config(**config)), x, y)
     incremental = _with_bandwidth(_config(**config))
@@ -74,12 +63,12 @@ def test_random_feature_head_incremental_equals_joint():
         rows = torch.isin(y, torch.tensor(labels))
         _pass(incremental, x[rows], y[rows])
     for a, b in zip(incremental.statistics, joint.statistics):
-        assert _rel(a.scatter, b.scatter) <= 1e-10
+        assert relative_error(a.scatter, b.scatter) <= 1e-10
     assert torch.allclose(incremental.solve_classifier()(x.float()), joint.solve_classifier()(x.float()), atol=1e-5)
 
 
 def test_save_load_round_trip_and_inference_file_alone(tmp_path):
-    x, y = _data()
+    x, y = gaussian_classes()
     head = KernelHead(_config(num_features=32, num_members=3, seed=2, labels=list("abcdef")))
     first = y < 3
     _pass(head, x[first], y[first])  # bandwidth set from these rows
@@ -103,14 +92,14 @@ def test_save_load_round_trip_and_inference_file_alone(tmp_path):
     _pass(head, x[~first], y[~first])
     for a, b in zip(resumed.statistics, head.statistics):
         assert torch.equal(a.counts, b.counts) and torch.equal(a.sums, b.sums)
-        assert _rel(a.scatter, b.scatter) < 1e-6
+        assert relative_error(a.scatter, b.scatter) < 1e-6
     ours, theirs = resumed.solve_classifier()(x.float()), head.solve_classifier()(x.float())
     assert torch.equal(ours.argmax(1), theirs.argmax(1))
-    assert _rel(ours, theirs) < 1e-4
+    assert relative_error(ours, theirs) < 1e-4
 
 
 def test_a_head_without_random_features_loaded_from_its_float32_file_predicts_the_same(tmp_path):
-    x, y = _data()
+    x, y = gaussian_classes()
     head = _pass(_with_bandwidth(_config(num_features=0, num_members=1)), x, y)
     head.save(tmp_path)
     assert KernelHead.load_inference(tmp_path).projections == [None]
@@ -120,7 +109,7 @@ def test_a_head_without_random_features_loaded_from_its_float32_file_predicts_th
 
 
 def test_statistics_of_another_head_are_refused(tmp_path):
-    x, y = _data()
+    x, y = gaussian_classes()
     for seed in (0, 1):
         (tmp_path / str(seed)).mkdir()
         _pass(_with_bandwidth(_config(num_features=16, num_members=1, bandwidth=2.0, seed=seed)), x, y).save(
@@ -135,7 +124,7 @@ def test_statistics_of_another_head_are_refused(tmp_path):
 
 
 def test_bad_shapes_raise_data_error():
-    x, y = _data()
+    x, y = gaussian_classes()
     for features, labels, match in (
         (x[:, :4], y, r"expected features of shape \(rows, 5\).*Fix"),
         (x, y[:10], r"one label id per feature row \(72\).*Fix"),
@@ -163,14 +152,14 @@ def test_the_smoothest_factor_within_one_standard_error_is_chosen():
 
 
 def test_bandwidth_choice_with_one_row_per_label_takes_the_smoothest_factor():
-    x, y = _data(rows_per_label=1)
+    x, y = gaussian_classes(rows_per_label=1)
     config = _config(num_features=32, num_members=1, seed=0)
     _, report = choose_bandwidth(x, y, config, factors=(0.5, 1.0, 2.0))
     assert report["held_out_rows"] == 0 and report["chosen_factor"] == 2.0
 
 
 def test_bandwidth_is_fixed_after_the_first_increment():
-    x, y = _data()
+    x, y = gaussian_classes()
     config = _config(num_features=32, num_members=1, seed=0)
     bandwidth, report = choose_bandwidth(x[y < 3], y[y < 3], config, factors=(0.5, 1.0))
     assert report["chosen_factor"] in (0.5, 1.0) and bandwidth == config.bandwidth
@@ -190,7 +179,7 @@ def test_bandwidth_is_fixed_after_the_first_increment():
 
 def test_a_head_of_several_members_continues_from_its_files_exactly(tmp_path):
     # Each member must get its own counts when loaded: shared, the second member counted every later row twice.
-    x, y = _data()
+    x, y = gaussian_classes()
     head = _pass(_with_bandwidth(_config(num_features=16, num_members=2, bandwidth=3.0)), x[:36], y[:36])
     head.save(tmp_path)
     continued = KernelHead.load(tmp_path)
@@ -199,7 +188,7 @@ def test_a_head_of_several_members_continues_from_its_files_exactly(tmp_path):
         _pass(part, x[36:], y[36:])
     for a, b in zip(continued.statistics, head.statistics):
         # the file keeps one triangle of the scatter, in float32
-        assert torch.equal(a.counts, b.counts) and _rel(a.scatter, b.scatter) < 1e-6
+        assert torch.equal(a.counts, b.counts) and relative_error(a.scatter, b.scatter) < 1e-6
 
 
 # -- multi-label ----------------------------------------------------------------------------------------------------
@@ -234,11 +223,11 @@ def test_multi_label_statistics_equal_the_closed_form_heads_per_label_discrimina
                                        60 - y[30:, 2].sum().item(), 60 - y[30:, 3].sum().item()]
     for a, b in ((mine.covariance, theirs.covariance), (mine.positive_mean, theirs.positive_mean),
                  (mine.negative_mean, theirs.negative_mean)):
-        assert _rel(a, b) < 1e-12
+        assert relative_error(a, b) < 1e-12
     classifier = head.solve_classifier()
     weight, bias, _ = linear.solution()  # the thresholds folded into the bias
-    assert _rel(classifier.weights[0].double(), weight) < 1e-6
-    assert _rel(classifier.biases[0].double(), bias) < 1e-6
+    assert relative_error(classifier.weights[0].double(), weight) < 1e-6
+    assert relative_error(classifier.biases[0].double(), bias) < 1e-6
     assert sorted(head.thresholds) == [0, 1, 2, 3]
     # The solved decisions separate the labels on these rows well (sigmoid > 0.5 applies the thresholds).
     predicted = classifier(x.float()) > 0
@@ -289,10 +278,10 @@ def test_multi_label_head_files_round_trip_and_continue(tmp_path):
     for a, b in zip(continued.statistics, head.statistics):
         for name in ("counts", "sums", "annotated_counts", "annotated_sums", "row_count", "row_sum"):
             assert torch.equal(getattr(a, name), getattr(b, name)), name
-        assert _rel(a.scatter, b.scatter) < 1e-6  # saved in float32
+        assert relative_error(a.scatter, b.scatter) < 1e-6  # saved in float32
     ours, theirs = continued.solve_classifier()(x.float()), head.solve_classifier()(x.float())
     assert torch.equal(ours > 0, theirs > 0)
-    assert _rel(ours, theirs) < 1e-4
+    assert relative_error(ours, theirs) < 1e-4
     # A single-label file keeps its fingerprint: `multi_label` enters it only when set.
     single = _config(num_features=24, num_members=1, bandwidth=2.5)
     assert "multi_label" in single.to_dict() and not single.to_dict()["multi_label"]

@@ -7,23 +7,12 @@ import copy
 
 import pytest
 import torch
+from tiny_models import gaussian_classes, relative_error
 
 from hf_incr.errors import DataError
 from hf_incr.heads import ClassStatistics, LinearHead
 from hf_incr.heads import statistics as statistics_module
 from hf_incr.heads.lda import binary_discriminants, f1_thresholds, oas_shrinkage, solve_lda
-
-
-def _data(rows_per_label=12, labels=6, dim=5, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    centers = torch.randn(labels, dim, generator=generator, dtype=torch.float64) * 2
-    y = torch.arange(labels).repeat_interleave(rows_per_label)
-    x = centers[y] + torch.randn(len(y), dim, generator=generator, dtype=torch.float64)
-    return x, y
-
-
-def _rel(a, b):
-    return float((a - b).norm() / b.norm())
 
 
 def _multi_label_rows(n: int, generator: torch.Generator, prevalence=(0.3, 0.2, 0.03), dim=12, scale=2.0):
@@ -37,7 +26,7 @@ def _multi_label_rows(n: int, generator: torch.Generator, prevalence=(0.3, 0.2, 
 
 
 def test_incremental_statistics_equal_joint():
-    x, y = _data()
+    x, y = gaussian_classes()
     joint = ClassStatistics(5)
     joint.update(x, y)
     incremental = ClassStatistics(5)
@@ -47,16 +36,16 @@ def test_incremental_statistics_equal_joint():
         for batch in (rows[:5], rows[5:6], rows[6:]):
             incremental.update(x[batch], y[batch])
     assert torch.equal(incremental.counts, joint.counts)
-    assert _rel(incremental.sums, joint.sums) <= 1e-10
-    assert _rel(incremental.scatter, joint.scatter) <= 1e-10
+    assert relative_error(incremental.sums, joint.sums) <= 1e-10
+    assert relative_error(incremental.scatter, joint.scatter) <= 1e-10
     # the scatter is the within-label scatter of all rows
     means = torch.stack([x[y == c].mean(0) for c in range(6)])
     centered = x - means[y]
-    assert _rel(joint.scatter, centered.T @ centered) <= 1e-10
+    assert relative_error(joint.scatter, centered.T @ centered) <= 1e-10
 
 
 def test_merging_shares_equals_one_accumulator_and_raw_moments_add_up(monkeypatch):
-    x, y = _data()
+    x, y = gaussian_classes()
     joint = ClassStatistics(5)
     joint.update(x, y)
     # Two shares of the rows (as two processes see them): merged pairwise, or summed as raw moments.
@@ -69,7 +58,7 @@ def test_merging_shares_equals_one_accumulator_and_raw_moments_add_up(monkeypatc
     merged.merge(second)
     reference = ClassStatistics(5)
     reference.update(torch.cat([x[:3], x]), torch.cat([y[:3], y]))
-    assert torch.equal(merged.counts, reference.counts) and _rel(merged.scatter, reference.scatter) < 1e-12
+    assert torch.equal(merged.counts, reference.counts) and relative_error(merged.scatter, reference.scatter) < 1e-12
     # A distributed launch of two processes: each sends its counts, sums and raw second moments, and every process
     # gets their sums back (the all-reduce), from which sum_over_processes recovers the scatter.
     monkeypatch.setattr(statistics_module, "distributed_launch", lambda: True)
@@ -86,7 +75,7 @@ def test_merging_shares_equals_one_accumulator_and_raw_moments_add_up(monkeypatc
     monkeypatch.setattr(statistics_module, "sum_over_processes", all_reduce)
     summed = first.sum_over_processes()
     assert torch.equal(summed.counts, joint.counts)
-    assert _rel(summed.scatter, joint.scatter) < 1e-12 and _rel(summed.sums, joint.sums) < 1e-14
+    assert relative_error(summed.scatter, joint.scatter) < 1e-12 and relative_error(summed.sums, joint.sums) < 1e-14
 
 
 # -- multi-label: rows annotate some labels ---------------------------------------------------------------------------
@@ -134,7 +123,7 @@ def test_a_label_added_later_counts_every_earlier_row_as_its_negative():
 
 
 def test_bad_features_labels_and_targets_are_refused_saying_what_and_how():
-    x, y = _data()
+    x, y = gaussian_classes()
     stats = ClassStatistics(5)
     with pytest.raises(DataError, match=r"expected features of shape \(rows, 5\).*Fix"):
         stats.update(x[:, :4], y)
@@ -182,7 +171,7 @@ def test_lda_from_accumulated_statistics_matches_a_direct_fit():
 
 
 def test_solved_head_equals_direct_lda():
-    x, y = _data()
+    x, y = gaussian_classes()
     stats = ClassStatistics(5)
     stats.update(x, y)
     weight, bias, rho = solve_lda(stats.counts, stats.sums, stats.scatter, shrinkage=0.0, priors="counts",
@@ -193,8 +182,8 @@ def test_solved_head_equals_direct_lda():
     covariance = (x - means[y]).T @ (x - means[y]) / len(y)
     direct_weight = torch.linalg.solve(covariance, means.T).T
     direct_bias = -0.5 * (means * direct_weight).sum(1) + torch.log(torch.bincount(y).double() / len(y))
-    assert _rel(weight, direct_weight) <= 1e-10
-    assert _rel(bias, direct_bias) <= 1e-10
+    assert relative_error(weight, direct_weight) <= 1e-10
+    assert relative_error(bias, direct_bias) <= 1e-10
     discriminant_analysis = pytest.importorskip("sklearn.discriminant_analysis")
     lda = discriminant_analysis.LinearDiscriminantAnalysis(solver="lsqr").fit(x.numpy(), y.numpy())
     ours = (x @ weight.T + bias).numpy()
@@ -202,7 +191,7 @@ def test_solved_head_equals_direct_lda():
 
 
 def test_oas_shrinkage_is_applied():
-    x, y = _data(rows_per_label=3, dim=5)
+    x, y = gaussian_classes(rows_per_label=3, dim=5)
     stats = ClassStatistics(5)
     stats.update(x, y)
     weight, _, rho = solve_lda(stats.counts, stats.sums, stats.scatter, priors="uniform", covariance="rows")
@@ -211,7 +200,7 @@ def test_oas_shrinkage_is_applied():
     target = torch.trace(covariance) / 5
     shrunk = (1 - rho) * covariance + rho * target * torch.eye(5, dtype=torch.float64)
     means = stats.sums / stats.counts[:, None]
-    assert _rel(weight, torch.linalg.solve(shrunk, means.T).T) <= 1e-8
+    assert relative_error(weight, torch.linalg.solve(shrunk, means.T).T) <= 1e-8
 
 
 def test_lda_default_shrinkage_is_scikit_learns_oas_and_helps_with_fewer_rows_than_dimensions():
@@ -245,7 +234,7 @@ def test_lda_default_shrinkage_is_scikit_learns_oas_and_helps_with_fewer_rows_th
 
 
 def test_a_label_without_rows_cannot_be_solved():
-    x, y = _data()
+    x, y = gaussian_classes()
     stats = ClassStatistics(5)
     stats.update(x[y == 1], y[y == 1])
     with pytest.raises(DataError, match=r"label id\(s\) \[0\] have none in the statistics.*Fix"):

@@ -57,3 +57,16 @@ def tiny_batch(arch: str = "bert", batch_size: int = 4, length: int = 7, seed: i
     if arch == "bart":
         input_ids[:, -1] = 2  # BART's head reads the hidden state of the last <eos>
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+
+
+def gaussian_classes(rows_per_label=12, labels=6, dim=5, seed=0):
+    """Rows of ``labels`` Gaussian classes (float64 features, integer labels), for the heads' numerics."""
+    generator = torch.Generator().manual_seed(seed)
+    centers = torch.randn(labels, dim, generator=generator, dtype=torch.float64) * 2
+    y = torch.arange(labels).repeat_interleave(rows_per_label)
+    x = centers[y] + torch.randn(len(y), dim, generator=generator, dtype=torch.float64)
+    return x, y
+
+
+def relative_error(a, b) -> float:
+    return float((a - b).norm() / b.norm())
