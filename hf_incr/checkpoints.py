@@ -7,6 +7,7 @@ continues another run's checkpoints, and a checkpoint whose writing was killed i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -18,7 +19,8 @@ from pathlib import Path
 from transformers import TrainingArguments
 from transformers.utils import logging
 
-from .errors import ConfigError
+from .errors import ConfigError, HfIncrError, causes
+from .faults import fault_error, inside, megabytes, write_fault
 from .saving import CHECKPOINTS_DIRNAME, recover_interrupted_save
 
 logger = logging.get_logger(__name__)
@@ -71,6 +73,21 @@ def is_complete_checkpoint(folder: str | os.PathLike) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(state, dict) and "global_step" in state
+
+
+def remove_incomplete_checkpoints(folder: str | os.PathLike) -> list[str]:
+    """Delete the Trainer checkpoints under ``folder/<phase>/`` that Trainer did not finish writing (see
+    :func:`is_complete_checkpoint`): a full disk stopped them, and a resumed run would skip them anyway. Returns
+    their names as ``phase/checkpoint-N``."""
+    folder, removed = Path(folder), []
+    if not folder.is_dir():
+        return removed
+    for phase in sorted(p for p in folder.iterdir() if p.is_dir()):
+        for checkpoint in sorted(p for p in phase.iterdir() if p.is_dir() and _CHECKPOINT.match(p.name)):
+            if not is_complete_checkpoint(checkpoint):
+                shutil.rmtree(checkpoint, ignore_errors=True)
+                removed.append(f"{phase.name}/{checkpoint.name}")
+    return removed
 
 
 def checkpoint_to_resume(
@@ -185,3 +202,37 @@ def _check_same_run(run_file: Path, run: dict | None, phase_dir: Path) -> None:
 def _short(value, limit: int = 80) -> str:
     text = json.dumps(value, ensure_ascii=False)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@contextlib.contextmanager
+def training_faults(output_dir, model=None):
+    """The Trainer phases of a run: a full disk (or a file-size limit, or a checkpoint folder that vanished or became
+    a file) while Trainer writes a checkpoint under ``output_dir/checkpoints``, or datasets a cache file, becomes a
+    :class:`DiskFullError` / :class:`SaveError`. The checkpoints whose writing failed are deleted: they free the
+    space they took, and a resumed run would skip them anyway."""
+    try:
+        yield
+    except HfIncrError:
+        raise
+    except Exception as error:
+        kind = write_fault(error, under=output_dir)
+        if kind is None:
+            raise
+        out = Path(output_dir)
+        checkpoints = out / "checkpoints"
+        removed = remove_incomplete_checkpoints(checkpoints)
+        named = next((c.filename for c in causes(error) if isinstance(c, OSError) and getattr(c, "filename", None)),
+                     None)
+        path = Path(os.fsdecode(named)) if named else checkpoints
+        what = "the Trainer checkpoints of this run" if not named or inside(named, out) else "a cache file"
+        kept = (f"Nothing saved before was changed: {str(out)!r} holds no model of this run (a model saved there "
+                "before is as it was)"
+                + (f"; the incomplete checkpoint(s) {removed} were deleted." if removed else "."))
+        size = megabytes(model) if model is not None else None
+        needs = f" (a checkpoint of this model takes about {3 * size} MB: weights and optimizer state)" if size else ""
+        resume = ("then rerun; with checkpoints, add `--resume_from_checkpoint true` (Python: "
+                  "`TrainingArguments(resume_from_checkpoint=True)`) to continue from the last complete one, or pass "
+                  "`--save_strategy no` to write none.")
+        fix = (f"Free space on that disk{needs} or raise the file-size limit (`ulimit -f`), {resume}"
+               if kind == "full" else f"Check that {str(out)!r} is a folder that can be written, {resume}")
+        raise fault_error(kind, error, what=what, path=path, folder=out, kept=kept, fix=fix) from error

@@ -23,7 +23,7 @@ from transformers.utils import logging
 
 from .config import MULTI_LABEL
 from .distributed import distributed_launch, every_process_agrees
-from .errors import DataError, DiskFullError
+from .errors import DataError, DiskFullError, causes
 from .faults import reason, write_fault
 
 logger = logging.get_logger(__name__)
@@ -86,7 +86,7 @@ def _load_file(path: Path, builder: str, split: str, columns: Sequence[str] | No
                 f"({datasets.config.HF_DATASETS_CACHE}), and {reason('full', error)}. Nothing was changed. Free "
                 "space there, or point `HF_DATASETS_CACHE` at a disk with room, then rerun.", path=path,
             ) from error
-        if any(isinstance(c, OSError) and c.errno is not None for c in _causes(error)):
+        if any(isinstance(c, OSError) and c.errno is not None for c in causes(error)):
             raise  # a fault of the machine (permissions, I/O), not of the file's content
         raise _unreadable(path, builder, error, kwargs) from error
     if builder == "csv":
@@ -121,18 +121,10 @@ class _DropErrors:
         return record.levelno < 40  # ERROR and above: the exception that follows says it
 
 
-def _causes(error: BaseException):
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        yield error
-        error = error.__cause__ or error.__context__
-
-
 def _unreadable(path: Path, builder: str, error: Exception, kwargs: dict) -> DataError:
     """Why ``load_dataset`` could not read a file, in the user's terms: no rows, the first malformed line, or the
     reader's own message."""
-    if any("corresponds to no data" in str(c) for c in _causes(error)):
+    if any("corresponds to no data" in str(c) for c in causes(error)):
         if builder == "csv":
             header = _first_line(path)
             return DataError(f"The data file {str(path)!r} has a header ({header!r}) but no rows. Expected "
@@ -144,7 +136,7 @@ def _unreadable(path: Path, builder: str, error: Exception, kwargs: dict) -> Dat
         if problem:
             return DataError(f"The data file {str(path)!r} cannot be read: {problem}. Expected {_EXPECTED['json']}. "
                              "Fix or delete that line, then rerun.")
-    innermost = list(_causes(error))[-1]
+    innermost = list(causes(error))[-1]
     detail = " ".join(f"{type(innermost).__name__}: {innermost}".split())[:300]
     return DataError(f"The data file {str(path)!r} could not be read as {builder.upper()} ({detail}). Expected "
                      f"{_EXPECTED[builder]}.")

@@ -100,3 +100,13 @@ class SaveError(HfIncrError, OSError):
 class DiskFullError(SaveError):
     """A :class:`SaveError` where the disk (or the user's quota) is full, or a file-size limit (``ulimit -f``) was
     reached: free space or raise the limit, then rerun."""
+
+
+def causes(error: BaseException | None):
+    """``error`` and the exceptions it was raised from or during, innermost last (a ``raise ... from None`` ends the
+    chain): libraries wrap what went wrong (huggingface_hub an upload's HTTP error, datasets a file's parse error)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)

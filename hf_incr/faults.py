@@ -12,20 +12,19 @@ Each writer reports them in its own words (measured on a full tmpfs and under ``
 
 :func:`write_fault` reads them all; :func:`writing` turns one raised while writing a named thing into a
 :class:`~hf_incr.errors.DiskFullError` / :class:`~hf_incr.errors.SaveError` that says what was written, where, that
-nothing was lost, and what to do; :func:`training_faults` does the same for the Trainer phases of a run.
+nothing was lost, and what to do; :func:`hf_incr.checkpoints.training_faults` does the same for the Trainer phases
+of a run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import re
-import shutil
 from pathlib import Path
 
-from .errors import DiskFullError, HfIncrError, SaveError
+from .errors import DiskFullError, HfIncrError, SaveError, causes
 
 FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", 122)})
 # How the writers that raise no errno say it (Rust's `os error N`, pyarrow's `[errno N]`).
@@ -37,17 +36,6 @@ _WRITE_TEXT = re.compile(
 )
 # Network errors are OSErrors too; none of them is a fault of a file.
 _NOT_FILES = (ConnectionError, TimeoutError)
-# Trainer writes trainer_state.json last in a checkpoint (hf_incr.checkpoints reads the same file).
-_TRAINER_STATE = "trainer_state.json"
-_CHECKPOINT = re.compile(r"^checkpoint-\d+$")
-
-
-def _chain(error: BaseException):
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        yield error
-        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
 
 
 def _is_writer_error(error: BaseException) -> bool:
@@ -61,7 +49,7 @@ def write_fault(error: BaseException, under: str | os.PathLike | None = None) ->
     """``"full"`` when ``error`` (or an exception it was raised from) says the disk is full or a file-size limit was
     reached, ``"io"`` for another failed write, ``None`` when it is no fault of a write. With ``under``, an
     ``OSError`` without a full disk counts only when it names a path inside that folder (elsewhere, a read)."""
-    chain = [cause for cause in _chain(error) if not isinstance(cause, _NOT_FILES)]
+    chain = [cause for cause in causes(error) if not isinstance(cause, _NOT_FILES)]
     for cause in chain:
         if isinstance(cause, OSError) and cause.errno in FULL_ERRNOS:
             return "full"
@@ -69,14 +57,14 @@ def write_fault(error: BaseException, under: str | os.PathLike | None = None) ->
             return "full"
     for cause in chain:
         if isinstance(cause, OSError) and not isinstance(cause, HfIncrError):
-            if under is None or _inside(getattr(cause, "filename", None), under):
+            if under is None or inside(getattr(cause, "filename", None), under):
                 return "io"
         elif _is_writer_error(cause) and _WRITE_TEXT.search(str(cause)):
             return "io"
     return None
 
 
-def _inside(path, folder) -> bool:
+def inside(path, folder) -> bool:
     if not path:
         return False
     try:
@@ -87,7 +75,7 @@ def _inside(path, folder) -> bool:
 
 def detail(error: BaseException, limit: int = 200) -> str:
     """The innermost message of a fault, one line (``OSError: [Errno 28] No space left on device: 'x'``)."""
-    chain = list(_chain(error))
+    chain = list(causes(error))
     cause = next((c for c in chain if isinstance(c, OSError) and c.errno in FULL_ERRNOS), None) or next(
         (c for c in chain if _FULL_TEXT.search(str(c))), chain[-1])
     text = " ".join(f"{type(cause).__name__}: {cause}".split())
@@ -98,9 +86,9 @@ def reason(kind: str, error: BaseException) -> str:
     """Why the write failed, in words, with the writer's own message."""
     if kind == "full":
         return f"the disk is full or a file-size limit was reached ({detail(error)})"
-    if any(isinstance(c, (NotADirectoryError, FileExistsError)) for c in _chain(error)):
+    if any(isinstance(c, (NotADirectoryError, FileExistsError)) for c in causes(error)):
         return f"a part of that path is a file, not a folder; was it replaced while the run worked? ({detail(error)})"
-    if any(isinstance(c, FileNotFoundError) for c in _chain(error)):
+    if any(isinstance(c, FileNotFoundError) for c in causes(error)):
         return f"a folder of that path no longer exists; was it removed while the run worked? ({detail(error)})"
     return f"the write failed ({detail(error)})"
 
@@ -137,59 +125,3 @@ def megabytes(model) -> int:
     except (AttributeError, RuntimeError):
         return 1
     return max(1, round(size / 1e6))
-
-
-@contextlib.contextmanager
-def training_faults(output_dir, model=None):
-    """The Trainer phases of a run: a full disk (or a file-size limit, or a checkpoint folder that vanished or became
-    a file) while Trainer writes a checkpoint under ``output_dir/checkpoints``, or datasets a cache file, becomes a
-    :class:`DiskFullError` / :class:`SaveError`. The checkpoints whose writing failed are deleted: they free the
-    space they took, and a resumed run would skip them anyway."""
-    try:
-        yield
-    except HfIncrError:
-        raise
-    except Exception as error:
-        kind = write_fault(error, under=output_dir)
-        if kind is None:
-            raise
-        out = Path(output_dir)
-        checkpoints = out / "checkpoints"
-        removed = remove_incomplete_checkpoints(checkpoints)
-        named = next((c.filename for c in _chain(error) if isinstance(c, OSError) and getattr(c, "filename", None)),
-                     None)
-        path = Path(os.fsdecode(named)) if named else checkpoints
-        what = "the Trainer checkpoints of this run" if not named or _inside(named, out) else "a cache file"
-        kept = (f"Nothing saved before was changed: {str(out)!r} holds no model of this run (a model saved there "
-                "before is as it was)"
-                + (f"; the incomplete checkpoint(s) {removed} were deleted." if removed else "."))
-        size = megabytes(model) if model is not None else None
-        needs = f" (a checkpoint of this model takes about {3 * size} MB: weights and optimizer state)" if size else ""
-        resume = ("then rerun; with checkpoints, add `--resume_from_checkpoint true` (Python: "
-                  "`TrainingArguments(resume_from_checkpoint=True)`) to continue from the last complete one, or pass "
-                  "`--save_strategy no` to write none.")
-        fix = (f"Free space on that disk{needs} or raise the file-size limit (`ulimit -f`), {resume}"
-               if kind == "full" else f"Check that {str(out)!r} is a folder that can be written, {resume}")
-        raise fault_error(kind, error, what=what, path=path, folder=out, kept=kept, fix=fix) from error
-
-
-def _complete(checkpoint: Path) -> bool:
-    try:
-        state = json.loads((checkpoint / _TRAINER_STATE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(state, dict) and "global_step" in state
-
-
-def remove_incomplete_checkpoints(folder: Path) -> list[str]:
-    """Delete the Trainer checkpoints under ``folder/<phase>/`` that lack their ``trainer_state.json`` (Trainer writes
-    it last, so they were being written); returns their names as ``phase/checkpoint-N``."""
-    removed = []
-    if not folder.is_dir():
-        return removed
-    for phase in sorted(p for p in folder.iterdir() if p.is_dir()):
-        for checkpoint in sorted(p for p in phase.iterdir() if p.is_dir() and _CHECKPOINT.match(p.name)):
-            if not _complete(checkpoint):
-                shutil.rmtree(checkpoint, ignore_errors=True)
-                removed.append(f"{phase.name}/{checkpoint.name}")
-    return removed

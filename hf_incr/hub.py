@@ -37,7 +37,7 @@ from huggingface_hub.utils import HFValidationError, get_token, validate_repo_id
 from transformers import PretrainedConfig
 from transformers.utils import logging
 
-from .errors import HubPushError
+from .errors import HubPushError, causes
 from .heads import HEADS, head_files
 from .lineage import LINEAGE_FILENAME, get_lineage, write_lineage_file
 from .model_card import CARD_FILENAME, PLOT_FILENAME, card_has_lineage, remote_code, write_model_card
@@ -316,17 +316,8 @@ def _make_private(api: HfApi, repo_id: str) -> None:
     warnings.warn(message, UserWarning, stacklevel=3)
 
 
-def _causes(error: BaseException):
-    """``error`` and the exceptions it was raised from (huggingface_hub wraps a failed LFS upload)."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        yield error
-        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
-
-
 def _status(error: BaseException) -> int | None:
-    for cause in _causes(error):
+    for cause in causes(error):
         status = getattr(getattr(cause, "response", None), "status_code", None)
         if status is not None:
             return status
@@ -335,7 +326,7 @@ def _status(error: BaseException) -> int | None:
 
 def _retry_after(error: BaseException) -> int | None:
     """The seconds a rate-limited (HTTP 429) request should wait before it is tried again (``None``: no 429)."""
-    for cause in _causes(error):
+    for cause in causes(error):
         response = getattr(cause, "response", None)
         if getattr(response, "status_code", None) != 429:
             continue
@@ -353,7 +344,7 @@ def _retry_after(error: BaseException) -> int | None:
 def _describe(error: BaseException, endpoint: str) -> str:
     """A short reason for a failed push (no request objects, headers or token)."""
     reason = _describe_one(_innermost(error), endpoint)
-    large = next((found for cause in _causes(error) if (found := _LARGE_FILE.search(str(cause)))), None)
+    large = next((found for cause in causes(error) if (found := _LARGE_FILE.search(str(cause)))), None)
     if large:
         reason += f", while uploading the large file {large.group(1)!r} (LFS)"
     return reason
@@ -361,7 +352,7 @@ def _describe(error: BaseException, endpoint: str) -> str:
 
 def _innermost(error: BaseException) -> BaseException:
     """The HTTP or network error under huggingface_hub's wrappers, else ``error`` itself."""
-    for cause in _causes(error):
+    for cause in causes(error):
         if getattr(getattr(cause, "response", None), "status_code", None) is not None:
             return cause
         if isinstance(cause, (LocalTokenNotFoundError, OfflineModeIsEnabled)) or _NETWORK.search(type(cause).__name__):

@@ -32,6 +32,7 @@ from datasets import Dataset, IterableDataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments
 from transformers.utils import logging
 
+from .checkpoints import training_faults
 from .config import IncrementConfig
 from .data import (
     MULTI_LABEL,
@@ -48,7 +49,6 @@ from .data import (
 )
 from .distributed import rows_of_this_process
 from .errors import DataError
-from .faults import training_faults
 from .features import RowCache, frozen_pass
 from .freezing import freeze_all_but_head, unfreeze_top_layers
 from .head import ClassifierHead, add_labels, align_weights, find_classifier_head

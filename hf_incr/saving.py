@@ -161,14 +161,18 @@ def blocking_file(output_dir: str | os.PathLike) -> Path | None:
     return None
 
 
+def _file_in_the_way(output_dir: Path, blocked: Path) -> SaveError:
+    return SaveError(
+        f"Saving the model to {str(output_dir)!r} failed: {str(blocked)!r} is a file, not a folder (was it replaced "
+        "while the run worked?). Nothing was written and the file was left as it is. Move it away or pass another "
+        "`output_dir`, then rerun.", path=blocked, folder=output_dir,
+    )
+
+
 def _make_parent(output_dir: Path) -> None:
     blocked = blocking_file(output_dir.parent)
     if blocked is not None:
-        raise SaveError(
-            f"Saving the model to {str(output_dir)!r} failed: {str(blocked)!r} is a file, not a folder, so the folder "
-            "cannot be made (was it replaced while the run worked?). Nothing was written and the file was left as it "
-            "is. Move it away or pass another `output_dir`, then rerun.", path=blocked, folder=output_dir,
-        )
+        raise _file_in_the_way(output_dir, blocked)
     with writing(f"Creating the folder {str(output_dir.parent)!r}", output_dir.parent, folder=output_dir,
                  kept="Nothing was written.", fix_full="Free space on that disk, then rerun the same command.",
                  fix_io="Check that it can be created, then rerun the same command."):
@@ -182,11 +186,7 @@ def check_replaceable(output_dir: Path) -> None:
     output_dir = Path(output_dir)
     blocked = blocking_file(output_dir)
     if blocked is not None:
-        raise SaveError(
-            f"Saving the model to {str(output_dir)!r} failed: {str(blocked)!r} is a file, not a folder (was it "
-            "replaced while the run worked?). Nothing was written and the file was left as it is. Move it away or "
-            "pass another `output_dir`, then rerun.", path=blocked, folder=output_dir,
-        )
+        raise _file_in_the_way(output_dir, blocked)
     if others := foreign_entries(output_dir):
         raise SaveError(
             f"Saving the model to {str(output_dir)!r} failed: the folder holds files that are not a saved model "
