@@ -24,6 +24,7 @@ import torch
 from .config import TRAINED, IncrementConfig
 from .errors import DataError
 from .heads import HEADS, Head
+from .heads.beside_kept import BesideKeptHead
 from .heads.kept_rows import represents_old_labels
 
 PATHS = ("solve", "kept_rows", "adapt", "gradient")
@@ -253,6 +254,10 @@ def _extra_head(config, saved, every_label, keep_rows, multi_label) -> tuple[str
     saying why and what would enable it). ``every_label``: this increment's rows hold every label (a base, or an
     adapted classifier trained elsewhere)."""
     wanted = config.head if config.head not in (TRAINED, "linear") else None
+    if wanted == "kernel" and keep_rows and not multi_label:
+        # Beside the kept rows of a single-label classifier trained elsewhere, the kernel head's place (it cannot
+        # start there) is the layer LDA made for it.
+        wanted = BesideKeptHead.name
     existing = saved.get(wanted) if wanted else None
     continues = existing is not None and existing.can_continue
     refusal = None

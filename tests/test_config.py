@@ -27,7 +27,7 @@ def test_a_removed_setting_in_saved_settings_says_what_replaced_it(name):
 
 def test_heads_are_named_and_the_gradient_path_is_the_only_one_that_fine_tunes_every_increment():
     assert IncrementConfig().head == "kernel" and IncrementConfig(head="trained").solved is False
-    with pytest.raises(ConfigError, match=r"`head` should be one of \['kernel', 'linear', 'trained'\]"):
+    with pytest.raises(ConfigError, match=r"`head` should be one of \['beside_kept', 'kernel', 'linear', 'trained'\]"):
         IncrementConfig(head="ridge")
     with pytest.raises(ConfigError, match="`--head trained`"):
         IncrementConfig(finetune_increments=True)

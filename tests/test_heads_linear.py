@@ -302,7 +302,7 @@ def test_closed_form_without_statistics_keeps_the_trained_rows_and_fits_new_ones
     "values, message",
     [
         (dict(head="linear", finetune_layers=2, finetune_increments=True), "finetune_increments=False"),
-        (dict(head="svm"), r"`head` should be one of \['kernel', 'linear', 'trained'\]"),
+        (dict(head="svm"), r"`head` should be one of \['beside_kept', 'kernel', 'linear', 'trained'\]"),
     ],
 )
 def test_config_refuses_inconsistent_closed_form_settings(values, message):

@@ -266,7 +266,7 @@ def test_removed_kernel_settings_are_refused_naming_their_replacement(name, valu
     "values, message",
     [
         ({"head": "kernel", "kernel_features": 0}, "kernel_features"),
-        ({"head": "random_features"}, r"`head` should be one of \['kernel', 'linear', 'trained'\]"),
+        ({"head": "random_features"}, r"`head` should be one of \['beside_kept', 'kernel', 'linear', 'trained'\]"),
         ({"head": "kernel", "finetune_increments": True}, "--head trained"),
     ],
 )
@@ -455,7 +455,7 @@ def test_a_multi_label_classifier_trained_elsewhere_starts_a_kernel_head_beside_
     # `hf-incr info`: the next increment keeps the Linear's trained rows and continues the saved kernel head (it does
     # not start one), which answers.
     info = model_info(str(tmp_path / "b"))
-    assert info["heads"] == {"linear": "yes", "kernel": "yes, with its statistics"}
+    assert info["heads"] == {"linear": "yes", "kernel": "yes, with its statistics", "beside_kept": None}
     plan = info["next_increment"]
     assert plan.startswith("every trained row of the Linear kept bit for bit") and "the encoder's pooled top" in plan
     assert "starts here" not in plan and plan.endswith("the model answers with the kernel LDA head")
@@ -474,15 +474,14 @@ def test_a_multi_label_classifier_trained_elsewhere_starts_a_kernel_head_beside_
     torch.testing.assert_close(last[:, :4], after, rtol=0, atol=1e-6)
 
 
-def test_a_single_label_classifier_trained_elsewhere_cannot_start_a_kernel_head(tmp_path):
+def test_a_single_label_classifier_trained_elsewhere_with_the_linear_asked_for_keeps_its_rows(tmp_path):
     model = tiny_bert(["refund", "delivery"], seed=2)
     linear = hf_incr.find_classifier_head(model).linear
     weight, bias = linear.weight.detach().clone(), linear.bias.detach().clone()
-    # One softmax cannot mix two heads' logits: the Linear answers, its new row fitted beside the kept ones.
-    refusal = r"kernel LDA head cannot start beside the kept rows of a single-label classifier.*answers with the Lin"
-    with pytest.warns(UserWarning, match=refusal):
+    # `head=linear`: the Linear answers, its new row fitted beside the kept ones (no head beside them).
+    with pytest.warns(UserWarning, match="old label"):
         result = train_increment(model, tokenizer(), text_dataset(["login"], 4),
-                                 config=IncrementConfig(head="kernel", kernel_features=64),
+                                 config=IncrementConfig(head="linear"),
                                  args=training_args(tmp_path), save=False)
     assert result.plan.path == "kept_rows" and result.plan.answering == "linear" and list(result.heads) == ["linear"]
     assert _kernel(model) is None and "kernel_lda" not in result.record

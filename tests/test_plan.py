@@ -83,8 +83,20 @@ def test_the_kernel_head_starts_with_a_base_or_beside_multi_label_kept_rows_and_
     assert make({"linear": linear(), "kernel": kernel(64)}, config).answering == "kernel"
 
 
+def test_beside_the_kept_rows_of_a_single_label_classifier_trained_elsewhere_the_layer_lda_answers():
+    # The kernel head cannot start there (no statistics of the old labels); its place is taken by the head made for
+    # that case, started again in every such increment (it keeps no statistics).
+    for saved in ({}, {"linear": linear(kept=True)}):
+        step = make(saved, IncrementConfig(head="kernel"))
+        assert step.path == "kept_rows" and step.heads == ("linear", "beside_kept")
+        assert step.answering == "beside_kept" and "beside_kept" in step.starts and step.fallback is None
+        assert "layer LDA beside the kept rows" in step.describe()
+    # Multi-label: the kernel head itself starts beside the kept Linear; `head=linear` asks for the Linear alone.
+    assert make({}, IncrementConfig(head="kernel"), [["repair"], []], multi_label=True).answering == "kernel"
+    assert make({}, IncrementConfig(head="linear")).answering == "linear"
+
+
 @pytest.mark.parametrize("saved, row_labels, reason", [
-    ({}, None, "cannot start beside the kept rows of a single-label classifier"),
     ({"linear": linear()}, None, "its base was trained without it"),
     ({"linear": linear(), "kernel": kernel(statistics=False)}, None, "were not saved or pushed with it"),
 ])

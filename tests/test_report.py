@@ -97,7 +97,8 @@ def test_info_of_a_local_folder(tmp_path, capsys):
     folder = _saved_folder(tmp_path, statistics=True)
     info = model_info(str(folder))
     assert info["labels"] == [(0, "alpha", 0), (1, "beta", 0), (2, "gamma", 1)]
-    assert info["heads"] == {"linear": "yes", "kernel": None} and info["replay"] and not info["multi_label"]
+    assert info["heads"] == {"linear": "yes", "kernel": None, "beside_kept": None}
+    assert info["replay"] and not info["multi_label"]
     assert info["card"] == f"{folder}/README.md" and info["plot"] == f"{folder}/increments.png"
     assert main(["info", str(folder)]) == 0
     text = capsys.readouterr().out

@@ -225,6 +225,7 @@ class KernelHead(Head):
     modeling_file = Path(modeling.__file__)
     auto_class = modeling.HfIncrKernelForSequenceClassification.__name__
     lineage_key = "kernel_lda"
+    classifier_type: type = modeling.KernelClassifier
 
     def __init__(self, config: modeling.KernelConfig, projections=None, statistics=None, classifier=None):
         self.config = config
@@ -268,11 +269,6 @@ class KernelHead(Head):
     def start_refusal(cls, *, every_label, keeps_rows, multi_label, inference_only) -> str | None:
         if keeps_rows and multi_label:
             return None  # a multi-label classifier trained elsewhere: its own labels keep the Linear's logits
-        if keeps_rows and not inference_only:
-            return ("The kernel LDA head cannot start beside the kept rows of a single-label classifier trained "
-                    "elsewhere (one softmax cannot mix two heads' logits): this increment answers with the Linear, "
-                    "its new rows fitted beside the kept ones. Give the increment every old label's data as well (the "
-                    "encoder is then adapted once and the kernel head starts).")
         if inference_only and not every_label:
             return (f"The model's kernel LDA head cannot continue: its statistics ({KERNEL_STATISTICS_FILENAME}) "
                     "were not saved or pushed with it. This increment answers with the Linear and drops the kernel "
@@ -424,15 +420,20 @@ class KernelHead(Head):
         modeling.attach_kernel_head(model, location.linear, self.classifier, fewer_labels_ok=fewer_labels_ok)
 
     @classmethod
+    def from_classifier(cls, classifier) -> KernelHead:
+        """What inference needs of the head (no statistics)."""
+        return cls(classifier.config, classifier.projections, classifier=classifier)
+
+    @classmethod
     def detach(cls, model, location) -> KernelHead | None:
         """Remove the kernel head's hooks; returns what inference needed of it (no statistics), or ``None``."""
-        classifier = modeling.detach_kernel_head(model, location.linear)
-        return None if classifier is None else cls(classifier.config, classifier.projections, classifier=classifier)
+        classifier = modeling.detach_kernel_head(model, location.linear, cls.classifier_type)
+        return None if classifier is None else cls.from_classifier(classifier)
 
     @classmethod
     def attached(cls, model, location) -> KernelHead | None:
-        classifier = modeling.attached_kernel_head(location.linear)
-        return None if classifier is None else cls(classifier.config, classifier.projections, classifier=classifier)
+        classifier = modeling.attached_kernel_head(location.linear, cls.classifier_type)
+        return None if classifier is None else cls.from_classifier(classifier)
 
     # -- files ----------------------------------------------------------------------------------------------------
 

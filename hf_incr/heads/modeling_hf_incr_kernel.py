@@ -53,6 +53,10 @@ class KernelConfig:
     # the output Linear inside the model (written by hf_incr; files written before they existed lack them).
     block_paths: list[str] = field(default_factory=list)
     linear_path: str | None = None
+    # Beside the kept rows of a single-label classifier trained elsewhere (:class:`BesideKeptClassifier`): "gate" or
+    # "fuse", and the number of the kept Linear's labels.
+    beside: str = ""
+    num_old: int = 0
 
     @classmethod
     def from_dict(cls, values: dict) -> KernelConfig:
@@ -62,7 +66,7 @@ class KernelConfig:
 
     def to_dict(self) -> dict:
         values = asdict(self)
-        for key in ("linear_labels", "block_paths"):
+        for key in ("linear_labels", "block_paths", "beside", "num_old"):
             if not values[key]:
                 del values[key]  # files read by versions without these fields load as before
         if values["linear_path"] is None:
@@ -240,6 +244,14 @@ class KernelClassifier:
         logits[..., self.config.linear_labels] = linear_logits[..., self.config.linear_labels].to(logits.dtype)
         return logits
 
+    def answer(self, pooled: torch.Tensor, linear_logits: torch.Tensor) -> torch.Tensor:
+        """The model's logits: the head's, shaped as the Linear's output ``linear_logits`` (a decoder's score Linear
+        runs on every token: every position gets its text's logits, so whichever the model picks answers)."""
+        logits = self(pooled)
+        if linear_logits.dim() == 3:
+            logits = logits[:, None, :].expand(-1, linear_logits.shape[1], -1)
+        return self.with_linear_labels(logits.to(linear_logits.dtype), linear_logits)
+
     @classmethod
     def from_tensors(cls, config: KernelConfig, tensors: dict[str, torch.Tensor]) -> KernelClassifier:
         """From an inference file's tensors (``KeyError`` if one is missing)."""
@@ -262,14 +274,118 @@ class KernelClassifier:
         return tensors
 
 
-def read_inference_file(path) -> KernelClassifier:
+# Beside the kept rows of a classifier trained elsewhere -------------------------------------------------------------
+
+
+def gate_parts(x: torch.Tensor, old_logits: torch.Tensor, gate: dict) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                 torch.Tensor]:
+    """The new labels' LDA logits of ``x`` (texts, float64) and the gate's two raw scores, both higher on new-label
+    texts: the relative Mahalanobis distance and the kept Linear's lack of confidence (shaped as ``old_logits``,
+    which may have a token dimension).
+
+    With ``l_k`` the LDA logit, the distance to label k's mean is ``x'Px - 2 l_k(x)``; less the distance to the
+    new rows' one Gaussian ``(m, P_b)`` it is ``x'(P - P_b)x - 2 max_k l_k(x) - 2 m'P_b x + m'P_b m``. ``gate``
+    holds ``weight``, ``bias``, ``quadratic`` (``P - P_b``), ``linear`` (``-2 P_b m``) and ``const``
+    (``m'P_b m``)."""
+    x = x.double()
+    new_logits = x @ gate["weight"].double().T + gate["bias"].double()
+    relative = (2 * new_logits.max(1).values - ((x @ gate["quadratic"].double()) * x).sum(1)
+                + x @ gate["linear"].double() + gate["const"].double())
+    unsure = -torch.softmax(old_logits.double(), -1).max(-1).values
+    if old_logits.dim() == 3:
+        relative = relative[:, None]
+    return new_logits, relative, unsure
+
+
+def gate_score(relative: torch.Tensor, unsure: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The gate's score: the two parts z-scored by their held-out means and deviations on new rows, summed, less the
+    threshold (``scale`` = ``[mean, std, mean, std, threshold]``); positive sends a text to the new labels."""
+    scale = scale.double()
+    return (relative - scale[0]) / scale[1] + (unsure - scale[2]) / scale[3] - scale[4]
+
+
+def gated_logits(x: torch.Tensor, old_logits: torch.Tensor, gate: dict, sharpness: float) -> torch.Tensor:
+    """Log-probabilities over old then new labels: each side's own, plus log sigmoid(-+ sharpness * score)."""
+    new_logits, relative, unsure = gate_parts(x, old_logits, gate)
+    score = sharpness * gate_score(relative, unsure, gate["scale"])
+    if old_logits.dim() == 3:
+        new_logits = new_logits[:, None, :].expand(-1, old_logits.shape[1], -1)
+    return torch.cat([torch.log_softmax(old_logits.double(), -1) + nn.functional.logsigmoid(-score)[..., None],
+                      torch.log_softmax(new_logits, -1) + nn.functional.logsigmoid(score)[..., None]], -1)
+
+
+def fused_logits(x: torch.Tensor, old_logits: torch.Tensor, fuse: dict) -> torch.Tensor:
+    """One LDA over old and new labels on ``[x ; old_logits / s]``, plus ``a * old_logits + c`` on the old labels
+    (``fuse["scale"]`` = ``[s, a, c]``)."""
+    spread, weight, offset = fuse["scale"].double().tolist()
+    x, old = x.double(), old_logits.double()
+    if old.dim() == 3:
+        x = x[:, None, :].expand(-1, old.shape[1], -1)
+    logits = torch.cat([x, old / spread], -1) @ fuse["weight"].double().T + fuse["bias"].double()
+    return torch.cat([logits[..., : old.shape[-1]] + weight * old + offset, logits[..., old.shape[-1]:]], -1)
+
+
+BESIDE_KEPT_FILENAME = "hf_incr_beside_kept.safetensors"
+BESIDE_KEPT_FORMAT = "hf_incr.beside_kept.inference"
+BESIDE_KEPT_TENSORS = {"gate": ("weight", "bias", "quadratic", "linear", "const", "scale"),
+                       "fuse": ("weight", "bias", "scale")}
+GATE_SHARPNESS = 8.0  # at 8, a text half a deviation from the threshold goes 98 % to one side
+
+
+class BesideKeptClassifier:
+    """New labels beside the kept Linear of a single-label classifier trained elsewhere, from the pooled layers
+    (``config.beside``: ``"gate"`` routes each text to the kept Linear or an LDA over the new labels; ``"fuse"``
+    adds the kept Linear's logits to one LDA over all labels). Same interface as :class:`KernelClassifier`."""
+
+    def __init__(self, config: KernelConfig, tensors: dict[str, torch.Tensor]):
+        if config.beside not in BESIDE_KEPT_TENSORS or config.num_old < 1:
+            raise ValueError(f"Not a head beside kept rows: beside={config.beside!r}, num_old={config.num_old}.")
+        self.config, self.projections = config, [None]
+        self.tensors = {name: tensors[name].to(torch.float32).contiguous() for name in BESIDE_KEPT_TENSORS[
+            config.beside]}
+
+    @property
+    def num_labels(self) -> int:
+        rows = self.tensors["weight"].shape[0]
+        return self.config.num_old + rows if self.config.beside == "gate" else rows
+
+    @property
+    def device(self) -> torch.device:
+        return self.tensors["weight"].device
+
+    def to(self, device) -> BesideKeptClassifier:
+        self.tensors = {name: tensor.to(device) for name, tensor in self.tensors.items()}
+        return self
+
+    def answer(self, pooled: torch.Tensor, linear_logits: torch.Tensor) -> torch.Tensor:
+        """Logits over old then new labels from the pooled layers and the Linear's output (old labels first)."""
+        old = linear_logits[..., : self.config.num_old]
+        if self.config.beside == "gate":
+            logits = gated_logits(prepare(pooled, self.config.normalize, torch.float64), old, self.tensors,
+                                  GATE_SHARPNESS)
+        else:  # the fusion reads the top layer alone
+            top = pooled[:, -(self.config.in_features // self.config.layers):]
+            logits = fused_logits(prepare(top, self.config.normalize, torch.float64), old, self.tensors)
+        return logits.to(linear_logits.dtype)
+
+    @classmethod
+    def from_tensors(cls, config: KernelConfig, tensors: dict[str, torch.Tensor]) -> BesideKeptClassifier:
+        return cls(config, tensors)
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        return dict(self.tensors)
+
+
+def read_inference_file(path) -> KernelClassifier | BesideKeptClassifier:
     """The classifier in an inference file (``ValueError`` for a file of another kind or an incomplete one)."""
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
-        if metadata.get("format") != INFERENCE_FORMAT:
+        if metadata.get("format") not in (INFERENCE_FORMAT, BESIDE_KEPT_FORMAT):
             raise ValueError(f"{path} is not a {INFERENCE_FORMAT} file (format {metadata.get('format')!r}).")
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (not a dict)
-    return KernelClassifier.from_tensors(KernelConfig.from_dict(json.loads(metadata["config"])), tensors)
+    config = KernelConfig.from_dict(json.loads(metadata["config"]))
+    kind = BesideKeptClassifier if config.beside else KernelClassifier
+    return kind.from_tensors(config, tensors)
 
 
 class KernelHook:
@@ -297,15 +413,10 @@ class KernelHook:
             )
         if self.classifier.device != pooled.device:
             self.classifier.to(pooled.device)
-        logits = self.classifier(pooled)
+        logits = self.classifier.answer(pooled, output)
         if missing:
-            logits = torch.cat([logits, logits.new_full((logits.shape[0], missing), -1e4)], dim=1)
-        if output.dim() == 3:
-            # A decoder's score Linear runs on every token and the model then picks the last real one: every
-            # position gets its text's logits, so whichever is picked answers for the text.
-            logits = logits[:, None, :].expand(-1, output.shape[1], -1)
-        # Labels of a classifier trained elsewhere keep the Linear's own logits (every position's), bit for bit.
-        return self.classifier.with_linear_labels(logits.to(output.dtype), output)
+            logits = torch.cat([logits, logits.new_full((*logits.shape[:-1], missing), -1e4)], dim=-1)
+        return logits
 
 
 def _hooks(module: nn.Module, kind: type) -> list:
@@ -330,9 +441,12 @@ def attach_kernel_head(model: nn.Module, linear: nn.Linear, classifier: KernelCl
     linear.register_forward_hook(KernelHook(classifier, capture, fewer_labels_ok))
 
 
-def detach_kernel_head(model: nn.Module, linear: nn.Linear) -> KernelClassifier | None:
-    """Remove the kernel head's hooks (the Linear gives the logits again); returns its classifier, or ``None``."""
-    found = _hooks(linear, KernelHook)
+def detach_kernel_head(model: nn.Module, linear: nn.Linear, kind: type = object) -> KernelClassifier | None:
+    """Remove the kernel head's hooks (the Linear gives the logits again); returns its classifier, or ``None``.
+    ``kind``: only a head whose classifier is of this type (another is left attached)."""
+    found = [(key, hook) for key, hook in _hooks(linear, KernelHook) if isinstance(hook.classifier, kind)]
+    if not found:
+        return None
     for key, _ in found:
         del linear._forward_hooks[key]
     base = getattr(model, "base_model", None)
@@ -343,9 +457,9 @@ def detach_kernel_head(model: nn.Module, linear: nn.Linear) -> KernelClassifier 
     return found[-1][1].classifier if found else None
 
 
-def attached_kernel_head(linear: nn.Linear) -> KernelClassifier | None:
-    """The classifier of the kernel head attached to the output Linear ``linear``, or ``None``."""
-    found = _hooks(linear, KernelHook)
+def attached_kernel_head(linear: nn.Linear, kind: type = object) -> KernelClassifier | None:
+    """The classifier (of type ``kind``) of the kernel head attached to the output Linear ``linear``, or ``None``."""
+    found = [(key, hook) for key, hook in _hooks(linear, KernelHook) if isinstance(hook.classifier, kind)]
     return found[-1][1].classifier if found else None
 
 
@@ -365,6 +479,8 @@ class HfIncrKernelForSequenceClassification:
     file or JSON; nothing is unpickled. A model loaded this way and saved again with plain ``save_pretrained`` is a
     plain model (its Linear answers): its ``auto_map`` entry is dropped, since the file it names would not be saved."""
 
+    filename = KERNEL_FILENAME
+
     @classmethod
     def register_for_auto_class(cls, auto_class: str = AUTO_CLASS) -> None:
         """Nothing to register: the model is an instance of its own transformers class."""
@@ -376,7 +492,7 @@ class HfIncrKernelForSequenceClassification:
         kwargs.pop("trust_remote_code", None)
         native = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(config)]
         model = native.from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
-        classifier = read_inference_file(_kernel_file(str(pretrained_model_name_or_path), kwargs))
+        classifier = read_inference_file(_kernel_file(str(pretrained_model_name_or_path), kwargs, cls.filename))
         attach_kernel_head(model, _output_linear(model, classifier), classifier)
         auto_map = dict(getattr(model.config, "auto_map", None) or {})
         auto_map.pop(AUTO_CLASS, None)
@@ -387,18 +503,25 @@ class HfIncrKernelForSequenceClassification:
         return model
 
 
-def _kernel_file(source: str, kwargs: dict) -> str:
+class HfIncrBesideKeptForSequenceClassification(HfIncrKernelForSequenceClassification):
+    """The same for a classifier trained elsewhere whose new labels answer beside its kept rows
+    (``hf_incr_beside_kept.safetensors``, :class:`BesideKeptClassifier`)."""
+
+    filename = BESIDE_KEPT_FILENAME
+
+
+def _kernel_file(source: str, kwargs: dict, filename: str = KERNEL_FILENAME) -> str:
     """The kernel head's file beside the weights: in the folder, or from the Hub at the commit the weights came from
     (transformers resolves ``revision`` to one commit before loading anything)."""
     import os
 
     subfolder = kwargs.get("subfolder") or ""
     if os.path.isdir(source):
-        return os.path.join(source, subfolder, KERNEL_FILENAME)
+        return os.path.join(source, subfolder, filename)
     from huggingface_hub import hf_hub_download
 
     return hf_hub_download(
-        source, KERNEL_FILENAME, subfolder=subfolder or None, revision=kwargs.get("revision"),
+        source, filename, subfolder=subfolder or None, revision=kwargs.get("revision"),
         token=kwargs.get("token"), cache_dir=kwargs.get("cache_dir"),
         local_files_only=bool(kwargs.get("local_files_only")), force_download=bool(kwargs.get("force_download")),
     )

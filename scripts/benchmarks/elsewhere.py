@@ -474,7 +474,7 @@ def product_case(base_dir: Path, rows: list[dict], test: list[dict], labels: lis
     # Map the model's label order onto the benchmark's.
     order = torch.tensor([label2id[lab] for lab in labels])
     return {"logits": logits[:, order], "seconds": seconds, "timings": result.timings,
-            "head_rows": result.record.get("head_rows")}
+            "head_rows": result.record.get("head_rows"), "answering": result.plan.answering}
 
 
 def joint_row(joint_dir: Path, test, y_test, num_old: int, multi: bool, seconds: float, args) -> dict:
@@ -578,7 +578,8 @@ def run_dataset(name: str, args) -> dict:
         if args.product_only:
             out = product_case(base_dir, [train[i] for i in idx.tolist()], test, labels, args)
             method = "defaults" if not args.kernel_features else f"head=kernel, kernel_features={args.kernel_features}"
-            row = {"case": case, "method": f"hf_incr.train_increment {method} (head rows {out['head_rows']})",
+            answer = f"head rows {out['head_rows']}, {out['answering']} answers"
+            row = {"case": case, "method": f"hf_incr.train_increment {method} ({answer})",
                    **scores(out["logits"], y_test, num_old, multi), "seconds": out["seconds"], "rows": len(idx),
                    "timings": out["timings"]}
             if multi:
