@@ -211,11 +211,17 @@ def _warn_old_labels_without_rows(model_labels, row_labels, multi_label, config,
                "48.7 %).")
         )
     else:
+        beside = config.head in ("kernel", "beside_kept")
         what = (
-            " are kept bit for bit and only the new labels' rows are fitted, on the old rows' scale; with no rows of "
-            "those labels nothing calibrates new against old, so they may lose a few points to the new labels. Add a "
-            "few training examples of every old label to this data to calibrate the new rows against them, or all the "
-            "data the model was trained on to adapt its encoder too (`adapt_trained_elsewhere`)."
+            " are kept bit for bit"
+            + ("; the new labels are read from the encoder's layers beside them, and with no rows of the old labels "
+               "a gate decides between the two (`gate_new_recall` sets the trade-off)" if beside else
+               " and only the new labels' rows are fitted, on the old rows' scale, with nothing to calibrate them "
+               "against the old ones")
+            + ". Rows of the old labels buy accuracy (BANKING77, all labels: "
+            + ("85.5 % with none, 89.5 %" if beside else "74.5 % with none, 87.4 %")
+            + " with 5 of every old label, 91.8 % with all the data the model was trained on, which also adapts its "
+            "encoder: `adapt_trained_elsewhere`)."
         )
     from .heads.linear import STATISTICS_FILENAME
 

@@ -55,9 +55,11 @@ def test_the_new_label_is_learned_beside_the_kept_rows(tmp_path):
     train_increment(model, tokenizer(), text_dataset(OLD, 8), config=IncrementConfig(finetune_layers=0),
                     args=training_args(tmp_path), save=False, kind="base")
     test = text_dataset([*OLD, "repair"], 4, offset=40)
+    # The kept rows' Linear (`head=linear`); the layer LDA beside them is tested in test_heads_beside_kept.py (8 rows
+    # of one new label are too few for its gate: it sent 11 of 12 old texts to the new label here).
     with pytest.warns(UserWarning, match="no saved statistics"):
-        result = train_increment(model, tokenizer(), text_dataset(["repair"], 8), test, config=IncrementConfig(),
-                                 args=training_args(tmp_path), save=False)
+        result = train_increment(model, tokenizer(), text_dataset(["repair"], 8), test,
+                                 config=IncrementConfig(head="linear"), args=training_args(tmp_path), save=False)
     # Chance among 4 labels is 0.25; BANKING77-sized figures are in docs/benchmarks.md.
     assert result.metrics_after["new_accuracy"] > 0.25
     # Kept rows, no calibration possible: not the collapse to 0 that training the head on new rows alone gives.

@@ -81,6 +81,10 @@ def lda_rows(x: torch.Tensor, labels: torch.Tensor, num_labels: int) -> tuple[to
 def _gate_solution(x: torch.Tensor, labels: torch.Tensor, num_new: int) -> dict:
     weight, bias, precision = lda_rows(x, labels, num_new)
     centre = x.mean(0)
+    if num_new == 1:
+        # One new label is its own background (the relative distance would be 0 everywhere): the plain distance.
+        zero = torch.zeros_like(centre)
+        return {"weight": weight, "bias": bias, "quadratic": precision, "linear": zero, "const": zero.sum()}
     background = _inverse(shrunk(torch.cov(x.T), x.shape[0])[0])
     return {"weight": weight, "bias": bias, "quadratic": precision - background,
             "linear": -2 * background @ centre, "const": (centre @ background @ centre).reshape(())}
