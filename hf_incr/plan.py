@@ -24,7 +24,6 @@ import torch
 from .config import TRAINED, IncrementConfig
 from .errors import DataError
 from .heads import HEADS, Head
-from .heads.beside_kept import BesideKeptHead
 from .heads.kept_rows import represents_old_labels
 
 PATHS = ("solve", "kept_rows", "adapt", "gradient")
@@ -260,16 +259,19 @@ def _extra_head(config, saved, every_label, keep_rows, multi_label) -> tuple[str
     saying why and what would enable it). ``every_label``: this increment's rows hold every label (a base, or an
     adapted classifier trained elsewhere)."""
     wanted = config.head if config.head not in (TRAINED, "linear") else None
-    if wanted == "kernel" and keep_rows and not multi_label:
-        # Beside the kept rows of a single-label classifier trained elsewhere, the kernel head's place (it cannot
-        # start there) is the layer LDA made for it.
-        wanted = BesideKeptHead.name
-    existing = saved.get(wanted) if wanted else None
-    continues = existing is not None and existing.can_continue
-    refusal = None
-    if wanted and not continues:
-        refusal = HEADS[wanted].start_refusal(every_label=every_label, keeps_rows=keep_rows, multi_label=multi_label,
-                                              inference_only=existing is not None)
+
+    def refusal_of(name: str) -> str | None:
+        existing = saved.get(name)
+        if existing is not None and existing.can_continue:
+            return None
+        return HEADS[name].start_refusal(every_label=every_label, keeps_rows=keep_rows, multi_label=multi_label,
+                                         inference_only=existing is not None)
+
+    refusal = refusal_of(wanted) if wanted else None
+    stand_in = HEADS[wanted].stand_in if wanted else None
+    if refusal and stand_in and refusal_of(stand_in) is None:
+        wanted, refusal = stand_in, None  # where the head asked for cannot start, the one made for that case does
+    continues = wanted in saved and saved[wanted].can_continue
     answering = None if wanted is None or refusal else wanted
     dropped = tuple(name for name in saved if name != "linear" and (name != answering or not continues))
     starts = (answering,) if answering and not continues else ()

@@ -19,6 +19,7 @@ from hf_incr import model_card as model_card_module
 from hf_incr.heads import BesideKeptHead
 from hf_incr.heads import modeling_hf_incr_kernel as modeling
 from hf_incr.heads.beside_kept import fit_fusion, fit_gate
+from hf_incr.heads.lda import shrunk
 from hf_incr.heads.modeling_hf_incr_kernel import pool
 from hf_incr.info import model_info
 
@@ -67,10 +68,10 @@ def test_the_relative_distance_is_the_nearest_new_mean_less_the_one_gaussian():
     x, y = _clusters(3, 30, 5, 0.0, seed=3)
     gate = fit_gate(x, torch.zeros(len(x), 2, dtype=torch.float64), y, 3)
     means = torch.stack([x[y == k].mean(0) for k in range(3)])
-    from hf_incr.heads.beside_kept import _class_gaussians, _inverse, shrunk
-
-    precision = _inverse(_class_gaussians(x, y, 3)[1])
-    background = _inverse(shrunk(torch.cov(x.T), x.shape[0])[0])
+    # Both covariances by hand: the pooled within-label one and that of all rows, each OAS-shrunk.
+    centred = x - means[y]
+    precision = torch.linalg.inv(shrunk(centred.T @ centred / (len(x) - 3), len(x))[0])
+    background = torch.linalg.inv(shrunk(torch.cov(x.T), len(x))[0])
     probe = torch.randn(7, 5, dtype=torch.float64)
     nearest = torch.stack([((probe - m) @ precision * (probe - m)).sum(1) for m in means]).min(0).values
     centred = probe - x.mean(0)

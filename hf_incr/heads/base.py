@@ -58,6 +58,8 @@ class Head:
     # the class in it that config.json's `auto_map` names for AutoModelForSequenceClassification.
     modeling_file: ClassVar[Path | None] = None
     auto_class: ClassVar[str | None] = None
+    # The head that answers in this one's place where this one cannot start and it can (None: the Linear answers).
+    stand_in: ClassVar[str | None] = None
     # The key of this head's entry in a lineage record (None: it records none).
     lineage_key: ClassVar[str | None] = None
     # What people read: the head's name in a sentence, and what it reads of the encoder.

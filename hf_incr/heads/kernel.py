@@ -225,6 +225,8 @@ class KernelHead(Head):
     modeling_file = Path(modeling.__file__)
     auto_class = modeling.HfIncrKernelForSequenceClassification.__name__
     lineage_key = "kernel_lda"
+    # Beside the kept rows of a single-label classifier trained elsewhere (where this head cannot start).
+    stand_in = "beside_kept"
     classifier_type: type = modeling.KernelClassifier
 
     def __init__(self, config: modeling.KernelConfig, projections=None, statistics=None, classifier=None):
@@ -269,6 +271,11 @@ class KernelHead(Head):
     def start_refusal(cls, *, every_label, keeps_rows, multi_label, inference_only) -> str | None:
         if keeps_rows and multi_label:
             return None  # a multi-label classifier trained elsewhere: its own labels keep the Linear's logits
+        if keeps_rows and not inference_only:
+            return ("The kernel LDA head cannot start beside the kept rows of a single-label classifier trained "
+                    "elsewhere (one softmax over its labels would lack the old ones' statistics): this increment "
+                    "answers with the Linear. Give the increment every old label's data as well (the encoder is then "
+                    "adapted once and the kernel head starts).")
         if inference_only and not every_label:
             return (f"The model's kernel LDA head cannot continue: its statistics ({KERNEL_STATISTICS_FILENAME}) "
                     "were not saved or pushed with it. This increment answers with the Linear and drops the kernel "

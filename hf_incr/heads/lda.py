@@ -44,6 +44,16 @@ def shrunk(covariance: torch.Tensor, num_rows: float, shrinkage: float | None = 
     return (1 - rho) * covariance + rho * mu * eye + 1e-12 * mu.clamp_min(1e-30) * eye, rho
 
 
+def shared_covariance(counts: torch.Tensor, scatter: torch.Tensor, *, covariance: str = "pooled",
+                      shrinkage: float | None = None) -> tuple[torch.Tensor, float]:
+    """The one covariance LDA shares across labels, from per-label ``counts`` and the within-label ``scatter``:
+    ``scatter / (rows - labels)`` (``"pooled"``) or ``scatter / rows`` (``"rows"``), shrunk (:func:`shrunk`); and the
+    intensity used."""
+    n = float(counts.sum())
+    rows = max(n - len(counts), 1.0) if covariance == "pooled" else max(n, 1.0)
+    return shrunk(scatter.double() / rows, n, shrinkage)
+
+
 def _solve_spd(matrix: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     """``matrix^-1 right`` for a symmetric positive (semi-)definite ``matrix``: Cholesky, else least squares (as
     scikit-learn's ``lsqr`` solver does for a singular covariance)."""
@@ -89,8 +99,7 @@ def solve_lda(
                         f"{priors!r} and {covariance!r}.")
     n = float(counts.sum())
     means = sums.double() / counts.double()[:, None]
-    rows = max(n - len(counts), 1.0) if covariance == "pooled" else max(n, 1.0)
-    matrix, rho = shrunk(scatter.double() / rows, n, shrinkage)
+    matrix, rho = shared_covariance(counts, scatter, covariance=covariance, shrinkage=shrinkage)
     weight = _solve_spd(matrix, means.T.contiguous()).T
     bias = -0.5 * (weight * means).sum(1)
     if priors == "counts":

@@ -341,7 +341,9 @@ class BesideKeptClassifier:
         if config.beside not in BESIDE_KEPT_TENSORS or config.num_old < 1:
             raise ValueError(f"Not a head beside kept rows: beside={config.beside!r}, num_old={config.num_old}.")
         self.config, self.projections = config, [None]
-        self.tensors = {name: tensors[name].to(torch.float32).contiguous() for name in BESIDE_KEPT_TENSORS[
+        # Held in float64 once (the file is float32): the distances are computed in float64, and casting the
+        # (d, d) quadratic form at every forward pass would copy it each time.
+        self.tensors = {name: tensors[name].to(torch.float64).contiguous() for name in BESIDE_KEPT_TENSORS[
             config.beside]}
 
     @property
@@ -373,7 +375,7 @@ class BesideKeptClassifier:
         return cls(config, tensors)
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
-        return dict(self.tensors)
+        return {name: tensor.to(torch.float32) for name, tensor in self.tensors.items()}
 
 
 def read_inference_file(path) -> KernelClassifier | BesideKeptClassifier:
@@ -381,7 +383,8 @@ def read_inference_file(path) -> KernelClassifier | BesideKeptClassifier:
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
         if metadata.get("format") not in (INFERENCE_FORMAT, BESIDE_KEPT_FORMAT):
-            raise ValueError(f"{path} is not a {INFERENCE_FORMAT} file (format {metadata.get('format')!r}).")
+            raise ValueError(f"{path} is not a {INFERENCE_FORMAT} or {BESIDE_KEPT_FORMAT} file (format "
+                             f"{metadata.get('format')!r}).")
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (not a dict)
     config = KernelConfig.from_dict(json.loads(metadata["config"]))
     kind = BesideKeptClassifier if config.beside else KernelClassifier
